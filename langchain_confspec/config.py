@@ -1,0 +1,128 @@
+"""The engine's settings, validated once.
+
+`SpecConfig` is the single configuration tree of the engine. The chat model builds one
+from its fields at construction (so an impossible setting fails there, naming itself) and
+again for each call that overrides a setting.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from langchain_confspec.errors import ConfigurationError
+
+
+class Mode(str, Enum):
+    """How steps are written and checked."""
+
+    CONFSPEC = "confspec"
+    """Draft writes and judges; confident verdicts stand, uncertain ones go to the target."""
+    TARGET_ONLY = "target_only"
+    """Plain target decoding: the reference output."""
+    DRAFT_ONLY = "draft_only"
+    """Plain draft decoding, never checked."""
+    ALWAYS_VERIFY = "always_verify"
+    """SpecReason-style: the target judges every draft step."""
+
+
+class VerificationStyle(str, Enum):
+    """The verdict a verification prompt asks for."""
+
+    BINARY = "binary"
+    """A Yes/No answer: confidence is the probability of the likelier word."""
+    SCORE = "score"
+    """A 0-9 score: the step passes when the score reaches `score_pass_mark`."""
+
+
+DEFAULT_BINARY_PROMPT = "\n\nIs the last step above correct? Answer Yes or No.\nAnswer:"
+DEFAULT_SCORE_PROMPT = "\n\nRate the last step above from 0 (wrong) to 9 (certainly correct).\nScore:"
+
+
+class SpecConfig(BaseModel):
+    """Every knob of one generation. Thresholds above 1 switch a path off entirely."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    mode: Mode = Mode.CONFSPEC
+    step_delimiters: tuple[str, ...] = ("\n\n",)
+    max_step_tokens: int = Field(default=128, ge=1)
+    max_tokens: int = Field(default=512, ge=1)
+    stop: tuple[str, ...] = ()
+    verification: VerificationStyle = VerificationStyle.BINARY
+    verification_prompt: str | None = None
+    score_pass_mark: int = Field(default=7, ge=1, le=9)
+    accept_threshold: float = 0.8
+    reject_threshold: float = 0.9
+    target_accept_threshold: float = 0.5
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+
+    @field_validator("accept_threshold", "reject_threshold", "target_accept_threshold")
+    @classmethod
+    def _threshold_is_a_probability_or_off(cls, value: float) -> float:
+        if math.isnan(value) or value < 0.0:
+            raise ValueError("must be a probability in [0, 1] (or above 1 to disable it)")
+        return value
+
+    @field_validator("step_delimiters", "stop")
+    @classmethod
+    def _no_empty_strings(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not s for s in value):
+            raise ValueError("must not contain an empty string")
+        return value
+
+    @field_validator("step_delimiters")
+    @classmethod
+    def _at_least_one_delimiter(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("needs at least one delimiter")
+        return value
+
+    @field_validator("verification_prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _step_fits_answer(self) -> SpecConfig:
+        if self.max_step_tokens > self.max_tokens:
+            raise ValueError(
+                f"max_step_tokens ({self.max_step_tokens}) exceeds max_tokens ({self.max_tokens})"
+            )
+        return self
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0.0
+
+    @property
+    def verification_suffix(self) -> str:
+        if self.verification_prompt is not None:
+            return self.verification_prompt
+        if self.verification is VerificationStyle.SCORE:
+            return DEFAULT_SCORE_PROMPT
+        return DEFAULT_BINARY_PROMPT
+
+
+def build_config(**settings: object) -> SpecConfig:
+    """Validate settings into a `SpecConfig`, raising `ConfigurationError` that names each bad one.
+
+    `None` means "the default", so callers can pass optional fields straight through.
+    """
+    cleaned = {k: v for k, v in settings.items() if v is not None}
+    for key in ("step_delimiters", "stop"):
+        if isinstance(cleaned.get(key), str):
+            cleaned[key] = (cleaned[key],)
+    try:
+        return SpecConfig(**cleaned)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"Invalid ConfSpec settings: {problems}") from None

@@ -1,0 +1,108 @@
+"""Writing one reasoning step with one model.
+
+`write_step` decodes token by token over a `ModelSession` until a step delimiter, an
+end-of-sequence token, a stop string or its token budget. Delimiters and stop strings are
+matched on the decoded text, so they are found even when they straddle token boundaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from langchain_confspec.config import SpecConfig
+from langchain_confspec.records import StepEnd
+from langchain_confspec.session import ModelSession
+
+
+class TokenChooser:
+    """Greedy choice, or temperature / top-p sampling from a seeded generator."""
+
+    def __init__(self, config: SpecConfig) -> None:
+        self.temperature = config.temperature
+        self.top_p = config.top_p
+        self._generator = torch.Generator()
+        if config.seed is not None:
+            self._generator.manual_seed(config.seed)
+        else:
+            self._generator.seed()
+
+    def choose(self, logits: torch.Tensor) -> int:
+        if self.temperature == 0.0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= self.top_p
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=self._generator))
+
+
+@dataclass(frozen=True)
+class WrittenStep:
+    """A step as one model wrote it."""
+
+    ids: list[int]
+    text: str
+    end: StepEnd
+    stop_at: int | None = None  # index in `text` where a stop string begins
+
+
+class StopScanner:
+    """Finds stop strings in the answer, including across step and token boundaries."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self._tail_len = max((len(s) for s in self.stops), default=1) - 1
+        self._tail = ""
+
+    def find(self, step_text: str) -> int | None:
+        """Index in `step_text` where the first stop string begins (negative: it began earlier)."""
+        if not self.stops:
+            return None
+        window = self._tail + step_text
+        hits = [i for i in (window.find(s) for s in self.stops) if i >= 0]
+        return min(hits) - len(self._tail) if hits else None
+
+    def advance(self, step_text: str) -> None:
+        """Remember the end of an accepted step, where the next stop string may begin."""
+        if self._tail_len:
+            self._tail = (self._tail + step_text)[-self._tail_len :]
+
+
+def ends_step(text: str, delimiters: Sequence[str]) -> bool:
+    """True once a delimiter follows some non-blank text (leading blank lines belong to the step)."""
+    content_start = len(text) - len(text.lstrip())
+    return any(text.find(d, content_start) > content_start for d in delimiters)
+
+
+def write_step(
+    session: ModelSession,
+    chooser: TokenChooser,
+    *,
+    budget: int,
+    delimiters: Sequence[str],
+    stops: StopScanner,
+) -> WrittenStep:
+    """Decode one step of at most `budget` tokens, appending it to `session`."""
+    tokenizer = session.loaded.tokenizer
+    eos = session.loaded.eos_token_ids
+    ids: list[int] = []
+    text = ""
+    while len(ids) < budget:
+        token = chooser.choose(session.next_logits())
+        ids.append(token)
+        session.append((token,))
+        session.tokens_written += 1
+        if token in eos:
+            return WrittenStep(ids, text, StepEnd.EOS)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        stop_at = stops.find(text)
+        if stop_at is not None:
+            return WrittenStep(ids, text, StepEnd.STOP, stop_at)
+        if ends_step(text, delimiters):
+            return WrittenStep(ids, text, StepEnd.DELIMITER)
+    return WrittenStep(ids, text, StepEnd.LENGTH)

@@ -1,0 +1,273 @@
+"""The step loop: draft writes, draft judges, the gate decides, the target steps in.
+
+`ConfSpecEngine` is plain Python and torch (no LangChain). `run` is a generator that yields
+one `StepRecord` as soon as each step is decided and a `RunResult` at the end, so callers can
+stream accepted steps. One generation runs at a time per engine: the lock is held for the
+whole generation, so concurrent callers never interleave their work on the models.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_confspec.config import Mode, SpecConfig
+from langchain_confspec.decoding import StopScanner, TokenChooser, WrittenStep, write_step
+from langchain_confspec.errors import ContextLengthError
+from langchain_confspec.gate import GateAction, gate, target_accepts
+from langchain_confspec.loading import LoadedModel, same_vocabulary
+from langchain_confspec.records import (
+    Decision,
+    ModelCounters,
+    PhaseTimes,
+    RunSummary,
+    StepEnd,
+    StepRecord,
+    Writer,
+    summarize,
+)
+from langchain_confspec.session import ModelSession
+from langchain_confspec.verification import VerdictReader, judge
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The answer of one generation and how it was produced."""
+
+    text: str
+    records: list[StepRecord]
+    summary: RunSummary
+
+    @property
+    def input_tokens(self) -> int:
+        counters = self.summary.target if self.summary.target.prompt_tokens else self.summary.draft
+        return counters.prompt_tokens
+
+    @property
+    def output_tokens_by_writer(self) -> dict[str, int]:
+        counts = {w.value: 0 for w in Writer}
+        for record in self.records:
+            counts[record.writer.value] += record.n_tokens
+        return counts
+
+
+class ConfSpecEngine:
+    """A draft and a target model, and the lock that serialises generations over them."""
+
+    def __init__(self, draft: LoadedModel, target: LoadedModel) -> None:
+        self.draft = draft
+        self.target = target
+        self.shared_vocabulary = same_vocabulary(draft.tokenizer, target.tokenizer)
+        self._lock = threading.Lock()
+
+    def run(self, turns: list[dict[str, Any]], config: SpecConfig) -> Iterator[StepRecord | RunResult]:
+        """Yield each step's record as it is decided, then the `RunResult`."""
+        started = time.perf_counter()
+        generation = _Generation(self, turns, config)
+        with self._lock:
+            lock_wait = time.perf_counter() - started
+            yield from generation.steps()
+            yield generation.result(wall_time=time.perf_counter() - started, lock_wait=lock_wait)
+
+    def generate(self, turns: list[dict[str, Any]], config: SpecConfig) -> RunResult:
+        """Run to the end and return the result."""
+        for item in self.run(turns, config):
+            if isinstance(item, RunResult):
+                return item
+        raise AssertionError("run() ended without a result")
+
+
+class _PhaseClock:
+    """Accumulates wall time per phase for one step."""
+
+    def __init__(self) -> None:
+        self.times = PhaseTimes()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self.times, name, getattr(self.times, name) + time.perf_counter() - start)
+
+
+class _Generation:
+    """The state of one answer: both sessions, the text so far, the records."""
+
+    def __init__(self, engine: ConfSpecEngine, turns: list[dict[str, Any]], config: SpecConfig) -> None:
+        self.engine = engine
+        self.config = config
+        uses_draft = config.mode is not Mode.TARGET_ONLY
+        uses_target = config.mode is not Mode.DRAFT_ONLY
+        self.draft = self._open(engine.draft, turns, "draft") if uses_draft else None
+        self.target = self._open(engine.target, turns, "target") if uses_target else None
+        self.draft_reader = VerdictReader(engine.draft.tokenizer, config) if config.mode is Mode.CONFSPEC else None
+        self.target_reader = VerdictReader(engine.target.tokenizer, config) if uses_draft and uses_target else None
+        self.chooser = TokenChooser(config)
+        self.stops = StopScanner(config.stop)
+        self.records: list[StepRecord] = []
+        self.tokens_used = 0
+        self.finish_reason: str | None = None
+        self._write_step: Callable[[int, _PhaseClock], StepRecord] = {
+            Mode.TARGET_ONLY: self._target_only_step,
+            Mode.DRAFT_ONLY: self._draft_only_step,
+            Mode.CONFSPEC: self._speculative_step,
+            Mode.ALWAYS_VERIFY: self._speculative_step,
+        }[config.mode]
+
+    @staticmethod
+    def _open(loaded: LoadedModel, turns: list[dict[str, Any]], role: str) -> ModelSession:
+        prompt = loaded.render_prompt(turns)
+        if len(prompt) >= loaded.context_length:
+            raise ContextLengthError(
+                f"The prompt is {len(prompt)} tokens long for the {role} model, whose context "
+                f"window is {loaded.context_length} tokens: no room is left to answer."
+            )
+        return ModelSession(loaded, prompt)
+
+    def steps(self) -> Iterator[StepRecord]:
+        while self.finish_reason is None:
+            budget = self._step_budget()
+            if budget <= 0:
+                self.finish_reason = "length"
+                break
+            clock = _PhaseClock()
+            record = self._write_step(budget, clock)
+            record.times = clock.times
+            self.records.append(record)
+            self.tokens_used += record.n_tokens
+            if record.end in (StepEnd.EOS, StepEnd.STOP):
+                self.finish_reason = "stop"
+            elif self.tokens_used >= self.config.max_tokens:
+                self.finish_reason = "length"
+            yield record
+
+    def result(self, *, wall_time: float, lock_wait: float) -> RunResult:
+        text = "".join(r.text for r in self.records)
+        cut = StopScanner(self.config.stop).find(text)  # a stop string spanning two steps
+        if cut is not None:
+            text = text[:cut]
+        summary = summarize(
+            self.records,
+            mode=self.config.mode.value,
+            finish_reason=self.finish_reason or "stop",
+            draft=self.draft.counters() if self.draft else ModelCounters(),
+            target=self.target.counters() if self.target else ModelCounters(),
+            wall_time=wall_time,
+            lock_wait=lock_wait,
+        )
+        return RunResult(text=text, records=self.records, summary=summary)
+
+    # -- budgets -------------------------------------------------------------------------
+
+    def _step_budget(self) -> int:
+        """Tokens the next step may use: the answer budget, the step cap, and context room."""
+        budget = min(self.config.max_step_tokens, self.config.max_tokens - self.tokens_used)
+        for session, reader in ((self.draft, self.draft_reader), (self.target, self.target_reader)):
+            if session is not None:
+                reserve = len(reader.suffix_ids) if reader else 0
+                budget = min(budget, session.room - reserve)
+        return budget
+
+    # -- one step per mode ---------------------------------------------------------------
+
+    def _write(self, session: ModelSession, budget: int) -> WrittenStep:
+        return write_step(
+            session, self.chooser, budget=budget, delimiters=self.config.step_delimiters, stops=self.stops
+        )
+
+    def _target_only_step(self, budget: int, clock: _PhaseClock) -> StepRecord:
+        assert self.target is not None
+        with clock.phase("target_write"):
+            step = self._write(self.target, budget)
+        return self._record(step, Writer.TARGET, Decision.UNVERIFIED)
+
+    def _draft_only_step(self, budget: int, clock: _PhaseClock) -> StepRecord:
+        assert self.draft is not None
+        with clock.phase("draft_write"):
+            step = self._write(self.draft, budget)
+        return self._record(step, Writer.DRAFT, Decision.UNVERIFIED)
+
+    def _speculative_step(self, budget: int, clock: _PhaseClock) -> StepRecord:
+        """Draft proposes; the gate (or, in always_verify, the target) decides its fate."""
+        draft, target = self.draft, self.target
+        assert draft is not None and target is not None and self.target_reader is not None
+        draft_start, target_start = len(draft), len(target)
+        with clock.phase("draft_write"):
+            proposal = self._write(draft, budget)
+
+        draft_verdict = None
+        action = GateAction.ESCALATE
+        if self.draft_reader is not None:
+            with clock.phase("draft_verify"):
+                draft_verdict = judge(draft, self.draft_reader, keep=(draft_start,))
+            action = gate(draft_verdict, self.config)
+
+        target_verdict = None
+        if action is GateAction.ESCALATE:
+            self._hand_over(proposal, target)
+            with clock.phase("target_verify"):
+                target_verdict = judge(target, self.target_reader, keep=(target_start,))
+            accepted = target_accepts(target_verdict, self.config)
+        else:
+            accepted = action is GateAction.ACCEPT
+
+        escalated = target_verdict is not None
+        verdicts = {
+            "draft_verdict": draft_verdict.accepts if draft_verdict else None,
+            "draft_confidence": draft_verdict.confidence if draft_verdict else None,
+            "target_verdict": target_verdict.p_accept >= self.config.target_accept_threshold
+            if target_verdict
+            else None,
+            "target_confidence": target_verdict.confidence if target_verdict else None,
+            "escalated": escalated,
+        }
+        if accepted:
+            if not escalated:
+                self._hand_over(proposal, target)
+            decision = Decision.ACCEPTED_BY_TARGET if escalated else Decision.ACCEPTED_BY_DRAFT
+            return self._record(proposal, Writer.DRAFT, decision, **verdicts)
+
+        draft.truncate(draft_start)
+        target.truncate(target_start)
+        with clock.phase("target_write"):
+            rewrite = self._write(target, budget)
+        self._hand_over(rewrite, draft)
+        decision = Decision.REJECTED_BY_TARGET if escalated else Decision.REJECTED_BY_DRAFT
+        return self._record(
+            rewrite,
+            Writer.TARGET,
+            decision,
+            regenerated=True,
+            rejected_text=proposal.text,
+            rejected_tokens=len(proposal.ids),
+            **verdicts,
+        )
+
+    def _hand_over(self, step: WrittenStep, receiver: ModelSession) -> None:
+        """Append a step written by the other model: as ids when the vocabularies match,
+        else as text re-tokenised by the receiver."""
+        if self.engine.shared_vocabulary:
+            receiver.append(step.ids)
+        else:
+            receiver.append(receiver.loaded.tokenizer.encode(step.text, add_special_tokens=False))
+
+    def _record(self, step: WrittenStep, writer: Writer, decision: Decision, **details: Any) -> StepRecord:
+        text = step.text
+        if step.stop_at is not None:
+            text = text[: max(step.stop_at, 0)]
+        self.stops.advance(text)
+        return StepRecord(
+            index=len(self.records),
+            text=text,
+            n_tokens=len(step.ids),
+            writer=writer,
+            decision=decision,
+            end=step.end,
+            **details,
+        )

@@ -1,0 +1,32 @@
+"""Error types raised by langchain-confspec.
+
+Every error a caller can cause (bad settings, bad messages, a model that cannot be
+loaded, a prompt that does not fit) is one of these, so chains can catch them by type
+instead of parsing torch or transformers tracebacks.
+"""
+
+from __future__ import annotations
+
+
+class ConfSpecError(Exception):
+    """Base class of every error raised by this package."""
+
+
+class ConfigurationError(ConfSpecError, ValueError):
+    """A setting is impossible (a threshold out of range, an empty delimiter, ...)."""
+
+
+class InvalidMessagesError(ConfSpecError, ValueError):
+    """The message list cannot be turned into a prompt (empty, unknown message type)."""
+
+
+class ModelLoadError(ConfSpecError, OSError):
+    """A draft or target model or tokenizer could not be loaded from its id or path."""
+
+
+class TokenizerMismatchError(ConfSpecError, ValueError):
+    """A tokenizer does not fit the model it was paired with."""
+
+
+class ContextLengthError(ConfSpecError, ValueError):
+    """The prompt leaves no room to generate within a model's context window."""

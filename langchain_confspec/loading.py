@@ -1,0 +1,125 @@
+"""Loading draft and target models, by Hugging Face id, local path, or ready objects.
+
+The rest of the engine only sees `LoadedModel`: a model, its tokenizer, and the few facts
+about them that generation needs (context length, end-of-sequence ids). Loading errors are
+turned into `ModelLoadError` / `TokenizerMismatchError` here, once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from langchain_confspec.errors import ModelLoadError, TokenizerMismatchError
+
+# Used for tokenizers that ship without a chat template (base models): plain role prefixes.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A causal LM with its tokenizer, ready for the engine."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def context_length(self) -> int:
+        """Longest sequence the model's position embeddings cover."""
+        config = self.model.config.get_text_config()
+        return int(getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
+
+    def render_prompt(self, turns: list[dict[str, Any]]) -> list[int]:
+        """Token ids of the conversation through this tokenizer's chat template."""
+        template = self.tokenizer.chat_template or FALLBACK_CHAT_TEMPLATE
+        text = self.tokenizer.apply_chat_template(
+            turns, chat_template=template, add_generation_prompt=True, tokenize=False
+        )
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+def load_tokenizer(name_or_path: str, *, role: str) -> PreTrainedTokenizerBase:
+    """Load a tokenizer by id or path, with an error that names the role and the path."""
+    _check_local_path(name_or_path, role=role)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not load the {role} tokenizer {name_or_path!r}: {exc}") from exc
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    role: str,
+    device_map: str | dict[str, Any] | None = None,
+    torch_dtype: str | torch.dtype | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> LoadedModel:
+    """Load `name_or_path` with `AutoModelForCausalLM`, like any Hugging Face model."""
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name_or_path, role=role)
+    kwargs: dict[str, Any] = {}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not load the {role} model {name_or_path!r}: {exc}") from exc
+    return wrap_model(model, tokenizer, role=role, name=name_or_path)
+
+
+def wrap_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, role: str, name: str | None = None
+) -> LoadedModel:
+    """Check that a model and tokenizer belong together and describe them for the engine."""
+    n_embeddings = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_embeddings:
+        raise TokenizerMismatchError(
+            f"The {role} tokenizer has {len(tokenizer)} tokens but the {role} model only embeds "
+            f"{n_embeddings}: they do not belong together."
+        )
+    model.eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name or str(getattr(model.config, "name_or_path", "") or type(model).__name__),
+        eos_token_ids=_eos_token_ids(model, tokenizer),
+    )
+
+
+def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(i) for i in source)
+    return frozenset(ids)
+
+
+def _check_local_path(name_or_path: str, *, role: str) -> None:
+    if not name_or_path or not name_or_path.strip():
+        raise ModelLoadError(f"The {role} model name is empty.")
+    expanded = os.path.expanduser(name_or_path)
+    looks_local = expanded.startswith((os.sep, ".")) or name_or_path.startswith("~") or expanded.count("/") > 1
+    if looks_local and not os.path.exists(expanded):
+        raise ModelLoadError(f"The {role} model path {name_or_path!r} does not exist.")
+
+
+def same_vocabulary(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """True when token ids mean the same text in both tokenizers, so steps can travel as ids."""
+    return a is b or (a.get_vocab() == b.get_vocab() and a.all_special_ids == b.all_special_ids)

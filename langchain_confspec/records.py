@@ -1,0 +1,145 @@
+"""The audit trail: one `StepRecord` per reasoning step and one `RunSummary` per answer.
+
+Records are plain pydantic models, JSON-serialisable with `model_dump(mode="json")`. They
+are built after each step's decision (never per token) and travel unchanged to callback
+events, the message's `response_metadata` and audit logs.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, Field
+
+
+class Writer(str, Enum):
+    """The model whose tokens became the step's text."""
+
+    DRAFT = "draft"
+    TARGET = "target"
+
+
+class Decision(str, Enum):
+    """What happened to the step the draft proposed (or `unverified` when nobody judged it)."""
+
+    ACCEPTED_BY_DRAFT = "accepted_by_draft"
+    ACCEPTED_BY_TARGET = "accepted_by_target"
+    REJECTED_BY_DRAFT = "rejected_by_draft"
+    REJECTED_BY_TARGET = "rejected_by_target"
+    UNVERIFIED = "unverified"
+
+
+class StepEnd(str, Enum):
+    """Why the writer stopped writing the step."""
+
+    DELIMITER = "delimiter"
+    EOS = "eos"
+    STOP = "stop"
+    LENGTH = "length"
+
+
+class Verdict(BaseModel):
+    """A model's judgement of a step, read from its next-token distribution."""
+
+    p_accept: float = Field(ge=0.0, le=1.0, description="Probability mass on the accepting answers.")
+
+    @property
+    def accepts(self) -> bool:
+        return self.p_accept >= 0.5
+
+    @property
+    def confidence(self) -> float:
+        """Probability of the likelier side, in [0.5, 1]."""
+        return max(self.p_accept, 1.0 - self.p_accept)
+
+
+class PhaseTimes(BaseModel):
+    """Seconds spent in each phase of a step (or a run)."""
+
+    draft_write: float = 0.0
+    draft_verify: float = 0.0
+    target_verify: float = 0.0
+    target_write: float = 0.0
+
+    def __add__(self, other: PhaseTimes) -> PhaseTimes:
+        return PhaseTimes(**{k: getattr(self, k) + getattr(other, k) for k in PhaseTimes.model_fields})
+
+
+class StepRecord(BaseModel):
+    """Who wrote one step, who verified it, with what confidence, at what cost."""
+
+    index: int
+    text: str
+    n_tokens: int = Field(description="Tokens of `text`, in the writer's tokenizer.")
+    writer: Writer
+    decision: Decision
+    end: StepEnd
+    draft_verdict: bool | None = Field(default=None, description="True when the draft judged its step correct.")
+    draft_confidence: float | None = None
+    target_verdict: bool | None = None
+    target_confidence: float | None = None
+    escalated: bool = False
+    regenerated: bool = False
+    rejected_text: str | None = Field(default=None, description="The draft's step that the target rewrote.")
+    rejected_tokens: int = 0
+    times: PhaseTimes = Field(default_factory=PhaseTimes)
+
+
+class ModelCounters(BaseModel):
+    """Work done by one model during a run."""
+
+    prompt_tokens: int = 0
+    tokens_written: int = 0
+    forward_passes: int = 0
+    forward_tokens: int = 0
+
+
+class RunSummary(BaseModel):
+    """Totals over one answer."""
+
+    mode: str
+    finish_reason: str
+    n_steps: int
+    steps_by_decision: dict[str, int]
+    draft_steps_proposed: int
+    draft_acceptance_rate: float | None = Field(description="Share of draft-proposed steps kept.")
+    escalation_rate: float | None = Field(description="Share of draft-proposed steps sent to the target.")
+    draft: ModelCounters
+    target: ModelCounters
+    times: PhaseTimes
+    wall_time: float
+    lock_wait: float = Field(description="Seconds this call waited for the model pair to be free.")
+
+
+def summarize(
+    records: list[StepRecord],
+    *,
+    mode: str,
+    finish_reason: str,
+    draft: ModelCounters,
+    target: ModelCounters,
+    wall_time: float,
+    lock_wait: float,
+) -> RunSummary:
+    """Aggregate step records and model counters into the run's summary."""
+    by_decision = {d.value: 0 for d in Decision}
+    for record in records:
+        by_decision[record.decision.value] += 1
+    proposed = len(records) - by_decision[Decision.UNVERIFIED.value]
+    kept = by_decision[Decision.ACCEPTED_BY_DRAFT.value] + by_decision[Decision.ACCEPTED_BY_TARGET.value]
+    escalated = sum(r.escalated for r in records)
+    times = sum((r.times for r in records), PhaseTimes())
+    return RunSummary(
+        mode=mode,
+        finish_reason=finish_reason,
+        n_steps=len(records),
+        steps_by_decision=by_decision,
+        draft_steps_proposed=proposed,
+        draft_acceptance_rate=kept / proposed if proposed else None,
+        escalation_rate=escalated / proposed if proposed else None,
+        draft=draft,
+        target=target,
+        times=times,
+        wall_time=wall_time,
+        lock_wait=lock_wait,
+    )

@@ -1,0 +1,99 @@
+"""Tiny random-weight model pairs built locally, for tests and offline examples.
+
+Nothing here downloads anything: the tokenizer is trained on a small built-in corpus and
+the models are Llama configurations with random weights. `build_tiny_pair` saves both with
+`save_pretrained`, so they load from a local path exactly like a hub model would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+_CORPUS = [
+    "Tom has 3 apples and buys 4 more. How many apples does he have?",
+    "Step 1: 3 + 4 = 7.\n\nStep 2: He has 7 apples.\n\nAnswer: 7",
+    "A train travels 60 miles in 2 hours. What is its speed?",
+    "60 / 2 = 30.\n\nThe speed is 30 miles per hour.\n\nAnswer: 30",
+    "Is the last step above correct? Answer Yes or No.\nAnswer: Yes",
+    "Is the last step above correct? Answer Yes or No.\nAnswer: No",
+    "Rate the last step above from 0 (wrong) to 9 (certainly correct).\nScore: 8",
+    "0 1 2 3 4 5 6 7 8 9 10 12 24 36 48 100 144 = + - * / ( ) . , ? !",
+    "You are a helpful assistant. Think step by step and give the final answer.",
+    "The quick brown fox jumps over the lazy dog. Hello world, what is the weather like?",
+]
+
+
+def build_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with a ChatML-style chat template.
+
+    Its alphabet holds only the characters of the corpus (all ASCII), so every token decodes
+    to whole characters and decoding step by step gives the same text as decoding at once.
+    """
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=512,
+    )
+
+
+def build_model(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    seed: int = 0,
+    max_positions: int = 512,
+) -> LlamaForCausalLM:
+    """A random-weight Llama whose vocabulary matches `tokenizer`."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def build_tiny_pair(directory: str | Path, *, seed: int = 0) -> tuple[Path, Path]:
+    """Save a tiny draft (1 layer) and target (3 layers) sharing one tokenizer under `directory`.
+
+    Returns the draft and target paths. Reuses a pair already saved there.
+    """
+    root = Path(directory)
+    paths = (root / "draft", root / "target")
+    if all((p / "config.json").exists() for p in paths):
+        return paths
+    tokenizer = build_tokenizer()
+    for path, layers, hidden, offset in ((paths[0], 1, 32, 0), (paths[1], 3, 64, 1)):
+        build_model(tokenizer, hidden_size=hidden, num_layers=layers, seed=seed + offset).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return paths

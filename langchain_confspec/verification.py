@@ -1,0 +1,73 @@
+"""Reading a verdict on a step from a model's next-token distribution.
+
+A verification suffix (a question and an answer prefix) is appended after the step; one
+forward pass gives the distribution of the next token, and the probability mass on the
+accepting answers (Yes, or scores at or above the pass mark) is the verdict. The suffix is
+cropped back out of the cache afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from langchain_confspec.config import SpecConfig, VerificationStyle
+from langchain_confspec.errors import ConfigurationError
+from langchain_confspec.records import Verdict
+from langchain_confspec.session import ModelSession
+
+_YES_WORDS = ("Yes", "yes", "YES")
+_NO_WORDS = ("No", "no", "NO")
+
+
+def _first_token_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> set[int]:
+    """First token of each word, with and without a leading space (how answers start)."""
+    ids: set[int] = set()
+    for word in words:
+        for variant in (word, " " + word):
+            encoded = tokenizer.encode(variant, add_special_tokens=False)
+            if encoded and tokenizer.decode(encoded[:1]).strip():
+                ids.add(encoded[0])
+    return ids
+
+
+class VerdictReader:
+    """Knows a tokenizer's answer tokens and the suffix that asks the question."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: SpecConfig) -> None:
+        self.suffix_ids: list[int] = tokenizer.encode(config.verification_suffix, add_special_tokens=False)
+        if config.verification is VerificationStyle.SCORE:
+            digits = [_first_token_ids(tokenizer, [str(d)]) for d in range(10)]
+            self._accept = sorted(set().union(*digits[config.score_pass_mark :]))
+            self._reject = sorted(set().union(*digits[: config.score_pass_mark]))
+        else:
+            self._accept = sorted(_first_token_ids(tokenizer, _YES_WORDS))
+            self._reject = sorted(_first_token_ids(tokenizer, _NO_WORDS))
+        overlap = set(self._accept) & set(self._reject)
+        if not self._accept or not self._reject or overlap:
+            raise ConfigurationError(
+                f"The tokenizer cannot tell accepting from rejecting answers for verification="
+                f"{config.verification.value!r} (shared first tokens: {sorted(overlap)})."
+            )
+
+    def read(self, logits: torch.Tensor) -> Verdict:
+        probs = torch.softmax(logits.float(), dim=-1)
+        accept = float(probs[self._accept].sum())
+        reject = float(probs[self._reject].sum())
+        total = accept + reject
+        return Verdict(p_accept=accept / total if total > 0 else 0.5)
+
+
+def judge(session: ModelSession, reader: VerdictReader, *, keep: Sequence[int] = ()) -> Verdict:
+    """Ask `session`'s model about the step at the end of its context, then crop the question.
+
+    `keep` names context lengths (e.g. before the step) whose next-token distribution should
+    survive, so rewinding there afterwards costs no forward pass.
+    """
+    length = len(session)
+    session.append(reader.suffix_ids)
+    logits = session.next_logits(keep=(*keep, length))
+    session.truncate(length)
+    return reader.read(logits)
