@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from langchain_confspec.errors import ConfigurationError
 
@@ -88,14 +88,6 @@ class SpecConfig(BaseModel):
         if value is not None and not value.strip():
             raise ValueError("must not be blank")
         return value
-
-    @model_validator(mode="after")
-    def _step_fits_answer(self) -> SpecConfig:
-        if self.max_step_tokens > self.max_tokens:
-            raise ValueError(
-                f"max_step_tokens ({self.max_step_tokens}) exceeds max_tokens ({self.max_tokens})"
-            )
-        return self
 
     @property
     def sampling(self) -> bool:

@@ -106,3 +106,31 @@ def write_step(
         if ends_step(text, delimiters):
             return WrittenStep(ids, text, StepEnd.DELIMITER)
     return WrittenStep(ids, text, StepEnd.LENGTH)
+
+
+class StopHoldback:
+    """Releases streamed text only once no stop string can still begin inside it.
+
+    A stop string may straddle two steps; holding back the tail of each step that could be
+    the start of one keeps the streamed text equal to the final, stop-trimmed answer.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self._pending = ""
+        self.released = 0
+
+    def feed(self, text: str) -> str:
+        """Add a step's text; return the part now safe to stream."""
+        self._pending += text
+        keep = max((n for s in self.stops for n in range(1, len(s)) if self._pending.endswith(s[:n])), default=0)
+        safe = self._pending[: len(self._pending) - keep]
+        self._pending = self._pending[len(safe) :]
+        self.released += len(safe)
+        return safe
+
+    def finish(self, final_text: str) -> str:
+        """The rest of the final answer after what was already released."""
+        rest = final_text[self.released :]
+        self.released = len(final_text)
+        return rest

@@ -43,12 +43,14 @@ class LoadedModel:
         return int(getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
 
     def render_prompt(self, turns: list[dict[str, Any]]) -> list[int]:
-        """Token ids of the conversation through this tokenizer's chat template."""
-        template = self.tokenizer.chat_template or FALLBACK_CHAT_TEMPLATE
-        text = self.tokenizer.apply_chat_template(
-            turns, chat_template=template, add_generation_prompt=True, tokenize=False
-        )
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return render_prompt(self.tokenizer, turns)
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, Any]]) -> list[int]:
+    """Token ids of the conversation through the tokenizer's chat template, ready to answer."""
+    template = tokenizer.chat_template or FALLBACK_CHAT_TEMPLATE
+    text = tokenizer.apply_chat_template(turns, chat_template=template, add_generation_prompt=True, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
 
 
 def load_tokenizer(name_or_path: str, *, role: str) -> PreTrainedTokenizerBase:

@@ -1,0 +1,432 @@
+"""`ConfSpecChatModel`: the LangChain face of the engine.
+
+This module holds no algorithm. It turns messages into chat turns, call options into a
+`SpecConfig`, engine records into callback events and message chunks, and results into
+`AIMessage`s with usage and audit metadata. Weights load on first use, once.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import LangSmithParams, generate_from_stream
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.tools import BaseTool
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT, EventEmitter
+from langchain_confspec.config import Mode, SpecConfig, VerificationStyle, build_config
+from langchain_confspec.engine import ConfSpecEngine, RunResult
+from langchain_confspec.errors import ConfigurationError
+from langchain_confspec.decoding import StopHoldback
+from langchain_confspec.loading import LoadedModel, load_model, load_tokenizer, render_prompt, wrap_model
+from langchain_confspec.messages import to_chat_turns
+from langchain_confspec.records import StepRecord
+from langchain_confspec.threading_bridge import iterate_in_thread
+
+# Call option through which stream()/astream() hand `_stream` the run's event emitter.
+_EMITTER_KWARG = "_confspec_emitter"
+
+
+class ConfSpecChatModel(BaseChatModel):
+    """Chat model answering by step-level speculative reasoning over two local HF models.
+
+    A small **draft** writes each reasoning step and judges it; its confident verdicts stand,
+    uncertain ones go to the large **target**, and the target rewrites what is rejected.
+    Every step leaves a `StepRecord` (who wrote it, who verified it, with what confidence).
+
+    Setup:
+        ```bash
+        pip install langchain-confspec
+        ```
+
+    Instantiate:
+        ```python
+        from langchain_confspec import ConfSpecChatModel
+
+        model = ConfSpecChatModel(
+            draft_model="Qwen/Qwen2.5-0.5B-Instruct",
+            target_model="Qwen/Qwen2.5-7B-Instruct",
+            device_map="auto",
+            torch_dtype="bfloat16",
+            accept_threshold=0.8,
+        )
+        ```
+        Weights load on the first call, not here. Already-loaded models can be passed as
+        `draft=`, `draft_tokenizer=`, `target=`, `target_tokenizer=`.
+
+    Invoke:
+        ```python
+        message = model.invoke("A train covers 60 miles in 2 hours. Its speed?")
+        print(message.content)
+        ```
+
+    Stream (one chunk per accepted step):
+        ```python
+        for chunk in model.stream("..."):
+            print(chunk.content, end="")
+        ```
+
+    Async:
+        ```python
+        message = await model.ainvoke("...")
+        async for chunk in model.astream("..."):
+            ...
+        ```
+
+    Tool calling:
+        Not yet supported.
+
+    Token usage:
+        ```python
+        message.usage_metadata
+        # {'input_tokens': 31, 'output_tokens': 48, 'total_tokens': 79,
+        #  'output_token_details': {'draft': 40, 'target': 8}}
+        ```
+
+    Response metadata:
+        ```python
+        message.response_metadata["finish_reason"]          # "stop" or "length"
+        message.response_metadata["confspec"]["summary"]     # acceptance, escalation, timing
+        message.response_metadata["confspec"]["steps"]       # one record per step
+        ```
+        Each step is also sent to callbacks as a `confspec_step` custom event, and the
+        summary as `confspec_summary`.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    draft_model: str | None = None
+    """Hugging Face id or local path of the draft (small) model."""
+    target_model: str | None = None
+    """Hugging Face id or local path of the target (large) model."""
+    draft: Any = Field(default=None, exclude=True, repr=False)
+    """An already-loaded draft model, used instead of loading `draft_model`."""
+    draft_tokenizer: Any = Field(default=None, exclude=True, repr=False)
+    """Tokenizer of a preloaded `draft` (loaded from `draft_model` when omitted)."""
+    target: Any = Field(default=None, exclude=True, repr=False)
+    """An already-loaded target model, used instead of loading `target_model`."""
+    target_tokenizer: Any = Field(default=None, exclude=True, repr=False)
+    """Tokenizer of a preloaded `target` (loaded from `target_model` when omitted)."""
+    device_map: str | dict[str, Any] | None = None
+    """Passed to `from_pretrained`, e.g. "auto" to place models on GPUs."""
+    torch_dtype: Any = None
+    """Passed to `from_pretrained` as the weights' dtype, e.g. "bfloat16"."""
+
+    mode: Mode = Mode.CONFSPEC
+    """`confspec`, `target_only`, `draft_only` or `always_verify` (the target judges every step)."""
+    step_delimiters: list[str] = Field(default_factory=lambda: ["\n\n"])
+    """Text that ends a reasoning step."""
+    max_step_tokens: int = 128
+    """Longest step, in tokens."""
+    max_tokens: int = 512
+    """Longest answer, in tokens."""
+    stop: list[str] | None = None
+    """Stop strings, matched on the text (also across token boundaries)."""
+    verification: VerificationStyle = VerificationStyle.BINARY
+    """Ask for a Yes/No verdict (`binary`) or a 0-9 `score`."""
+    verification_prompt: str | None = None
+    """Replaces the default verification suffix appended after a step."""
+    score_pass_mark: int = 7
+    """With `verification="score"`, the lowest passing score."""
+    accept_threshold: float = 0.8
+    """Draft confidence at which its own accept verdict stands (above 1: never)."""
+    reject_threshold: float = 0.9
+    """Draft confidence at which its own reject verdict stands (above 1: never)."""
+    target_accept_threshold: float = 0.5
+    """Target acceptance probability needed to keep an escalated step."""
+    temperature: float = 0.0
+    """0 decodes greedily."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, when `temperature` > 0."""
+    seed: int | None = None
+    """Seed for sampling; a fixed seed makes sampled answers repeatable."""
+    streaming: bool = False
+    """Whether `invoke` streams tokens to callbacks by default."""
+
+    _config: SpecConfig = PrivateAttr()
+    _engine: ConfSpecEngine | None = PrivateAttr(default=None)
+    _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _tokenizer: Any = PrivateAttr(default=None)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.draft_model is None and self.draft is None:
+            raise ConfigurationError("No draft model: set draft_model (an id or path) or pass draft=.")
+        if self.target_model is None and self.target is None:
+            raise ConfigurationError("No target model: set target_model (an id or path) or pass target=.")
+        self._config = self._spec_config()
+
+    # -- LangChain plumbing -----------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "confspec"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "draft_model": self._model_name("draft"),
+            "target_model": self._model_name("target"),
+            "device_map": self.device_map,
+            "torch_dtype": str(self.torch_dtype) if self.torch_dtype is not None else None,
+            **self._config.model_dump(mode="json"),
+        }
+
+    def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        kwargs.pop(_EMITTER_KWARG, None)
+        return super()._get_invocation_params(stop=stop, **kwargs)
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="confspec",
+            ls_model_name=kwargs.get("model") or self._model_name("target"),
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
+        stops = stop or self.stop
+        if stops:
+            params["ls_stop"] = list(stops)
+        return params
+
+    def _should_stream(self, *, async_api: bool, run_manager: Any = None, **kwargs: Any) -> bool:
+        # invoke() streams through _generate (which keeps the run manager, so step events
+        # reach this run); only stream()/astream(), which bring an emitter, use _stream.
+        if _EMITTER_KWARG not in kwargs:
+            return False
+        return super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        return self._target_tokenizer().encode(text, add_special_tokens=False)
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[dict[str, Any] | type | BaseTool] | None = None
+    ) -> int:
+        """Prompt length in target tokens, chat template included."""
+        return len(render_prompt(self._target_tokenizer(), to_chat_turns(messages)))
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        config, emitter = self._with_emitter(config)
+        yield from super().stream(input, config, stop=stop, **{_EMITTER_KWARG: emitter, **kwargs})
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        config, emitter = self._with_emitter(config)
+        async for chunk in super().astream(input, config, stop=stop, **{_EMITTER_KWARG: emitter, **kwargs}):
+            yield chunk
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        stream_tokens = run_manager is not None and super()._should_stream(
+            async_api=False, run_manager=run_manager, **kwargs
+        )
+        chunks = []
+        for chunk in self._stream(messages, stop, run_manager, **kwargs):
+            if stream_tokens:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)  # type: ignore[union-attr]
+            chunks.append(chunk)
+        return generate_from_stream(iter(chunks))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        stream_tokens = run_manager is not None and super()._should_stream(
+            async_api=True, run_manager=run_manager, **kwargs
+        )
+        chunks = []
+        async for chunk in self._astream(messages, stop, run_manager, **kwargs):
+            if stream_tokens:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)  # type: ignore[union-attr]
+            chunks.append(chunk)
+        return generate_from_stream(iter(chunks))
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        """One chunk per decided step, as soon as it is decided, then a last chunk with metadata."""
+        emitter = kwargs.pop(_EMITTER_KWARG, None) or (EventEmitter.for_run(run_manager) if run_manager else None)
+        turns, config = self._prepare(messages, stop, kwargs)
+        chunker = _Chunker(self, config)
+        for item in self._get_engine().run(turns, config):
+            if emitter:
+                emitter.emit(*_event(item))
+            chunk = chunker.chunk(item)
+            if chunk is not None:
+                yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        emitter = kwargs.pop(_EMITTER_KWARG, None) or (EventEmitter.for_run(run_manager) if run_manager else None)
+        turns, config = self._prepare(messages, stop, kwargs)
+        chunker = _Chunker(self, config)
+        async for item in iterate_in_thread(lambda: self._get_engine().run(turns, config)):
+            if emitter:
+                await emitter.aemit(*_event(item))
+            chunk = chunker.chunk(item)
+            if chunk is not None:
+                yield chunk
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _with_emitter(self, config: RunnableConfig | None) -> tuple[RunnableConfig, EventEmitter]:
+        """Fix the run id of the coming model run, and an emitter for that run's handlers."""
+        config = ensure_config(config)
+        run_id = config.get("run_id") or uuid.uuid4()
+        emitter = EventEmitter.for_config(config, run_id, callbacks=self.callbacks, tags=self.tags, metadata=self.metadata)
+        return {**config, "run_id": run_id}, emitter
+
+    def _prepare(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], SpecConfig]:
+        """Validate the call before any model work: the turns and this call's settings."""
+        return to_chat_turns(messages), self._call_config(stop, kwargs)
+
+    def _spec_config(self, **overrides: Any) -> SpecConfig:
+        settings = {name: getattr(self, name) for name in SpecConfig.model_fields}
+        settings.update(overrides)
+        if settings.get("stop") is None:
+            settings["stop"] = ()
+        return build_config(**settings)
+
+    def _call_config(self, stop: list[str] | None, kwargs: dict[str, Any]) -> SpecConfig:
+        """This call's settings: the model's, overridden by call options that name a setting."""
+        overrides = {k: v for k, v in kwargs.items() if k in SpecConfig.model_fields}
+        if stop is not None:
+            overrides["stop"] = stop
+        return self._spec_config(**overrides) if overrides else self._config
+
+    def _response_metadata(self, result: RunResult) -> dict[str, Any]:
+        return {
+            "model_name": self._model_name("target"),
+            "finish_reason": result.summary.finish_reason,
+            "confspec": {
+                "draft_model": self._model_name("draft"),
+                "target_model": self._model_name("target"),
+                "summary": result.summary.model_dump(mode="json"),
+                "steps": [record.model_dump(mode="json") for record in result.records],
+            },
+        }
+
+    def _model_name(self, role: str) -> str:
+        name = getattr(self, f"{role}_model")
+        if name:
+            return name
+        model = getattr(self, role)
+        return str(getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__)
+
+    def _get_engine(self) -> ConfSpecEngine:
+        """Load both models on first use; later calls share them."""
+        with self._load_lock:
+            if self._engine is None:
+                self._engine = ConfSpecEngine(self._load("draft"), self._load("target"))
+            return self._engine
+
+    def _load(self, role: str) -> LoadedModel:
+        preloaded = getattr(self, role)
+        name: str | None = getattr(self, f"{role}_model")
+        tokenizer = getattr(self, f"{role}_tokenizer")
+        if preloaded is None:
+            assert name is not None
+            return load_model(name, role=role, device_map=self.device_map, torch_dtype=self.torch_dtype, tokenizer=tokenizer)
+        if tokenizer is None:
+            if name is None:
+                raise ConfigurationError(f"A preloaded {role} needs {role}_tokenizer= (or {role}_model= to load it from).")
+            tokenizer = load_tokenizer(name, role=role)
+        return wrap_model(preloaded, tokenizer, role=role, name=self._model_name(role))
+
+    def _target_tokenizer(self) -> Any:
+        """The target's tokenizer, without loading any weights."""
+        if self._engine is not None:
+            return self._engine.target.tokenizer
+        if self.target_tokenizer is not None:
+            return self.target_tokenizer
+        if self._tokenizer is None:
+            if self.target_model is None:
+                raise ConfigurationError("A preloaded target needs target_tokenizer= to count tokens.")
+            self._tokenizer = load_tokenizer(self.target_model, role="target")
+        return self._tokenizer
+
+
+def _event(item: StepRecord | RunResult) -> tuple[str, dict[str, Any]]:
+    """The custom event announcing a step record or the run's summary."""
+    if isinstance(item, RunResult):
+        return SUMMARY_EVENT, item.summary.model_dump(mode="json")
+    return STEP_EVENT, item.model_dump(mode="json")
+
+
+class _Chunker:
+    """Turns engine output into message chunks that merge into the final message."""
+
+    def __init__(self, model: ConfSpecChatModel, config: SpecConfig) -> None:
+        self.model = model
+        self.holdback = StopHoldback(config.stop)
+
+    def chunk(self, item: StepRecord | RunResult) -> ChatGenerationChunk | None:
+        if isinstance(item, RunResult):
+            # Usage, names and float-valued summaries go on the last chunk only: merging
+            # chunks sums usage, concatenates strings and refuses two different floats.
+            return ChatGenerationChunk(
+                message=AIMessageChunk(
+                    content=self.holdback.finish(item.text),
+                    chunk_position="last",
+                    response_metadata=self.model._response_metadata(item),
+                    usage_metadata=_usage(item),
+                )
+            )
+        text = self.holdback.feed(item.text)
+        return ChatGenerationChunk(message=AIMessageChunk(content=text)) if text else None
+
+
+def _usage(result: RunResult) -> UsageMetadata:
+    output_tokens = sum(r.n_tokens for r in result.records)
+    return UsageMetadata(
+        input_tokens=result.input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=result.input_tokens + output_tokens,
+        output_token_details=result.output_tokens_by_writer,  # type: ignore[typeddict-item]
+    )
+
+
+ChatConfSpec = ConfSpecChatModel
