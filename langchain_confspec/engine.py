@@ -199,6 +199,7 @@ class _Generation:
         assert draft is not None and target is not None and self.target_reader is not None
         draft_start, target_start = len(draft), len(target)
         with clock.phase("draft_write"):
+            draft.next_logits(keep=(draft_start,))  # so a rejection rewinds without re-reading
             proposal = self._write(draft, budget)
 
         draft_verdict = None
