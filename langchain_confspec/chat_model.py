@@ -20,10 +20,10 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
 from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT, EventEmitter
-from langchain_confspec.config import Mode, SpecConfig, VerificationStyle, build_config
+from langchain_confspec.config import Mode, SpecConfig, VerificationStyle, build_config, settings_error
 from langchain_confspec.engine import ConfSpecEngine, RunResult
 from langchain_confspec.errors import ConfigurationError
 from langchain_confspec.decoding import StopHoldback
@@ -158,7 +158,10 @@ class ConfSpecChatModel(BaseChatModel):
     _tokenizer: Any = PrivateAttr(default=None)
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        try:
+            super().__init__(**kwargs)
+        except ValidationError as exc:
+            raise settings_error(exc) from None
         if self.draft_model is None and self.draft is None:
             raise ConfigurationError("No draft model: set draft_model (an id or path) or pass draft=.")
         if self.target_model is None and self.target is None:

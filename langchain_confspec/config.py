@@ -114,7 +114,10 @@ def build_config(**settings: object) -> SpecConfig:
     try:
         return SpecConfig(**cleaned)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigurationError(f"Invalid ConfSpec settings: {problems}") from None
+        raise settings_error(exc) from None
+
+
+def settings_error(exc: ValidationError) -> ConfigurationError:
+    """A `ConfigurationError` naming every setting that pydantic refused, and why."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors())
+    return ConfigurationError(f"Invalid ConfSpec settings: {problems}")
