@@ -123,9 +123,14 @@ class StopHoldback:
     def feed(self, text: str) -> str:
         """Add a step's text; return the part now safe to stream."""
         self._pending += text
-        keep = max((n for s in self.stops for n in range(1, len(s)) if self._pending.endswith(s[:n])), default=0)
-        safe = self._pending[: len(self._pending) - keep]
-        self._pending = self._pending[len(safe) :]
+        hits = [i for i in (self._pending.find(s) for s in self.stops) if i >= 0]
+        if hits:  # a whole stop string: nothing from it on is ever released
+            cut = min(hits)
+        else:
+            cut = len(self._pending) - max(
+                (n for s in self.stops for n in range(1, len(s)) if self._pending.endswith(s[:n])), default=0
+            )
+        safe, self._pending = self._pending[:cut], self._pending[cut:]
         self.released += len(safe)
         return safe
 

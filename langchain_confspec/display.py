@@ -1,0 +1,33 @@
+"""Plain-text views of step records, for terminals and examples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from langchain_confspec.records import StepRecord
+
+_SHORT_DECISION = {
+    "accepted_by_draft": "draft ok",
+    "accepted_by_target": "target ok",
+    "rejected_by_draft": "draft rejected",
+    "rejected_by_target": "target rejected",
+    "unverified": "unverified",
+}
+
+
+def format_step_table(records: Sequence[StepRecord], *, text_width: int = 40) -> str:
+    """A compact table: step, writer, decision, draft confidence, time, and the step's text."""
+    header = f"{'step':>4}  {'writer':<6}  {'decision':<15}  {'conf':>5}  {'ms':>7}  text"
+    lines = [header, "-" * len(header)]
+    for record in records:
+        confidence = f"{record.draft_confidence:.2f}" if record.draft_confidence is not None else "-"
+        t = record.times
+        millis = 1000 * (t.draft_write + t.draft_verify + t.target_verify + t.target_write)
+        text = " ".join(record.text.split())
+        if len(text) > text_width:
+            text = text[: text_width - 3] + "..."
+        lines.append(
+            f"{record.index:>4}  {record.writer.value:<6}  {_SHORT_DECISION[record.decision.value]:<15}  "
+            f"{confidence:>5}  {millis:>7.1f}  {text}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""The package surface and the repository's set-up contract."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import langchain_confspec
+from langchain_confspec import Decision, PhaseTimes, StepEnd, StepRecord, Writer
+from langchain_confspec.display import format_step_table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_all_names_exist_and_nothing_public_is_missing() -> None:
+    assert sorted(langchain_confspec.__all__) == sorted(set(langchain_confspec.__all__))
+    for name in langchain_confspec.__all__:
+        assert hasattr(langchain_confspec, name), name
+    assert {"ConfSpecChatModel", "ChatConfSpec", "StepRecord", "RunSummary", "ConfSpecEngine"} <= set(
+        langchain_confspec.__all__
+    )
+
+
+def test_package_is_typed() -> None:
+    assert (Path(langchain_confspec.__file__).parent / "py.typed").exists()
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.+?)\n```", readme)
+    test_command = next(c for c in commands if "pytest" in c)
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_step_records_round_trip_through_json_and_show_in_a_table() -> None:
+    record = StepRecord(
+        index=0,
+        text="3 + 4 = 7.\n\n",
+        n_tokens=6,
+        writer=Writer.TARGET,
+        decision=Decision.REJECTED_BY_TARGET,
+        end=StepEnd.DELIMITER,
+        draft_verdict=False,
+        draft_confidence=0.61,
+        escalated=True,
+        regenerated=True,
+        rejected_text="3 + 4 = 8.\n\n",
+        times=PhaseTimes(draft_write=0.01, target_write=0.02),
+    )
+    assert StepRecord.model_validate_json(record.model_dump_json()) == record
+    table = format_step_table([record])
+    assert "target rejected" in table and "0.61" in table and "30.0" in table

@@ -1,0 +1,50 @@
+"""Step delimiters, stop strings and streamed text, on plain strings."""
+
+from __future__ import annotations
+
+from langchain_confspec.decoding import StopHoldback, StopScanner, ends_step
+
+
+def test_a_step_ends_at_a_delimiter_after_content() -> None:
+    assert ends_step("3 + 4 = 7.\n\n", ["\n\n"])
+    assert ends_step("3 + 4 = 7.\n\nSo", ["\n\n"])
+    assert not ends_step("3 + 4 = 7.\n", ["\n\n"])
+
+
+def test_leading_blank_lines_belong_to_the_step() -> None:
+    assert not ends_step("\n\n", ["\n\n"])
+    assert not ends_step("\n\n  Step", ["\n\n"])
+    assert ends_step("\n\nStep 1.\n\n", ["\n\n"])
+
+
+def test_any_of_several_delimiters_ends_a_step() -> None:
+    assert ends_step("First, add.\nThen", ["\n\n", "\nThen"])
+
+
+def test_stop_found_across_step_boundaries() -> None:
+    scanner = StopScanner(["STOP"])
+    assert scanner.find("the answer ST") is None
+    scanner.advance("the answer ST")
+    assert scanner.find("OP and more") == -2
+    assert scanner.find("nothing") is None
+
+
+def test_holdback_releases_text_that_cannot_start_a_stop() -> None:
+    holdback = StopHoldback(["STOP"])
+    assert holdback.feed("the answer ST") == "the answer "
+    assert holdback.feed("AR is bright") == "STAR is bright"
+    assert holdback.finish("the answer STAR is bright") == ""
+
+
+def test_holdback_never_releases_a_stop_that_straddles_steps() -> None:
+    holdback = StopHoldback(["STOP"])
+    streamed = holdback.feed("one ST") + holdback.feed("OP two")
+    final = "one "
+    assert final.startswith(streamed)
+    assert streamed + holdback.finish(final) == final
+
+
+def test_holdback_without_stops_releases_everything() -> None:
+    holdback = StopHoldback([])
+    assert holdback.feed("abc") == "abc"
+    assert holdback.finish("abc") == ""
