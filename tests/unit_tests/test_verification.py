@@ -1,0 +1,66 @@
+"""Reading verdicts from next-token distributions, and custom verification prompts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from langchain_confspec import ConfigurationError, ConfSpecEngine
+from langchain_confspec.config import build_config
+from langchain_confspec.tiny import build_tokenizer
+from langchain_confspec.verification import VerdictReader
+
+TURNS = [{"role": "user", "content": "What is 12 * 12?"}]
+
+
+def peaked_logits(tokenizer, text: str, size: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    logits = torch.full((size,), -20.0)
+    logits[tokenizer.encode(text, add_special_tokens=False)[0]] = 10.0
+    return logits
+
+
+def test_binary_verdict_follows_yes_and_no() -> None:
+    tokenizer = build_tokenizer()
+    reader = VerdictReader(tokenizer, build_config())
+    yes = reader.read(peaked_logits(tokenizer, " Yes", len(tokenizer)))
+    no = reader.read(peaked_logits(tokenizer, "No", len(tokenizer)))
+    assert yes.accepts and yes.confidence > 0.99
+    assert not no.accepts and no.confidence > 0.99
+    assert reader.read(torch.zeros(len(tokenizer))).confidence < 0.75  # flat: unsure
+
+
+@pytest.mark.parametrize(("score", "passes"), [("9", True), ("7", True), ("6", False), ("0", False)])
+def test_score_verdict_passes_at_the_pass_mark(score: str, passes: bool) -> None:
+    tokenizer = build_tokenizer()
+    reader = VerdictReader(tokenizer, build_config(verification="score", score_pass_mark=7))
+    verdict = reader.read(peaked_logits(tokenizer, score, len(tokenizer)))
+    assert verdict.accepts is passes and verdict.confidence > 0.99
+
+
+def test_verdict_tokens_that_cannot_be_told_apart_are_refused() -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "step": 1}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    blind = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]")  # Yes and No both [UNK]
+    with pytest.raises(ConfigurationError, match="cannot tell accepting from rejecting"):
+        VerdictReader(blind, build_config())
+
+
+def test_score_style_runs_end_to_end(tiny_engine: ConfSpecEngine) -> None:
+    result = tiny_engine.generate(TURNS, build_config(verification="score", max_tokens=24, max_step_tokens=8))
+    assert result.records and all(0.5 <= r.draft_confidence <= 1.0 for r in result.records)  # type: ignore[operator]
+
+
+def test_custom_verification_prompt_is_what_the_draft_reads(tiny_engine: ConfSpecEngine) -> None:
+    settings = {"max_tokens": 24, "max_step_tokens": 8, "accept_threshold": 0.0, "reject_threshold": 0.0}
+    default = tiny_engine.generate(TURNS, build_config(**settings))
+    longer_prompt = "\n\nCheck the arithmetic of the last step above carefully. Is it correct? Answer Yes or No.\nAnswer:"
+    custom = tiny_engine.generate(TURNS, build_config(**settings, verification_prompt=longer_prompt))
+    tokenizer = tiny_engine.draft.tokenizer
+    extra = len(tokenizer.encode(longer_prompt)) - len(tokenizer.encode(build_config().verification_suffix))
+    assert extra > 0
+    judgements = len(custom.records)
+    assert len(default.records) == judgements
+    assert custom.summary.draft.forward_tokens - default.summary.draft.forward_tokens == extra * judgements
