@@ -312,3 +312,33 @@ def test_tokenizer_that_does_not_fit_the_model_is_refused() -> None:
     small = build_tokenizer(vocab_size=120)
     with pytest.raises(TokenizerMismatchError, match="draft"):
         wrap_model(build_model(small), big, role="draft")
+
+
+def test_an_abandoned_stream_releases_the_model(chat: ConfSpecChatModel) -> None:
+    import threading
+
+    expected = chat.invoke(QUESTION).content
+    stream = chat.stream(QUESTION)
+    next(stream)
+    stream.close()
+    results: list[Any] = []
+    worker = threading.Thread(target=lambda: results.append(chat.invoke(QUESTION).content), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert results == [expected], "the next call did not get the model back"
+
+
+async def test_a_cancelled_astream_releases_the_model(chat: ConfSpecChatModel) -> None:
+    expected = chat.invoke(QUESTION).content
+
+    async def consume() -> None:
+        async for _ in chat.astream(QUESTION, max_tokens=400, max_step_tokens=4):
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    message = await asyncio.wait_for(chat.ainvoke(QUESTION), timeout=60)
+    assert message.content == expected
