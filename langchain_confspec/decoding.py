@@ -94,11 +94,11 @@ def write_step(
     text = ""
     while len(ids) < budget:
         token = chooser.choose(session.next_logits())
+        if token in eos:  # not added to the context: the answer ends here
+            return WrittenStep(ids, text, StepEnd.EOS)
         ids.append(token)
         session.append((token,))
         session.tokens_written += 1
-        if token in eos:
-            return WrittenStep(ids, text, StepEnd.EOS)
         text = tokenizer.decode(ids, skip_special_tokens=True)
         stop_at = stops.find(text)
         if stop_at is not None:
