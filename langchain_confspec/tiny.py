@@ -33,17 +33,20 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with a ChatML-style chat template.
+def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `corpus`, digits split one per token, with a
+    ChatML-style chat template and `<|im_end|>` as end of sequence.
 
-    Its alphabet holds only the characters of the corpus (all ASCII), so every token decodes
-    to whole characters and decoding step by step gives the same text as decoding at once.
+    Its alphabet holds only the characters of the corpus, so every token decodes to whole
+    characters and decoding step by step gives the same text as decoding at once.
     """
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
@@ -54,11 +57,18 @@ def build_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
     )
 
 
+def build_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    """The tests' tokenizer, trained on a small built-in corpus."""
+    return train_tokenizer(_CORPUS * 4, vocab_size)
+
+
 def build_model(
     tokenizer: PreTrainedTokenizerFast,
     *,
     hidden_size: int = 32,
     num_layers: int = 2,
+    num_heads: int = 4,
+    ffn_multiple: int = 2,
     seed: int = 0,
     max_positions: int = 512,
 ) -> LlamaForCausalLM:
@@ -66,10 +76,10 @@ def build_model(
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
+        intermediate_size=ffn_multiple * hidden_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
         max_position_embeddings=max_positions,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
