@@ -168,6 +168,11 @@ class ConfSpecChatModel(BaseChatModel):
             raise ConfigurationError("No target model: set target_model (an id or path) or pass target=.")
         self._config = self._spec_config()
 
+    @classmethod
+    def demo(cls, **kwargs: Any) -> ConfSpecChatModel:
+        """The bundled trained pair for arithmetic word problems (offline, CPU-friendly)."""
+        return cls(draft_model="confspec-demo-draft", target_model="confspec-demo-target", **kwargs)
+
     # -- LangChain plumbing -----------------------------------------------------------------
 
     @property

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from langchain_confspec.errors import ModelLoadError, TokenizerMismatchError
+
+DEMO_PAIR_DIR = Path(__file__).parent / "demo" / "pair"
+DEMO_MODELS = {"confspec-demo-draft": DEMO_PAIR_DIR / "draft", "confspec-demo-target": DEMO_PAIR_DIR / "target"}
 
 # Used for tokenizers that ship without a chat template (base models): plain role prefixes.
 FALLBACK_CHAT_TEMPLATE = (
@@ -55,9 +59,9 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, Any]
 
 def load_tokenizer(name_or_path: str, *, role: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer by id or path, with an error that names the role and the path."""
-    _check_local_path(name_or_path, role=role)
+    source = resolve_model_name(name_or_path, role=role)
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load the {role} tokenizer {name_or_path!r}: {exc}") from exc
 
@@ -72,13 +76,14 @@ def load_model(
 ) -> LoadedModel:
     """Load `name_or_path` with `AutoModelForCausalLM`, like any Hugging Face model."""
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name_or_path, role=role)
+    source = resolve_model_name(name_or_path, role=role)
     kwargs: dict[str, Any] = {}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load the {role} model {name_or_path!r}: {exc}") from exc
     return wrap_model(model, tokenizer, role=role, name=name_or_path)
@@ -111,6 +116,14 @@ def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
         elif isinstance(source, (list, tuple)):
             ids.update(int(i) for i in source)
     return frozenset(ids)
+
+
+def resolve_model_name(name_or_path: str, *, role: str) -> str:
+    """The bundled demo models by name, anything else as given; a missing local path fails here."""
+    if name_or_path in DEMO_MODELS:
+        return str(DEMO_MODELS[name_or_path])
+    _check_local_path(name_or_path, role=role)
+    return name_or_path
 
 
 def _check_local_path(name_or_path: str, *, role: str) -> None:

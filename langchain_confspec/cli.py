@@ -1,0 +1,161 @@
+"""The `confspec` command: `confspec run "question"` and `confspec eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_confspec.config import Mode, build_config
+from langchain_confspec.display import format_step_table
+from langchain_confspec.engine import ConfSpecEngine
+from langchain_confspec.errors import ConfSpecError
+from langchain_confspec.loading import load_model
+
+DEMO_DRAFT, DEMO_TARGET = "confspec-demo-draft", "confspec-demo-target"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        return int(args.handler(args))
+    except (ConfSpecError, ValueError, OSError) as exc:
+        print(f"confspec: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="confspec", description="Step-level speculative reasoning, audited.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="answer one question and show how each step was produced")
+    run.add_argument("question")
+    _model_options(run)
+    run.add_argument("--mode", default=Mode.CONFSPEC.value, choices=[m.value for m in Mode])
+    run.add_argument("--no-compare", action="store_true", help="skip the target_only run used for the speedup")
+    run.set_defaults(handler=_run)
+
+    evaluate = commands.add_parser("eval", help="compare modes on a problem set")
+    _model_options(evaluate)
+    evaluate.add_argument("--data", type=Path, help='JSONL of {"question", "answer"} (GSM8K "#### N" works)')
+    evaluate.add_argument("--problems", type=int, default=500, help="built-in problems when --data is absent")
+    evaluate.add_argument("--seed", type=int, default=10_000, help="seed of the built-in problems")
+    evaluate.add_argument(
+        "--modes", default="target_only,draft_only,always_verify,confspec", help="comma-separated modes"
+    )
+    evaluate.add_argument("--sweep", help="SETTING=START:STOP[:COUNT], e.g. accept_threshold=0.5:0.99:5")
+    evaluate.add_argument("--out", type=Path, default=Path("confspec-eval"), help="folder for JSON, Markdown, PNG")
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.set_defaults(handler=_eval)
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--draft", default=DEMO_DRAFT, help="draft model id or path (default: the bundled demo)")
+    parser.add_argument("--target", default=DEMO_TARGET, help="target model id or path")
+    parser.add_argument("--device-map", default=None, help='e.g. "auto" to use GPUs')
+    parser.add_argument("--dtype", default=None, help='e.g. "bfloat16"')
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. --set accept_threshold=0.9"
+    )
+
+
+def _engine(args: argparse.Namespace) -> ConfSpecEngine:
+    draft = load_model(args.draft, role="draft", device_map=args.device_map, torch_dtype=args.dtype)
+    target = load_model(args.target, role="target", device_map=args.device_map, torch_dtype=args.dtype)
+    return ConfSpecEngine(draft, target)
+
+
+def _settings(pairs: list[str]) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set wants KEY=VALUE, got {pair!r}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
+def _run(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    settings = _settings(args.set)
+    turns = [{"role": "user", "content": args.question}]
+    config = build_config(**{**settings, "mode": args.mode})
+    engine.generate(turns, build_config(**{**settings, "max_tokens": 2}))  # warm-up outside the timings
+    started = time.perf_counter()
+    result = engine.generate(turns, config)
+    elapsed = time.perf_counter() - started
+    print(result.text)
+    print()
+    print(format_step_table(result.records))
+    summary = result.summary
+    rate = summary.draft_acceptance_rate
+    print(
+        f"\n{summary.n_steps} steps, draft acceptance {'-' if rate is None else f'{rate:.0%}'}, "
+        f"escalation {'-' if summary.escalation_rate is None else f'{summary.escalation_rate:.0%}'}, "
+        f"finish {summary.finish_reason}, {elapsed * 1000:.0f} ms"
+    )
+    if not args.no_compare and args.mode != Mode.TARGET_ONLY.value:
+        started = time.perf_counter()
+        engine.generate(turns, build_config(**{**settings, "mode": Mode.TARGET_ONLY}))
+        reference = time.perf_counter() - started
+        print(f"target_only: {reference * 1000:.0f} ms -> speedup {reference / elapsed:.2f}x")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from langchain_confspec.demo.problems import check_step
+    from langchain_confspec.evaluation import RunPlan, builtin_items, evaluate, load_jsonl, parse_sweep
+
+    items = load_jsonl(args.data) if args.data else builtin_items(args.problems, args.seed)
+    plans = [RunPlan(Mode(m.strip())) for m in args.modes.split(",") if m.strip()]
+    swept: tuple[str, list[float]] | None = None
+    if args.sweep:
+        swept = parse_sweep(args.sweep)
+        if not any(p.mode is Mode.TARGET_ONLY for p in plans):
+            plans.insert(0, RunPlan(Mode.TARGET_ONLY))
+        plans += [RunPlan(Mode.CONFSPEC, {swept[0]: value}) for value in swept[1]]
+    engine = _engine(args)
+    engine.generate([{"role": "user", "content": "warm up"}], build_config(max_tokens=2))
+    report = evaluate(
+        engine,
+        items,
+        plans,
+        base=_settings(args.set),
+        check_step=None if args.data else check_step,
+        progress=not args.no_progress,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(report.to_json(), indent=2))
+    (args.out / "results.md").write_text(report.markdown() + "\n")
+    written = [args.out / "results.json", args.out / "results.md"]
+    try:
+        from langchain_confspec.plots import plot_reliability, plot_sweep
+
+        written.append(plot_reliability(report.calibration, args.out / "reliability.png"))
+        if swept:
+            reference = next((m for m in report.modes if m.mode == Mode.TARGET_ONLY.value and not m.settings), None)
+            curve = [m for m in report.modes if swept[0] in m.settings]
+            written.append(plot_sweep(curve, swept[0], reference, args.out / "sweep.png"))
+    except ImportError:
+        print("matplotlib is not installed: no PNG charts (pip install 'langchain-confspec[eval]')", file=sys.stderr)
+    print(report.markdown())
+    if report.interrupted:
+        print(f"\ninterrupted: results cover the first {report.problems} problems", file=sys.stderr)
+    print("\nwrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

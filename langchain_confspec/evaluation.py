@@ -1,0 +1,278 @@
+"""`confspec eval`: accuracy, speed and verification quality of several modes in one run.
+
+Problems come from the built-in synthetic set or a JSONL file of `{"question", "answer"}`
+(GSM8K's `#### 42` answers work). Every mode answers every problem in the same process, so
+speedups are ratios measured side by side. A calibration pass asks the draft *and* the
+target about every draft step, which gives the draft's confidence against a reference verdict
+(the target's, or ground truth where the data set can check a step) for AUROC and the
+reliability diagram.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_confspec.config import Mode, SpecConfig, build_config
+from langchain_confspec.demo.problems import extract_answer, make_problems
+from langchain_confspec.engine import ConfSpecEngine, RunResult
+from langchain_confspec.records import Writer
+
+AnswerExtractor = Callable[[str], "str | None"]
+StepChecker = Callable[[str], "bool | None"]
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    question: str
+    answer: str
+
+
+def load_jsonl(path: str | Path, extract: AnswerExtractor = extract_answer) -> list[EvalItem]:
+    """Read `{"question", "answer"}` lines; a GSM8K-style answer yields the number after `####`."""
+    items = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "question" not in row or "answer" not in row:
+            raise ValueError(f"{path}:{number}: each line needs 'question' and 'answer'")
+        answer = str(row["answer"])
+        items.append(EvalItem(row["question"], extract(answer) or answer.strip()))
+    return items
+
+
+def builtin_items(count: int = 500, seed: int = 10_000) -> list[EvalItem]:
+    """Held-out demo problems (the demo pair trains on seeds below 10,000)."""
+    return [EvalItem(p.question, str(p.answer)) for p in make_problems(count, seed)]
+
+
+@dataclass
+class ModeReport:
+    """One mode's totals over the evaluation set."""
+
+    mode: str
+    settings: dict[str, Any]
+    n: int = 0
+    correct: int = 0
+    wall_time: float = 0.0
+    tokens: dict[str, int] = field(default_factory=lambda: {w.value: 0 for w in Writer})
+    forward_passes: dict[str, int] = field(default_factory=lambda: {w.value: 0 for w in Writer})
+    steps: int = 0
+    escalated: int = 0
+    rejected: int = 0
+    accepted_by_draft: int = 0
+    speedup: float | None = None
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    def add(self, result: RunResult, correct: bool) -> None:
+        self.n += 1
+        self.correct += correct
+        self.wall_time += result.summary.wall_time - result.summary.lock_wait
+        for writer, count in result.output_tokens_by_writer.items():
+            self.tokens[writer] += count
+        self.forward_passes["draft"] += result.summary.draft.forward_passes
+        self.forward_passes["target"] += result.summary.target.forward_passes
+        self.steps += len(result.records)
+        self.escalated += sum(r.escalated for r in result.records)
+        self.rejected += sum(r.regenerated for r in result.records)
+        self.accepted_by_draft += result.summary.steps_by_decision["accepted_by_draft"]
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            **{k: v for k, v in asdict(self).items() if k not in ("mode",)},
+            "accuracy": self.accuracy,
+            "escalation_rate": self.escalated / self.steps if self.steps else 0.0,
+            "rejection_rate": self.rejected / self.steps if self.steps else 0.0,
+            "draft_only_acceptance": self.accepted_by_draft / self.steps if self.steps else 0.0,
+        }
+
+
+@dataclass
+class Calibration:
+    """Draft acceptance probabilities against reference labels (True: the step is right)."""
+
+    p_accept: list[float] = field(default_factory=list)
+    labels: list[bool] = field(default_factory=list)
+    label_source: str = "target verdict"
+
+    def auroc(self) -> float | None:
+        return auroc(self.p_accept, self.labels)
+
+    def reliability(self, bins: int = 10) -> list[dict[str, float]]:
+        rows = []
+        for b in range(bins):
+            low, high = b / bins, (b + 1) / bins
+            members = [l for p, l in zip(self.p_accept, self.labels) if low <= p < high or (b == bins - 1 and p == 1.0)]
+            if members:
+                rows.append({"low": low, "high": high, "count": len(members), "fraction_right": sum(members) / len(members)})
+        return rows
+
+
+@dataclass
+class EvalReport:
+    modes: list[ModeReport]
+    calibration: Calibration
+    problems: int
+    interrupted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "problems": self.problems,
+            "interrupted": self.interrupted,
+            "modes": [m.as_row() for m in self.modes],
+            "calibration": {
+                "label_source": self.calibration.label_source,
+                "steps": len(self.calibration.labels),
+                "auroc": self.calibration.auroc(),
+                "reliability": self.calibration.reliability(),
+            },
+        }
+
+    def markdown(self) -> str:
+        header = (
+            "| mode | settings | accuracy | wall s | speedup vs target_only | draft tokens | target tokens | "
+            "steps | accepted by draft alone | escalated | rejected | draft passes | target passes |"
+        )
+        lines = [header, "|" + "---|" * 13]
+        for m in self.modes:
+            row = m.as_row()
+            settings = ", ".join(f"{k}={v}" for k, v in m.settings.items()) or "-"
+            speedup = f"{m.speedup:.2f}x" if m.speedup is not None else "-"
+            lines.append(
+                f"| {m.mode} | {settings} | {m.accuracy:.1%} | {m.wall_time:.1f} | {speedup} | {m.tokens['draft']} | "
+                f"{m.tokens['target']} | {m.steps} | {row['draft_only_acceptance']:.1%} | {row['escalation_rate']:.1%} | "
+                f"{row['rejection_rate']:.1%} | {m.forward_passes['draft']} | {m.forward_passes['target']} |"
+            )
+        auc = self.calibration.auroc()
+        lines.append("")
+        lines.append(
+            f"Draft verification AUROC against the {self.calibration.label_source}: "
+            f"{'n/a' if auc is None else f'{auc:.3f}'} over {len(self.calibration.labels)} steps."
+        )
+        return "\n".join(lines)
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Probability that a right step scores above a wrong one (ties count half)."""
+    positives = [s for s, l in zip(scores, labels) if l]
+    negatives = [s for s, l in zip(scores, labels) if not l]
+    if not positives or not negatives:
+        return None
+    ranked = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives])
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        average_rank = (i + j + 1) / 2  # 1-based ranks i+1..j
+        rank_sum += average_rank * sum(label for _, label in ranked[i:j])
+        i = j
+    n_pos, n_neg = len(positives), len(negatives)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One configuration to evaluate: a mode plus the settings it overrides."""
+
+    mode: Mode
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate(
+    engine: ConfSpecEngine,
+    items: Sequence[EvalItem],
+    plans: Sequence[RunPlan],
+    *,
+    base: dict[str, Any] | None = None,
+    extract: AnswerExtractor = extract_answer,
+    check_step: StepChecker | None = None,
+    progress: bool = True,
+) -> EvalReport:
+    """Answer every item with every plan, plus a calibration pass; Ctrl-C keeps what is done."""
+    base = dict(base or {})
+    reports = [ModeReport(plan.mode.value, plan.settings) for plan in plans]
+    configs = [build_config(**{**base, **plan.settings, "mode": plan.mode}) for plan in plans]
+    calibration_config = build_config(
+        **{**base, "mode": Mode.CONFSPEC, "accept_threshold": 2.0, "reject_threshold": 2.0}
+    )
+    calibration = Calibration(label_source="ground truth" if check_step else "target verdict")
+    interrupted = False
+    done = 0
+    try:
+        for done, item in enumerate(_progress(items, enabled=progress), start=1):
+            turns = [{"role": "user", "content": item.question}]
+            for report, config in zip(reports, configs):
+                result = engine.generate(turns, config)
+                report.add(result, extract(result.text) == item.answer)
+            _calibrate(engine.generate(turns, calibration_config), calibration, check_step)
+    except KeyboardInterrupt:
+        interrupted = True
+        done -= 1
+        for report in reports:  # keep only whole problems: every mode answered the same set
+            if report.n > done:
+                report.n = done
+    _fill_speedups(reports)
+    return EvalReport(reports, calibration, problems=done, interrupted=interrupted)
+
+
+def _calibrate(result: RunResult, calibration: Calibration, check_step: StepChecker | None) -> None:
+    for record in result.records:
+        if record.draft_verdict is None or record.draft_confidence is None:
+            continue
+        text = record.rejected_text if record.regenerated else record.text
+        label = check_step(text) if check_step and text is not None else record.target_verdict
+        if label is None:
+            continue
+        p = record.draft_confidence if record.draft_verdict else 1.0 - record.draft_confidence
+        calibration.p_accept.append(p)
+        calibration.labels.append(bool(label))
+
+
+def _fill_speedups(reports: list[ModeReport]) -> None:
+    reference = next((r for r in reports if r.mode == Mode.TARGET_ONLY.value and not r.settings), None)
+    if reference is None or not reference.wall_time:
+        return
+    for report in reports:
+        if report.wall_time:
+            report.speedup = reference.wall_time / report.wall_time
+
+
+def _progress(items: Sequence[EvalItem], *, enabled: bool) -> Iterable[EvalItem]:
+    started = time.perf_counter()
+    for index, item in enumerate(items, start=1):
+        yield item
+        if enabled:
+            elapsed = time.perf_counter() - started
+            width = 30
+            filled = int(width * index / len(items))
+            eta = elapsed / index * (len(items) - index)
+            print(
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {index}/{len(items)} {elapsed:5.0f}s eta {eta:5.0f}s",
+                end="" if index < len(items) else "\n",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def parse_sweep(spec: str) -> tuple[str, list[float]]:
+    """`accept_threshold=0.5:0.99:5` -> ("accept_threshold", five evenly spaced values)."""
+    name, _, span = spec.partition("=")
+    parts = span.split(":")
+    if not name or name not in SpecConfig.model_fields or len(parts) not in (2, 3):
+        raise ValueError(f"--sweep wants SETTING=START:STOP[:COUNT], got {spec!r}")
+    start, stop = float(parts[0]), float(parts[1])
+    count = int(parts[2]) if len(parts) == 3 else 5
+    if count < 2:
+        return name, [start]
+    return name, [round(start + (stop - start) * i / (count - 1), 4) for i in range(count)]
