@@ -1,0 +1,122 @@
+"""`confspec eval` pieces: answers, data files, AUROC, sweeps, and a whole run on tiny models."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from langchain_confspec import ConfSpecEngine, Mode
+from langchain_confspec.cli import main as cli_main
+from langchain_confspec.demo.problems import check_step, corrupt_step, extract_answer, make_problems
+from langchain_confspec.evaluation import EvalItem, RunPlan, auroc, evaluate, load_jsonl, parse_sweep
+
+
+def test_answers_are_read_from_answer_lines_and_gsm8k_marks() -> None:
+    assert extract_answer("3 + 4 = 7.\n\nAnswer: 7") == "7"
+    assert extract_answer("Natalia sold 48/2 = 24 clips.\n#### 1,200") == "1200"
+    assert extract_answer("Answer: 12.0") == "12"
+    assert extract_answer("Answer: 2.5") == "2.5"
+    assert extract_answer("no final line") is None
+    assert extract_answer("Answer: 3\n\nAnswer: 4") == "4"
+
+
+def test_jsonl_questions_and_gsm8k_answers_load(tmp_path: Path) -> None:
+    path = tmp_path / "set.jsonl"
+    path.write_text(
+        json.dumps({"question": "2+2?", "answer": "2+2=4\n#### 4"}) + "\n\n" + json.dumps({"question": "q", "answer": 7}) + "\n"
+    )
+    assert load_jsonl(path) == [EvalItem("2+2?", "4"), EvalItem("q", "7")]
+    path.write_text(json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(ValueError, match="question"):
+        load_jsonl(path)
+
+
+def test_demo_problems_are_consistent_and_checkable() -> None:
+    rng = random.Random(1)
+    for problem in make_problems(300, seed=3):
+        assert extract_answer(problem.solution) == str(problem.answer)
+        assert 0 <= problem.answer < 200
+        assert all(step.endswith("\n\n") for step in problem.steps[:-1])
+        for step in problem.steps:
+            verdict = check_step(step)
+            assert verdict in (True, None)
+            if verdict:
+                assert check_step(corrupt_step(step, rng)) is False
+
+
+def test_auroc_matches_hand_computed_values() -> None:
+    assert auroc([0.9, 0.8, 0.3, 0.1], [True, True, False, False]) == 1.0
+    assert auroc([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 0.0
+    assert auroc([0.5, 0.5], [True, False]) == 0.5
+    assert auroc([0.9, 0.4, 0.6, 0.2], [True, True, False, False]) == 0.75
+    assert auroc([0.9], [True]) is None
+
+
+def test_sweep_specs_parse_and_bad_ones_are_refused() -> None:
+    assert parse_sweep("accept_threshold=0.5:0.9:3") == ("accept_threshold", [0.5, 0.7, 0.9])
+    with pytest.raises(ValueError, match="SETTING"):
+        parse_sweep("no_such_setting=0:1")
+    with pytest.raises(ValueError, match="SETTING"):
+        parse_sweep("accept_threshold=0.5")
+
+
+def test_evaluate_counts_every_mode_on_the_same_problems(tiny_engine: ConfSpecEngine) -> None:
+    items = [EvalItem(p.question, str(p.answer)) for p in make_problems(3, seed=5)]
+    plans = [RunPlan(Mode.TARGET_ONLY), RunPlan(Mode.CONFSPEC), RunPlan(Mode.CONFSPEC, {"accept_threshold": 0.0})]
+    report = evaluate(tiny_engine, items, plans, base={"max_tokens": 16, "max_step_tokens": 8}, progress=False)
+    assert [m.n for m in report.modes] == [3, 3, 3]
+    target_only, confspec, trusting = report.modes
+    assert target_only.speedup == 1.0
+    assert target_only.tokens["draft"] == 0 and target_only.forward_passes["draft"] == 0
+    assert trusting.escalated == 0
+    assert confspec.tokens["draft"] + confspec.tokens["target"] > 0
+    assert len(report.calibration.labels) == len(report.calibration.p_accept) > 0
+    assert "| target_only |" in report.markdown()
+
+
+def test_ctrl_c_keeps_the_problems_already_done(tiny_engine: ConfSpecEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    original = tiny_engine.generate
+
+    def interrupt_on_fourth(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_engine, "generate", interrupt_on_fourth)
+    items = [EvalItem(p.question, str(p.answer)) for p in make_problems(3, seed=6)]
+    report = evaluate(tiny_engine, items, [RunPlan(Mode.TARGET_ONLY), RunPlan(Mode.DRAFT_ONLY)], base={"max_tokens": 8}, progress=False)
+    assert report.interrupted
+    assert report.problems == 1
+    assert [m.n for m in report.modes] == [1, 1]
+
+
+def test_cli_eval_writes_json_markdown_and_charts(tiny_pair_paths: tuple[Path, Path], tmp_path: Path) -> None:
+    draft, target = tiny_pair_paths
+    out = tmp_path / "eval"
+    code = cli_main(
+        ["eval", "--draft", str(draft), "--target", str(target), "--problems", "2", "--no-progress",
+         "--sweep", "accept_threshold=0.5:0.9:2", "--set", "max_tokens=12", "--out", str(out)]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [m["mode"] for m in results["modes"]] == ["target_only", "draft_only", "always_verify", "confspec", "confspec", "confspec"]
+    assert all(m["n"] == 2 for m in results["modes"])
+    for chart in ("reliability.png", "sweep.png"):
+        assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_run_prints_answer_and_step_table(tiny_pair_paths: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    draft, target = tiny_pair_paths
+    assert cli_main(["run", "What is 2 + 2?", "--draft", str(draft), "--target", str(target), "--set", "max_tokens=12"]) == 0
+    printed = capsys.readouterr().out
+    assert "writer" in printed and "decision" in printed and "speedup" in printed
+
+
+def test_cli_reports_bad_input_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["run", "hi", "--draft", "/nonexistent/draft", "--target", "/nonexistent/target"]) == 2
+    assert "does not exist" in capsys.readouterr().err
