@@ -143,6 +143,8 @@ class ConfSpecChatModel(BaseChatModel):
     """Draft confidence at which its own reject verdict stands (above 1: never)."""
     target_accept_threshold: float = 0.5
     """Target acceptance probability needed to keep an escalated step."""
+    token_speculation: bool = False
+    """Let the draft propose tokens inside the target's own steps (same output, fewer target passes)."""
     temperature: float = 0.0
     """0 decodes greedily."""
     top_p: float = 1.0

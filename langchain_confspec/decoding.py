@@ -29,16 +29,30 @@ class TokenChooser:
         else:
             self._generator.seed()
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
     def choose(self, logits: torch.Tensor) -> int:
-        if self.temperature == 0.0:
+        if self.greedy:
             return int(torch.argmax(logits))
+        return self.sample(self.distribution(logits))
+
+    def distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        """The sampling distribution: temperature, then top-p truncation, renormalised."""
         probs = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
         if self.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
             outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= self.top_p
             sorted_probs[outside] = 0.0
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        return probs / probs.sum()
+
+    def sample(self, probs: torch.Tensor) -> int:
         return int(torch.multinomial(probs, 1, generator=self._generator))
+
+    def uniform(self) -> float:
+        return float(torch.rand((), generator=self._generator))
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,37 @@ def ends_step(text: str, delimiters: Sequence[str]) -> bool:
     return any(text.find(d, content_start) > content_start for d in delimiters)
 
 
+class StepBuilder:
+    """Grows a step token by token and says when, and why, it ends."""
+
+    def __init__(self, session: ModelSession, *, budget: int, delimiters: Sequence[str], stops: StopScanner) -> None:
+        self.tokenizer = session.loaded.tokenizer
+        self.eos = session.loaded.eos_token_ids
+        self.budget = budget
+        self.delimiters = delimiters
+        self.stops = stops
+        self.ids: list[int] = []
+        self.text = ""
+
+    def add(self, token: int) -> WrittenStep | None:
+        """Take the next token; return the finished step if this token ends it.
+
+        An end-of-sequence token ends the step without becoming part of it.
+        """
+        if token in self.eos:
+            return WrittenStep(self.ids, self.text, StepEnd.EOS)
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        stop_at = self.stops.find(self.text)
+        if stop_at is not None:
+            return WrittenStep(self.ids, self.text, StepEnd.STOP, stop_at)
+        if ends_step(self.text, self.delimiters):
+            return WrittenStep(self.ids, self.text, StepEnd.DELIMITER)
+        if len(self.ids) >= self.budget:
+            return WrittenStep(self.ids, self.text, StepEnd.LENGTH)
+        return None
+
+
 def write_step(
     session: ModelSession,
     chooser: TokenChooser,
@@ -88,24 +133,15 @@ def write_step(
     stops: StopScanner,
 ) -> WrittenStep:
     """Decode one step of at most `budget` tokens, appending it to `session`."""
-    tokenizer = session.loaded.tokenizer
-    eos = session.loaded.eos_token_ids
-    ids: list[int] = []
-    text = ""
-    while len(ids) < budget:
+    step = StepBuilder(session, budget=budget, delimiters=delimiters, stops=stops)
+    while True:
         token = chooser.choose(session.next_logits())
-        if token in eos:  # not added to the context: the answer ends here
-            return WrittenStep(ids, text, StepEnd.EOS)
-        ids.append(token)
-        session.append((token,))
-        session.tokens_written += 1
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        stop_at = stops.find(text)
-        if stop_at is not None:
-            return WrittenStep(ids, text, StepEnd.STOP, stop_at)
-        if ends_step(text, delimiters):
-            return WrittenStep(ids, text, StepEnd.DELIMITER)
-    return WrittenStep(ids, text, StepEnd.LENGTH)
+        done = step.add(token)
+        if token not in step.eos:  # an end-of-sequence token never enters the context
+            session.append((token,))
+            session.tokens_written += 1
+        if done is not None:
+            return done
 
 
 class StopHoldback:

@@ -17,7 +17,7 @@ from typing import Any
 
 from langchain_confspec.config import Mode, SpecConfig
 from langchain_confspec.decoding import StopScanner, TokenChooser, WrittenStep, write_step
-from langchain_confspec.errors import ContextLengthError
+from langchain_confspec.errors import ConfigurationError, ContextLengthError
 from langchain_confspec.gate import GateAction, gate, target_accepts
 from langchain_confspec.loading import LoadedModel, same_vocabulary
 from langchain_confspec.records import (
@@ -27,10 +27,12 @@ from langchain_confspec.records import (
     RunSummary,
     StepEnd,
     StepRecord,
+    TokenSpeculation,
     Writer,
     summarize,
 )
 from langchain_confspec.session import ModelSession
+from langchain_confspec.speculation import DepthPolicy, speculative_write_step
 from langchain_confspec.verification import VerdictReader, judge
 
 
@@ -58,10 +60,11 @@ class RunResult:
 class ConfSpecEngine:
     """A draft and a target model, and the lock that serialises generations over them."""
 
-    def __init__(self, draft: LoadedModel, target: LoadedModel) -> None:
+    def __init__(self, draft: LoadedModel, target: LoadedModel, depth_policy: DepthPolicy | None = None) -> None:
         self.draft = draft
         self.target = target
         self.shared_vocabulary = same_vocabulary(draft.tokenizer, target.tokenizer)
+        self.depth_policy = depth_policy or DepthPolicy.for_model(target.directory)
         self._lock = threading.Lock()
 
     def run(self, turns: list[dict[str, Any]], config: SpecConfig) -> Iterator[StepRecord | RunResult]:
@@ -102,7 +105,11 @@ class _Generation:
     def __init__(self, engine: ConfSpecEngine, turns: list[dict[str, Any]], config: SpecConfig) -> None:
         self.engine = engine
         self.config = config
-        uses_draft = config.mode is not Mode.TARGET_ONLY
+        if config.token_speculation and not engine.shared_vocabulary:
+            raise ConfigurationError(
+                "token_speculation needs draft and target to share a vocabulary; these two tokenizers differ."
+            )
+        uses_draft = config.mode is not Mode.TARGET_ONLY or config.token_speculation
         uses_target = config.mode is not Mode.DRAFT_ONLY
         self.draft = self._open(engine.draft, turns, "draft") if uses_draft else None
         self.target = self._open(engine.target, turns, "target") if uses_target else None
@@ -181,11 +188,27 @@ class _Generation:
             session, self.chooser, budget=budget, delimiters=self.config.step_delimiters, stops=self.stops
         )
 
-    def _target_only_step(self, budget: int, clock: _PhaseClock) -> StepRecord:
+    def _write_as_target(self, budget: int) -> tuple[WrittenStep, TokenSpeculation | None]:
+        """The target writes a step; with token speculation the draft proposes ahead of it and
+        both sessions end holding the step."""
         assert self.target is not None
+        if not self.config.token_speculation:
+            return self._write(self.target, budget), None
+        assert self.draft is not None
+        return speculative_write_step(
+            self.target,
+            self.draft,
+            self.chooser,
+            self.engine.depth_policy,
+            budget=budget,
+            delimiters=self.config.step_delimiters,
+            stops=self.stops,
+        )
+
+    def _target_only_step(self, budget: int, clock: _PhaseClock) -> StepRecord:
         with clock.phase("target_write"):
-            step = self._write(self.target, budget)
-        return self._record(step, Writer.TARGET, Decision.UNVERIFIED)
+            step, speculation = self._write_as_target(budget)
+        return self._record(step, Writer.TARGET, Decision.UNVERIFIED, token_speculation=speculation)
 
     def _draft_only_step(self, budget: int, clock: _PhaseClock) -> StepRecord:
         assert self.draft is not None
@@ -237,13 +260,15 @@ class _Generation:
         draft.truncate(draft_start)
         target.truncate(target_start)
         with clock.phase("target_write"):
-            rewrite = self._write(target, budget)
-        self._hand_over(rewrite, draft)
+            rewrite, speculation = self._write_as_target(budget)
+        if speculation is None:  # with token speculation the draft already holds the step
+            self._hand_over(rewrite, draft)
         decision = Decision.REJECTED_BY_TARGET if escalated else Decision.REJECTED_BY_DRAFT
         return self._record(
             rewrite,
             Writer.TARGET,
             decision,
+            token_speculation=speculation,
             regenerated=True,
             rejected_text=proposal.text,
             rejected_tokens=len(proposal.ids),

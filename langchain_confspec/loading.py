@@ -41,6 +41,12 @@ class LoadedModel:
         return self.model.device
 
     @property
+    def directory(self) -> Path | None:
+        """The local folder the model was loaded from, if any (where its side files live)."""
+        path = Path(str(getattr(self.model.config, "_name_or_path", "") or ""))
+        return path if str(path) and path.is_dir() else None
+
+    @property
     def context_length(self) -> int:
         """Longest sequence the model's position embeddings cover."""
         config = self.model.config.get_text_config()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 
 class Writer(str, Enum):
@@ -65,6 +65,21 @@ class PhaseTimes(BaseModel):
         return PhaseTimes(**{k: getattr(self, k) + getattr(other, k) for k in PhaseTimes.model_fields})
 
 
+class TokenSpeculation(BaseModel):
+    """What token-level speculation did while the target wrote one step."""
+
+    proposed: int = Field(default=0, description="Draft tokens proposed to the target.")
+    accepted: int = Field(default=0, description="Proposed tokens the target kept.")
+    target_passes: int = Field(default=0, description="Target forward passes while writing the step.")
+    depths: list[int] = Field(default_factory=list, description="Proposal length of each pass.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def mean_accepted_per_pass(self) -> float:
+        """Tokens the target gained per forward pass: kept proposals plus its own token."""
+        return (self.accepted + self.target_passes) / self.target_passes if self.target_passes else 0.0
+
+
 class StepRecord(BaseModel):
     """Who wrote one step, who verified it, with what confidence, at what cost."""
 
@@ -82,6 +97,9 @@ class StepRecord(BaseModel):
     regenerated: bool = False
     rejected_text: str | None = Field(default=None, description="The draft's step that the target rewrote.")
     rejected_tokens: int = 0
+    token_speculation: TokenSpeculation | None = Field(
+        default=None, description="Set on target-written steps when token-level speculation ran."
+    )
     times: PhaseTimes = Field(default_factory=PhaseTimes)
 
 

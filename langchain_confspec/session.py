@@ -58,6 +58,16 @@ class ModelSession:
         assert self._next_logits is not None
         return self._next_logits
 
+    def logits_from(self, start: int) -> torch.Tensor:
+        """Next-token logits at every length from `start` to the end: (len(self) - start + 1, vocab).
+
+        One forward pass reads the pending tokens; this is how a proposal of several tokens
+        is checked at once.
+        """
+        lengths = range(start, len(self.ids) + 1)
+        self.next_logits(keep=lengths)
+        return torch.stack([self._checkpoints[length] for length in lengths])
+
     def truncate(self, length: int) -> None:
         """Forget every token from position `length` on, cropping them out of the cache."""
         if length < 0 or length > len(self.ids):

@@ -1,0 +1,183 @@
+"""Token-level speculation inside the target's steps (HeteroSpec style).
+
+Whenever the target writes, the draft proposes a few tokens and the target checks them all
+in one forward pass. Under greedy decoding a proposed token is kept when it is the target's
+own argmax, so the text is exactly the target's greedy text; under sampling the standard
+speculative-sampling rule keeps the target's output distribution. How far the draft proposes
+depends on how sure it is: a `DepthPolicy` maps the draft's normalised top-k entropy at each
+proposed token to the chance that the target keeps it, and drafting stops once the chance
+that the whole proposal survives falls below a floor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from langchain_confspec.decoding import StepBuilder, StopScanner, TokenChooser, WrittenStep
+from langchain_confspec.records import TokenSpeculation
+from langchain_confspec.session import ModelSession
+
+DEPTH_TABLE_FILE = "confspec_depth.json"
+TOP_K = 8
+
+
+def normalised_entropy(logits: torch.Tensor, top_k: int = TOP_K) -> float:
+    """Entropy of the renormalised top-k probabilities, divided by log k: 0 sure, 1 unsure."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    top = torch.topk(probs, min(top_k, probs.shape[-1])).values
+    top = top / top.sum()
+    entropy = -(top * torch.log(top.clamp_min(1e-12))).sum()
+    return float(entropy) / math.log(top.shape[-1])
+
+
+@dataclass
+class DepthPolicy:
+    """How deep the draft proposes, from the acceptance it can expect at each entropy level.
+
+    `acceptance[i]` is the estimated chance that the target keeps a draft token whose
+    normalised entropy falls in bin i of `len(acceptance)` equal bins over [0, 1].
+    """
+
+    acceptance: list[float] = field(default_factory=lambda: [round(0.95 - 0.1 * i, 2) for i in range(8)])
+    max_depth: int = 8
+    min_path_chance: float = 0.3
+
+    def expected_acceptance(self, entropy: float) -> float:
+        index = min(int(entropy * len(self.acceptance)), len(self.acceptance) - 1)
+        return self.acceptance[index]
+
+    @classmethod
+    def fit(cls, samples: Sequence[tuple[float, bool]], bins: int = 8, **settings: float) -> DepthPolicy:
+        """Per-bin acceptance rates from recorded (entropy, kept) pairs, smoothed towards the
+        default and made non-increasing in entropy (an unsure draft is never trusted more)."""
+        prior = cls().acceptance
+        rates = []
+        for b in range(bins):
+            kept = [k for h, k in samples if min(int(h * bins), bins - 1) == b]
+            prior_rate = prior[min(b * len(prior) // bins, len(prior) - 1)]
+            rates.append((sum(kept) + 2 * prior_rate) / (len(kept) + 2))
+        for b in range(1, bins):
+            rates[b] = min(rates[b], rates[b - 1])
+        return cls(acceptance=[round(r, 4) for r in rates], **settings)  # type: ignore[arg-type]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.__dict__, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> DepthPolicy:
+        return cls(**json.loads(Path(path).read_text()))
+
+    @classmethod
+    def for_model(cls, model_dir: str | Path | None) -> DepthPolicy:
+        """The table saved beside a model's config, or the default."""
+        if model_dir is not None and (Path(model_dir) / DEPTH_TABLE_FILE).is_file():
+            return cls.load(Path(model_dir) / DEPTH_TABLE_FILE)
+        return cls()
+
+
+@dataclass
+class Proposal:
+    tokens: list[int]
+    draft_probs: list[torch.Tensor]  # the draft's sampling distribution at each token (sampling only)
+    entropies: list[float]
+
+
+def propose(draft: ModelSession, chooser: TokenChooser, policy: DepthPolicy, limit: int) -> Proposal:
+    """Let the draft run ahead while the chance that the target keeps it all stays high."""
+    proposal = Proposal([], [], [])
+    chance = 1.0
+    eos = draft.loaded.eos_token_ids
+    while len(proposal.tokens) < min(policy.max_depth, limit):
+        logits = draft.next_logits()
+        entropy = normalised_entropy(logits)
+        chance *= policy.expected_acceptance(entropy)
+        if proposal.tokens and chance < policy.min_path_chance:
+            break
+        if chooser.greedy:
+            token = int(torch.argmax(logits))
+        else:
+            probs = chooser.distribution(logits)
+            proposal.draft_probs.append(probs)
+            token = chooser.sample(probs)
+        proposal.tokens.append(token)
+        proposal.entropies.append(entropy)
+        draft.append((token,))
+        if token in eos:
+            break
+    return proposal
+
+
+def verify_proposal(
+    target_logits: torch.Tensor, proposal: Proposal, chooser: TokenChooser
+) -> tuple[int, int]:
+    """How many proposed tokens the target keeps, and the token it adds after them.
+
+    `target_logits` holds the target's next-token logits before each proposed token and after
+    the last one: (len(proposal.tokens) + 1, vocab).
+    """
+    for i, token in enumerate(proposal.tokens):
+        if chooser.greedy:
+            choice = int(torch.argmax(target_logits[i]))
+            if choice != token:
+                return i, choice
+            continue
+        p = chooser.distribution(target_logits[i])
+        q = proposal.draft_probs[i]
+        if chooser.uniform() >= min(1.0, float(p[token] / q[token])):
+            residual = (p - q).clamp_min(0.0)
+            total = float(residual.sum())
+            return i, chooser.sample(residual / total) if total > 0 else chooser.sample(p)
+    return len(proposal.tokens), chooser.choose(target_logits[-1])
+
+
+def speculative_write_step(
+    target: ModelSession,
+    draft: ModelSession,
+    chooser: TokenChooser,
+    policy: DepthPolicy,
+    *,
+    budget: int,
+    delimiters: Sequence[str],
+    stops: StopScanner,
+    samples: list[tuple[float, bool]] | None = None,
+) -> tuple[WrittenStep, TokenSpeculation]:
+    """The target writes one step, with the draft proposing tokens ahead of it.
+
+    Both sessions must hold the same text (same vocabulary) when this starts, and hold the
+    written step when it returns. `samples` collects (entropy, kept) pairs for fitting a
+    `DepthPolicy`.
+    """
+    step = StepBuilder(target, budget=budget, delimiters=delimiters, stops=stops)
+    stats = TokenSpeculation()
+    while True:
+        target_base, draft_base = len(target), len(draft)
+        proposal = propose(draft, chooser, policy, limit=budget - len(step.ids))
+        target.append(proposal.tokens)
+        kept, extra = verify_proposal(target.logits_from(target_base), proposal, chooser)
+        stats.proposed += len(proposal.tokens)
+        stats.accepted += kept
+        stats.target_passes += 1
+        stats.depths.append(len(proposal.tokens))
+        draft.tokens_written += len(proposal.tokens)
+        if samples is not None:  # tokens after the first refusal were never judged
+            samples.extend((h, i < kept) for i, h in enumerate(proposal.entropies[: kept + 1]))
+
+        consumed: list[int] = []  # tokens that join the step, in order
+        done = None
+        for token in [*proposal.tokens[:kept], extra]:
+            done = step.add(token)
+            if token not in step.eos:
+                consumed.append(token)
+            if done is not None:
+                break
+        target.tokens_written += len(consumed)
+        for session, base in ((target, target_base), (draft, draft_base)):
+            session.truncate(base + min(kept, len(consumed)))
+            session.append(consumed[kept:])
+        if done is not None:
+            return done, stats

@@ -1,0 +1,156 @@
+"""Token-level speculation: the target's own output, under greedy decoding and sampling."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from langchain_confspec import ConfigurationError, ConfSpecEngine, Writer, wrap_model
+from langchain_confspec.config import build_config
+from langchain_confspec.decoding import TokenChooser
+from langchain_confspec.speculation import DepthPolicy, Proposal, normalised_entropy, verify_proposal
+from langchain_confspec.tiny import build_model, build_tokenizer
+
+PROMPTS = ["Hello world", "What is 12 * 12?", "Tom has 3 apples and buys 4 more.", "The quick brown fox", "24 + 36"]
+ALWAYS_DEEP = DepthPolicy(max_depth=6, min_path_chance=0.0)
+
+
+def turns(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
+
+
+@pytest.fixture(scope="module")
+def related_engine() -> ConfSpecEngine:
+    """A draft that is the target with its last layer dropped: it agrees often, not always."""
+    tokenizer = build_tokenizer()
+    target = build_model(tokenizer, hidden_size=64, num_layers=3, seed=11)
+    draft = build_model(tokenizer, hidden_size=64, num_layers=2, seed=11)
+    draft.load_state_dict({k: v for k, v in target.state_dict().items() if "layers.2." not in k}, strict=False)
+    return ConfSpecEngine(
+        wrap_model(draft, tokenizer, role="draft", name="draft"),
+        wrap_model(target, tokenizer, role="target", name="target"),
+        depth_policy=ALWAYS_DEEP,
+    )
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("engine_name", ["tiny_engine", "related_engine"])
+def test_greedy_speculation_gives_the_targets_own_text(prompt: str, engine_name: str, request: pytest.FixtureRequest) -> None:
+    engine: ConfSpecEngine = request.getfixturevalue(engine_name)
+    plain = engine.generate(turns(prompt), build_config(mode="target_only", max_tokens=48, max_step_tokens=11))
+    spec = engine.generate(
+        turns(prompt), build_config(mode="target_only", max_tokens=48, max_step_tokens=11, token_speculation=True)
+    )
+    assert spec.text == plain.text
+    stats = [r.token_speculation for r in spec.records]
+    assert all(s is not None and s.target_passes > 0 for s in stats)
+    assert spec.summary.target.forward_passes <= plain.summary.target.forward_passes
+
+
+def test_a_related_draft_saves_target_passes(related_engine: ConfSpecEngine) -> None:
+    spec = related_engine.generate(
+        turns(PROMPTS[2]), build_config(mode="target_only", max_tokens=60, max_step_tokens=20, token_speculation=True)
+    )
+    accepted = sum(r.token_speculation.accepted for r in spec.records)  # type: ignore[union-attr]
+    passes = sum(r.token_speculation.target_passes for r in spec.records)  # type: ignore[union-attr]
+    assert accepted > 0
+    assert spec.summary.target.forward_passes < 60
+    record = spec.records[0].token_speculation
+    assert record is not None and record.mean_accepted_per_pass == pytest.approx((record.accepted + record.target_passes) / record.target_passes)
+    assert passes == sum(len(r.token_speculation.depths) for r in spec.records)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_confspec_rewrites_with_speculation_match_target_only(related_engine: ConfSpecEngine, seed: int) -> None:
+    prompt = PROMPTS[seed]
+    never = {"accept_threshold": 2.0, "target_accept_threshold": 2.0, "max_tokens": 40, "max_step_tokens": 8}
+    reference = related_engine.generate(turns(prompt), build_config(mode="target_only", max_tokens=40, max_step_tokens=8))
+    spec = related_engine.generate(turns(prompt), build_config(mode="confspec", token_speculation=True, **never))
+    assert spec.text == reference.text
+    assert all(r.writer is Writer.TARGET and r.token_speculation is not None for r in spec.records)
+
+
+def test_speculation_needs_a_shared_vocabulary() -> None:
+    small, large = build_tokenizer(vocab_size=200), build_tokenizer()
+    engine = ConfSpecEngine(
+        wrap_model(build_model(small), small, role="draft"), wrap_model(build_model(large), large, role="target")
+    )
+    with pytest.raises(ConfigurationError, match="share a vocabulary"):
+        engine.generate(turns("hi"), build_config(token_speculation=True))
+
+
+# -- the acceptance rule on its own: distributions over a four-token vocabulary ------------------
+
+
+def speculative_first_tokens(p: torch.Tensor, q: torch.Tensor, n: int, *, rule=verify_proposal) -> list[int]:  # type: ignore[no-untyped-def]
+    """Draw the first emitted token n times: the draft samples from q, the rule decides."""
+    chooser = TokenChooser(build_config(temperature=1.0, seed=1234))
+    log_p, log_q = torch.log(p), torch.log(q)
+    firsts = []
+    for _ in range(n):
+        draft_probs = chooser.distribution(log_q)
+        token = chooser.sample(draft_probs)
+        proposal = Proposal([token], [draft_probs], [0.0])
+        kept, extra = rule(torch.stack([log_p, log_p]), proposal, chooser)
+        firsts.append(token if kept else extra)
+    return firsts
+
+
+def chi_square(observed: list[int], expected: torch.Tensor) -> float:
+    counts = torch.bincount(torch.tensor(observed), minlength=len(expected)).float()
+    want = expected * len(observed)
+    return float(((counts - want) ** 2 / want).sum())
+
+
+P = torch.tensor([0.5, 0.3, 0.15, 0.05])
+Q = torch.tensor([0.1, 0.2, 0.3, 0.4])
+CRITICAL_3_DOF = 16.27  # chi-square, 3 degrees of freedom, p = 0.001
+
+
+def test_speculative_sampling_keeps_the_target_distribution() -> None:
+    assert chi_square(speculative_first_tokens(P, Q, 6000), P) < CRITICAL_3_DOF
+
+
+def test_a_broken_acceptance_rule_is_caught() -> None:
+    def always_accept(target_logits, proposal, chooser):  # type: ignore[no-untyped-def]
+        return len(proposal.tokens), chooser.choose(target_logits[-1])
+
+    assert chi_square(speculative_first_tokens(P, Q, 6000, rule=always_accept), P) > CRITICAL_3_DOF
+
+
+def test_sampled_speculation_is_repeatable_with_a_seed(related_engine: ConfSpecEngine) -> None:
+    config = build_config(mode="target_only", token_speculation=True, temperature=0.8, seed=5, max_tokens=30)
+    first = related_engine.generate(turns(PROMPTS[0]), config).text
+    assert related_engine.generate(turns(PROMPTS[0]), config).text == first
+
+
+# -- adaptive depth --------------------------------------------------------------------------------
+
+
+def test_entropy_is_zero_when_sure_and_one_when_flat() -> None:
+    assert normalised_entropy(torch.tensor([20.0] + [0.0] * 20)) < 0.01
+    assert normalised_entropy(torch.zeros(50)) == pytest.approx(1.0)
+
+
+def test_a_fitted_table_trusts_confident_drafts_more(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(0)
+    samples = [(h, rng.random() < 1 - h) for h in (rng.random() for _ in range(4000))]
+    policy = DepthPolicy.fit(samples)
+    assert policy.acceptance[0] > 0.8 and policy.acceptance[-1] < 0.25
+    assert all(a >= b for a, b in zip(policy.acceptance, policy.acceptance[1:]))
+    policy.save(tmp_path / "depth.json")
+    assert DepthPolicy.load(tmp_path / "depth.json") == policy
+
+
+def test_depth_follows_confidence(related_engine: ConfSpecEngine) -> None:
+    cautious = DepthPolicy(acceptance=[0.2] * 8, max_depth=6, min_path_chance=0.3)
+    bold = DepthPolicy(acceptance=[1.0] * 8, max_depth=6, min_path_chance=0.3)
+    depths = {}
+    for name, policy in (("cautious", cautious), ("bold", bold)):
+        related_engine.depth_policy = policy
+        result = related_engine.generate(turns(PROMPTS[1]), build_config(mode="target_only", token_speculation=True, max_tokens=30))
+        depths[name] = max(d for r in result.records for d in r.token_speculation.depths)  # type: ignore[union-attr]
+    related_engine.depth_policy = ALWAYS_DEEP
+    assert depths["cautious"] == 1 and depths["bold"] > 1
