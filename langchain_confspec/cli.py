@@ -49,12 +49,22 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--problems", type=int, default=500, help="built-in problems when --data is absent")
     evaluate.add_argument("--seed", type=int, default=10_000, help="seed of the built-in problems")
     evaluate.add_argument(
-        "--modes", default="target_only,draft_only,always_verify,confspec", help="comma-separated modes"
+        "--modes",
+        default="target_only,draft_only,always_verify,confspec",
+        help="comma-separated: target_only, draft_only, always_verify, confspec, each optionally with "
+        "+tokens (token speculation), and hf_assisted (Hugging Face assisted generation)",
     )
     evaluate.add_argument("--sweep", help="SETTING=START:STOP[:COUNT], e.g. accept_threshold=0.5:0.99:5")
     evaluate.add_argument("--out", type=Path, default=Path("confspec-eval"), help="folder for JSON, Markdown, PNG")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(handler=_eval)
+
+    fit = commands.add_parser("fit-depth", help="fit the token-speculation depth table of a model pair")
+    _model_options(fit)
+    fit.add_argument("--data", type=Path, help="JSONL questions to run (default: built-in problems)")
+    fit.add_argument("--problems", type=int, default=200)
+    fit.add_argument("--out", type=Path, help="where to save (default: confspec_depth.json beside the target)")
+    fit.set_defaults(handler=_fit_depth)
     return parser
 
 
@@ -119,7 +129,7 @@ def _eval(args: argparse.Namespace) -> int:
     from langchain_confspec.evaluation import RunPlan, builtin_items, evaluate, load_jsonl, parse_sweep
 
     items = load_jsonl(args.data) if args.data else builtin_items(args.problems, args.seed)
-    plans = [RunPlan(Mode(m.strip())) for m in args.modes.split(",") if m.strip()]
+    plans = [RunPlan.parse(m) for m in args.modes.split(",") if m.strip()]
     swept: tuple[str, list[float]] | None = None
     if args.sweep:
         swept = parse_sweep(args.sweep)
@@ -145,7 +155,7 @@ def _eval(args: argparse.Namespace) -> int:
 
         written.append(plot_reliability(report.calibration, args.out / "reliability.png"))
         if swept:
-            reference = next((m for m in report.modes if m.mode == Mode.TARGET_ONLY.value and not m.settings), None)
+            reference = next((m for m in report.modes if m.mode == Mode.TARGET_ONLY.value), None)
             curve = [m for m in report.modes if swept[0] in m.settings]
             written.append(plot_sweep(curve, swept[0], reference, args.out / "sweep.png"))
     except ImportError:
@@ -154,6 +164,28 @@ def _eval(args: argparse.Namespace) -> int:
     if report.interrupted:
         print(f"\ninterrupted: results cover the first {report.problems} problems", file=sys.stderr)
     print("\nwrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _fit_depth(args: argparse.Namespace) -> int:
+    from langchain_confspec.evaluation import builtin_items, load_jsonl
+    from langchain_confspec.speculation import DEPTH_TABLE_FILE, DepthPolicy
+
+    engine = _engine(args)
+    out = args.out or (engine.target.directory / DEPTH_TABLE_FILE if engine.target.directory else None)
+    if out is None:
+        raise ValueError("the target is not a local folder: name the table's path with --out")
+    engine.depth_policy = DepthPolicy(acceptance=[1.0] * 8, max_depth=8, min_path_chance=0.0)  # explore: always draft deep
+    engine.depth_samples = []
+    items = load_jsonl(args.data) if args.data else builtin_items(args.problems, seed=30_000)
+    config = build_config(**{**_settings(args.set), "mode": Mode.TARGET_ONLY, "token_speculation": True})
+    for item in items:
+        engine.generate([{"role": "user", "content": item.question}], config)
+    policy = DepthPolicy.fit(engine.depth_samples)
+    policy.save(out)
+    kept = sum(k for _, k in engine.depth_samples)
+    print(f"{len(engine.depth_samples)} proposed tokens judged, {kept} kept; acceptance by entropy bin: {policy.acceptance}")
+    print(f"wrote {out}")
     return 0
 
 

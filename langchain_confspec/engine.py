@@ -65,6 +65,8 @@ class ConfSpecEngine:
         self.target = target
         self.shared_vocabulary = same_vocabulary(draft.tokenizer, target.tokenizer)
         self.depth_policy = depth_policy or DepthPolicy.for_model(target.directory)
+        self.depth_samples: list[tuple[float, bool]] | None = None
+        """When a list, token speculation records (entropy, kept) there, for `DepthPolicy.fit`."""
         self._lock = threading.Lock()
 
     def run(self, turns: list[dict[str, Any]], config: SpecConfig) -> Iterator[StepRecord | RunResult]:
@@ -113,8 +115,9 @@ class _Generation:
         uses_target = config.mode is not Mode.DRAFT_ONLY
         self.draft = self._open(engine.draft, turns, "draft") if uses_draft else None
         self.target = self._open(engine.target, turns, "target") if uses_target else None
+        steps_are_judged = config.mode in (Mode.CONFSPEC, Mode.ALWAYS_VERIFY)
         self.draft_reader = VerdictReader(engine.draft.tokenizer, config) if config.mode is Mode.CONFSPEC else None
-        self.target_reader = VerdictReader(engine.target.tokenizer, config) if uses_draft and uses_target else None
+        self.target_reader = VerdictReader(engine.target.tokenizer, config) if steps_are_judged else None
         self.chooser = TokenChooser(config)
         self.stops = StopScanner(config.stop)
         self.records: list[StepRecord] = []
@@ -203,6 +206,7 @@ class _Generation:
             budget=budget,
             delimiters=self.config.step_delimiters,
             stops=self.stops,
+            samples=self.engine.depth_samples,
         )
 
     def _target_only_step(self, budget: int, clock: _PhaseClock) -> StepRecord:

@@ -67,16 +67,22 @@ class ModeReport:
     escalated: int = 0
     rejected: int = 0
     accepted_by_draft: int = 0
+    proposed: int = 0
+    spec_accepted: int = 0
+    spec_passes: int = 0
     speedup: float | None = None
+
+    @property
+    def accepted_per_target_pass(self) -> float | None:
+        """Token speculation: tokens the target gained per verifying pass."""
+        return (self.spec_accepted + self.spec_passes) / self.spec_passes if self.spec_passes else None
 
     @property
     def accuracy(self) -> float:
         return self.correct / self.n if self.n else 0.0
 
     def add(self, result: RunResult, correct: bool) -> None:
-        self.n += 1
-        self.correct += correct
-        self.wall_time += result.summary.wall_time - result.summary.lock_wait
+        self.add_answer(result.summary.wall_time - result.summary.lock_wait, correct)
         for writer, count in result.output_tokens_by_writer.items():
             self.tokens[writer] += count
         self.forward_passes["draft"] += result.summary.draft.forward_passes
@@ -85,6 +91,16 @@ class ModeReport:
         self.escalated += sum(r.escalated for r in result.records)
         self.rejected += sum(r.regenerated for r in result.records)
         self.accepted_by_draft += result.summary.steps_by_decision["accepted_by_draft"]
+        for record in result.records:
+            if record.token_speculation is not None:
+                self.proposed += record.token_speculation.proposed
+                self.spec_accepted += record.token_speculation.accepted
+                self.spec_passes += record.token_speculation.target_passes
+
+    def add_answer(self, wall_time: float, correct: bool) -> None:
+        self.n += 1
+        self.correct += correct
+        self.wall_time += wall_time
 
     def as_row(self) -> dict[str, Any]:
         return {
@@ -94,6 +110,7 @@ class ModeReport:
             "escalation_rate": self.escalated / self.steps if self.steps else 0.0,
             "rejection_rate": self.rejected / self.steps if self.steps else 0.0,
             "draft_only_acceptance": self.accepted_by_draft / self.steps if self.steps else 0.0,
+            "accepted_per_target_pass": self.accepted_per_target_pass,
         }
 
 
@@ -141,17 +158,19 @@ class EvalReport:
     def markdown(self) -> str:
         header = (
             "| mode | settings | accuracy | wall s | speedup vs target_only | draft tokens | target tokens | "
-            "steps | accepted by draft alone | escalated | rejected | draft passes | target passes |"
+            "steps | accepted by draft alone | escalated | rejected | draft passes | target passes | "
+            "tokens per target pass |"
         )
-        lines = [header, "|" + "---|" * 13]
+        lines = [header, "|" + "---|" * 14]
         for m in self.modes:
             row = m.as_row()
-            settings = ", ".join(f"{k}={v}" for k, v in m.settings.items()) or "-"
+            settings = ", ".join(f"{k}={v}" for k, v in m.settings.items() if k != "token_speculation") or "-"
             speedup = f"{m.speedup:.2f}x" if m.speedup is not None else "-"
+            per_pass = f"{m.accepted_per_target_pass:.2f}" if m.accepted_per_target_pass else "-"
             lines.append(
                 f"| {m.mode} | {settings} | {m.accuracy:.1%} | {m.wall_time:.1f} | {speedup} | {m.tokens['draft']} | "
                 f"{m.tokens['target']} | {m.steps} | {row['draft_only_acceptance']:.1%} | {row['escalation_rate']:.1%} | "
-                f"{row['rejection_rate']:.1%} | {m.forward_passes['draft']} | {m.forward_passes['target']} |"
+                f"{row['rejection_rate']:.1%} | {m.forward_passes['draft']} | {m.forward_passes['target']} | {per_pass} |"
             )
         auc = self.calibration.auroc()
         lines.append("")
@@ -181,12 +200,42 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+HF_ASSISTED = "hf_assisted"
+TOKENS_SUFFIX = "+tokens"
+
+
 @dataclass(frozen=True)
 class RunPlan:
-    """One configuration to evaluate: a mode plus the settings it overrides."""
+    """One configuration to evaluate: a mode plus the settings it overrides.
 
-    mode: Mode
+    `mode=None` stands for Hugging Face assisted generation (`generate(assistant_model=draft)`),
+    the token-level baseline users run today.
+    """
+
+    mode: Mode | None
     settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, name: str) -> RunPlan:
+        """`confspec`, `target_only+tokens` (with token speculation), `hf_assisted`, ..."""
+        name = name.strip()
+        if name == HF_ASSISTED:
+            return cls(None)
+        base, tokens, rest = name.partition(TOKENS_SUFFIX)
+        if rest:
+            raise ValueError(f"unknown mode {name!r}")
+        try:
+            mode = Mode(base)
+        except ValueError:
+            choices = ", ".join([m.value for m in Mode] + [HF_ASSISTED])
+            raise ValueError(f"unknown mode {name!r}; choose from {choices} (add {TOKENS_SUFFIX} for token speculation)") from None
+        return cls(mode, {"token_speculation": True} if tokens else {})
+
+    @property
+    def label(self) -> str:
+        if self.mode is None:
+            return HF_ASSISTED
+        return self.mode.value + (TOKENS_SUFFIX if self.settings.get("token_speculation") else "")
 
 
 def evaluate(
@@ -201,8 +250,8 @@ def evaluate(
 ) -> EvalReport:
     """Answer every item with every plan, plus a calibration pass; Ctrl-C keeps what is done."""
     base = dict(base or {})
-    reports = [ModeReport(plan.mode.value, plan.settings) for plan in plans]
-    configs = [build_config(**{**base, **plan.settings, "mode": plan.mode}) for plan in plans]
+    reports = [ModeReport(plan.label, plan.settings) for plan in plans]
+    configs = [build_config(**{**base, **plan.settings, "mode": plan.mode or Mode.TARGET_ONLY}) for plan in plans]
     calibration_config = build_config(
         **{**base, "mode": Mode.CONFSPEC, "accept_threshold": 2.0, "reject_threshold": 2.0}
     )
@@ -212,7 +261,11 @@ def evaluate(
     try:
         for done, item in enumerate(_progress(items, enabled=progress), start=1):
             turns = [{"role": "user", "content": item.question}]
-            for report, config in zip(reports, configs):
+            for plan, report, config in zip(plans, reports, configs):
+                if plan.mode is None:
+                    text, seconds = hf_assisted_generate(engine, turns, config)
+                    report.add_answer(seconds, extract(text) == item.answer)
+                    continue
                 result = engine.generate(turns, config)
                 report.add(result, extract(result.text) == item.answer)
             _calibrate(engine.generate(turns, calibration_config), calibration, check_step)
@@ -224,6 +277,29 @@ def evaluate(
                 report.n = done
     _fill_speedups(reports)
     return EvalReport(reports, calibration, problems=done, interrupted=interrupted)
+
+
+def hf_assisted_generate(engine: ConfSpecEngine, turns: list[dict[str, Any]], config: SpecConfig) -> tuple[str, float]:
+    """Hugging Face assisted generation on the same pair: the answer and its wall time."""
+    import torch
+
+    if not engine.shared_vocabulary:
+        raise ValueError("hf_assisted needs draft and target to share a vocabulary")
+    target = engine.target
+    prompt = target.render_prompt(turns)
+    input_ids = torch.tensor([prompt], device=target.device)
+    started = time.perf_counter()
+    output = target.model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        assistant_model=engine.draft.model,
+        max_new_tokens=config.max_tokens,
+        do_sample=False,
+        eos_token_id=sorted(target.eos_token_ids),
+        pad_token_id=target.tokenizer.pad_token_id,
+    )
+    seconds = time.perf_counter() - started
+    return target.tokenizer.decode(output[0, len(prompt) :], skip_special_tokens=True), seconds
 
 
 def _calibrate(result: RunResult, calibration: Calibration, check_step: StepChecker | None) -> None:
@@ -240,7 +316,7 @@ def _calibrate(result: RunResult, calibration: Calibration, check_step: StepChec
 
 
 def _fill_speedups(reports: list[ModeReport]) -> None:
-    reference = next((r for r in reports if r.mode == Mode.TARGET_ONLY.value and not r.settings), None)
+    reference = next((r for r in reports if r.mode == Mode.TARGET_ONLY.value), None)
     if reference is None or not reference.wall_time:
         return
     for report in reports:
