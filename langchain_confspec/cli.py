@@ -154,6 +154,8 @@ def _eval(args: argparse.Namespace) -> int:
         from langchain_confspec.plots import plot_reliability, plot_sweep
 
         written.append(plot_reliability(report.calibration, args.out / "reliability.png"))
+        if any(label is not None for label in report.calibration.truth_labels):
+            written.append(plot_reliability(report.calibration, args.out / "reliability-truth.png", against="truth"))
         if swept:
             reference = next((m for m in report.modes if m.mode == Mode.TARGET_ONLY.value), None)
             curve = [m for m in report.modes if swept[0] in m.settings]

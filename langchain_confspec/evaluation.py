@@ -116,23 +116,40 @@ class ModeReport:
 
 @dataclass
 class Calibration:
-    """Draft acceptance probabilities against reference labels (True: the step is right)."""
+    """The draft's acceptance probability for each judged step, with two reference labels:
+    the target's verdict (every step) and ground truth (steps the data set can check)."""
 
     p_accept: list[float] = field(default_factory=list)
-    labels: list[bool] = field(default_factory=list)
-    label_source: str = "target verdict"
+    target_labels: list[bool] = field(default_factory=list)
+    truth_labels: list[bool | None] = field(default_factory=list)
 
-    def auroc(self) -> float | None:
-        return auroc(self.p_accept, self.labels)
+    def labelled(self, against: str) -> tuple[list[float], list[bool]]:
+        labels = self.target_labels if against == "target" else self.truth_labels
+        pairs = [(p, label) for p, label in zip(self.p_accept, labels) if label is not None]
+        return [p for p, _ in pairs], [bool(label) for _, label in pairs]
 
-    def reliability(self, bins: int = 10) -> list[dict[str, float]]:
+    def auroc(self, against: str = "target") -> float | None:
+        return auroc(*self.labelled(against))
+
+    def reliability(self, against: str = "target", bins: int = 10) -> list[dict[str, float]]:
+        scores, labels = self.labelled(against)
         rows = []
         for b in range(bins):
             low, high = b / bins, (b + 1) / bins
-            members = [l for p, l in zip(self.p_accept, self.labels) if low <= p < high or (b == bins - 1 and p == 1.0)]
+            members = [l for p, l in zip(scores, labels) if low <= p < high or (b == bins - 1 and p == 1.0)]
             if members:
                 rows.append({"low": low, "high": high, "count": len(members), "fraction_right": sum(members) / len(members)})
         return rows
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            against: {
+                "steps": len(self.labelled(against)[1]),
+                "auroc": self.auroc(against),
+                "reliability": self.reliability(against),
+            }
+            for against in ("target", "truth")
+        }
 
 
 @dataclass
@@ -147,12 +164,7 @@ class EvalReport:
             "problems": self.problems,
             "interrupted": self.interrupted,
             "modes": [m.as_row() for m in self.modes],
-            "calibration": {
-                "label_source": self.calibration.label_source,
-                "steps": len(self.calibration.labels),
-                "auroc": self.calibration.auroc(),
-                "reliability": self.calibration.reliability(),
-            },
+            "calibration": self.calibration.summary(),
         }
 
     def markdown(self) -> str:
@@ -172,12 +184,13 @@ class EvalReport:
                 f"{m.tokens['target']} | {m.steps} | {row['draft_only_acceptance']:.1%} | {row['escalation_rate']:.1%} | "
                 f"{row['rejection_rate']:.1%} | {m.forward_passes['draft']} | {m.forward_passes['target']} | {per_pass} |"
             )
-        auc = self.calibration.auroc()
         lines.append("")
-        lines.append(
-            f"Draft verification AUROC against the {self.calibration.label_source}: "
-            f"{'n/a' if auc is None else f'{auc:.3f}'} over {len(self.calibration.labels)} steps."
-        )
+        for against, name in (("target", "the target's verdict"), ("truth", "ground truth")):
+            auc = self.calibration.auroc(against)
+            steps = len(self.calibration.labelled(against)[1])
+            lines.append(
+                f"Draft verification AUROC against {name}: {'n/a' if auc is None else f'{auc:.3f}'} over {steps} steps."
+            )
         return "\n".join(lines)
 
 
@@ -255,7 +268,7 @@ def evaluate(
     calibration_config = build_config(
         **{**base, "mode": Mode.CONFSPEC, "accept_threshold": 2.0, "reject_threshold": 2.0}
     )
-    calibration = Calibration(label_source="ground truth" if check_step else "target verdict")
+    calibration = Calibration()
     interrupted = False
     done = 0
     try:
@@ -304,15 +317,12 @@ def hf_assisted_generate(engine: ConfSpecEngine, turns: list[dict[str, Any]], co
 
 def _calibrate(result: RunResult, calibration: Calibration, check_step: StepChecker | None) -> None:
     for record in result.records:
-        if record.draft_verdict is None or record.draft_confidence is None:
+        if record.draft_verdict is None or record.draft_confidence is None or record.target_verdict is None:
             continue
-        text = record.rejected_text if record.regenerated else record.text
-        label = check_step(text) if check_step and text is not None else record.target_verdict
-        if label is None:
-            continue
-        p = record.draft_confidence if record.draft_verdict else 1.0 - record.draft_confidence
-        calibration.p_accept.append(p)
-        calibration.labels.append(bool(label))
+        judged = record.rejected_text if record.regenerated else record.text
+        calibration.p_accept.append(record.draft_confidence if record.draft_verdict else 1.0 - record.draft_confidence)
+        calibration.target_labels.append(record.target_verdict)
+        calibration.truth_labels.append(check_step(judged) if check_step and judged is not None else None)
 
 
 def _fill_speedups(reports: list[ModeReport]) -> None:

@@ -38,10 +38,10 @@ def plot_sweep(reports: Sequence[ModeReport], setting: str, reference: ModeRepor
     return path
 
 
-def plot_reliability(calibration: Calibration, path: Path, bins: int = 10) -> Path:
+def plot_reliability(calibration: Calibration, path: Path, against: str = "target", bins: int = 10) -> Path:
     """Share of right steps per bin of the draft's acceptance probability."""
     plt = _pyplot()
-    rows = calibration.reliability(bins)
+    rows = calibration.reliability(against, bins)
     figure, axes = plt.subplots(figsize=(5, 5))
     axes.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
     axes.bar(
@@ -53,9 +53,10 @@ def plot_reliability(calibration: Calibration, path: Path, bins: int = 10) -> Pa
     )
     for r in rows:
         axes.annotate(str(int(r["count"])), ((r["low"] + r["high"]) / 2, r["fraction_right"]), ha="center", fontsize=7)
-    auc = calibration.auroc()
+    auc = calibration.auroc(against)
+    label = "the target's verdict" if against == "target" else "ground truth"
     axes.set_title(f"draft verification (AUROC {'n/a' if auc is None else f'{auc:.3f}'})")
-    axes.set_xlabel(f"draft P(accept); label: {calibration.label_source}")
+    axes.set_xlabel(f"draft P(accept); right = {label}")
     axes.set_ylabel("fraction of steps right")
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.05)

@@ -107,11 +107,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("langchain_confspec/demo/pair"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--problems", type=int, default=60000)
-    parser.add_argument("--draft-steps", type=int, default=4000)
+    parser.add_argument("--draft-steps", type=int, default=2200)
     parser.add_argument("--target-steps", type=int, default=3600)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", choices=["draft", "target"], help="train one model (the tokenizer must exist)")
+    parser.add_argument("--resume", action="store_true", help="continue training the saved model(s) in --out")
+    parser.add_argument("--lr", type=float, help="learning rate (default: per model)")
+    parser.add_argument("--focus-op", choices=["+", "-", "*"], help="train only on problems with this operation")
     args = parser.parse_args()
 
     random.seed(args.seed)
@@ -124,6 +127,8 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     else:
         tokenizer = train_tokenizer(tokenizer_corpus(problems), vocab_size=400)
+    if args.focus_op:
+        problems = [p for p in problems if any(f" {args.focus_op} " in step for step in p.steps)]
     rng = random.Random(args.seed)
     examples = [e for p in problems for e in examples_for(p, tokenizer, rng, n_verify=2)]
     print(f"{len(problems)} problems, {len(examples)} examples, vocabulary {len(tokenizer)}", flush=True)
@@ -131,21 +136,26 @@ def main() -> None:
     for role in ("draft", "target"):
         if args.only and args.only != role:
             continue
-        model = build_model(tokenizer, seed=args.seed + (role == "target"), **SHAPES[role])
+        path = args.out / role
+        if args.resume:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(path)
+        else:
+            model = build_model(tokenizer, seed=args.seed + (role == "target"), **SHAPES[role])
         n_params = sum(p.numel() for p in model.parameters())
         print(f"training the {role}: {n_params / 1e6:.2f}M parameters", flush=True)
         steps = args.draft_steps if role == "draft" else args.target_steps
         started = time.time()
-        train(model, examples, steps=steps, batch_size=args.batch_size, lr=LEARNING_RATES[role], seed=args.seed, device=args.device)
-        path = args.out / role
+        lr = args.lr or LEARNING_RATES[role]
+        train(model, examples, steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed, device=args.device)
+        history = json.loads((path / "training.json").read_text())["phases"] if args.resume else []
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
+        phase = {"seed": args.seed, "problems": args.problems, "focus_op": args.focus_op, "steps": steps,
+                 "batch_size": args.batch_size, "lr": lr, "seconds": round(time.time() - started, 1)}
         (path / "training.json").write_text(
-            json.dumps(
-                {"seed": args.seed, "problems": args.problems, "steps": steps, "batch_size": args.batch_size,
-                 "parameters": n_params, "shape": SHAPES[role], "seconds": round(time.time() - started, 1)},
-                indent=2,
-            )
+            json.dumps({"parameters": n_params, "shape": SHAPES[role], "phases": [*history, phase]}, indent=2)
         )
 
 

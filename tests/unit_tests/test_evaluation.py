@@ -73,7 +73,7 @@ def test_evaluate_counts_every_mode_on_the_same_problems(tiny_engine: ConfSpecEn
     assert target_only.tokens["draft"] == 0 and target_only.forward_passes["draft"] == 0
     assert trusting.escalated == 0
     assert confspec.tokens["draft"] + confspec.tokens["target"] > 0
-    assert len(report.calibration.labels) == len(report.calibration.p_accept) > 0
+    assert len(report.calibration.target_labels) == len(report.calibration.p_accept) > 0
     assert "| target_only |" in report.markdown()
 
 
@@ -120,3 +120,25 @@ def test_cli_run_prints_answer_and_step_table(tiny_pair_paths: tuple[Path, Path]
 def test_cli_reports_bad_input_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["run", "hi", "--draft", "/nonexistent/draft", "--target", "/nonexistent/target"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_plan_names_cover_token_speculation_and_hf_assisted() -> None:
+    assert RunPlan.parse("confspec+tokens") == RunPlan(Mode.CONFSPEC, {"token_speculation": True})
+    assert RunPlan.parse("target_only").label == "target_only"
+    assert RunPlan.parse("hf_assisted").mode is None
+    with pytest.raises(ValueError, match="unknown mode"):
+        RunPlan.parse("fastest")
+
+
+def test_one_run_compares_token_level_and_step_level_plans(tiny_engine: ConfSpecEngine) -> None:
+    items = [EvalItem(p.question, str(p.answer)) for p in make_problems(2, seed=7)]
+    names = ["target_only", "target_only+tokens", "hf_assisted", "confspec", "confspec+tokens"]
+    report = evaluate(tiny_engine, items, [RunPlan.parse(n) for n in names], base={"max_tokens": 16}, progress=False)
+    rows = {m.mode: m for m in report.modes}
+    assert list(rows) == names
+    assert rows["target_only+tokens"].accepted_per_target_pass is not None
+    assert rows["target_only"].accepted_per_target_pass is None
+    assert rows["hf_assisted"].n == 2 and rows["hf_assisted"].wall_time > 0
+    # Greedy token speculation and HF assisted generation both give the target's own answers.
+    assert rows["target_only+tokens"].correct == rows["target_only"].correct == rows["hf_assisted"].correct
+    assert all(m.speedup is not None for m in report.modes)
