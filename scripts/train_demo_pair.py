@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("langchain_confspec/demo/pair"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--problems", type=int, default=60000)
-    parser.add_argument("--draft-steps", type=int, default=2200)
+    parser.add_argument("--draft-steps", type=int, default=1600)
     parser.add_argument("--target-steps", type=int, default=3600)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
