@@ -24,9 +24,9 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
 from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT, EventEmitter
 from langchain_confspec.config import Mode, SpecConfig, VerificationStyle, build_config, settings_error
+from langchain_confspec.decoding import StopHoldback
 from langchain_confspec.engine import ConfSpecEngine, RunResult
 from langchain_confspec.errors import ConfigurationError
-from langchain_confspec.decoding import StopHoldback
 from langchain_confspec.loading import LoadedModel, load_model, load_tokenizer, render_prompt, wrap_model
 from langchain_confspec.messages import to_chat_turns
 from langchain_confspec.records import StepRecord

@@ -136,7 +136,7 @@ class Calibration:
         rows = []
         for b in range(bins):
             low, high = b / bins, (b + 1) / bins
-            members = [l for p, l in zip(scores, labels) if low <= p < high or (b == bins - 1 and p == 1.0)]
+            members = [right for p, right in zip(scores, labels) if low <= p < high or (b == bins - 1 and p == 1.0)]
             if members:
                 rows.append({"low": low, "high": high, "count": len(members), "fraction_right": sum(members) / len(members)})
         return rows
@@ -196,8 +196,8 @@ class EvalReport:
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     """Probability that a right step scores above a wrong one (ties count half)."""
-    positives = [s for s, l in zip(scores, labels) if l]
-    negatives = [s for s, l in zip(scores, labels) if not l]
+    positives = [s for s, right in zip(scores, labels) if right]
+    negatives = [s for s, right in zip(scores, labels) if not right]
     if not positives or not negatives:
         return None
     ranked = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives])

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from langchain_confspec.decoding import StepBuilder, StopScanner, TokenChooser, WrittenStep
 from langchain_confspec.records import TokenSpeculation
 from langchain_confspec.session import ModelSession

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from langchain_confspec import ConfSpecChatModel, ConfSpecEngine, Decision, Writer, load_model
+from langchain_confspec import (
+    ConfSpecChatModel,
+    ConfSpecEngine,
+    Decision,
+    Writer,
+    load_model,
+)
 from langchain_confspec.config import build_config
 from langchain_confspec.demo.problems import extract_answer, make_problems
 from langchain_confspec.loading import DEMO_PAIR_DIR

@@ -10,8 +10,20 @@ import pytest
 
 from langchain_confspec import ConfSpecEngine, Mode
 from langchain_confspec.cli import main as cli_main
-from langchain_confspec.demo.problems import check_step, corrupt_step, extract_answer, make_problems
-from langchain_confspec.evaluation import EvalItem, RunPlan, auroc, evaluate, load_jsonl, parse_sweep
+from langchain_confspec.demo.problems import (
+    check_step,
+    corrupt_step,
+    extract_answer,
+    make_problems,
+)
+from langchain_confspec.evaluation import (
+    EvalItem,
+    RunPlan,
+    auroc,
+    evaluate,
+    load_jsonl,
+    parse_sweep,
+)
 
 
 def test_answers_are_read_from_answer_lines_and_gsm8k_marks() -> None:

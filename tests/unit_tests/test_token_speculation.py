@@ -10,7 +10,12 @@ import torch
 from langchain_confspec import ConfigurationError, ConfSpecEngine, Writer, wrap_model
 from langchain_confspec.config import build_config
 from langchain_confspec.decoding import TokenChooser
-from langchain_confspec.speculation import DepthPolicy, Proposal, normalised_entropy, verify_proposal
+from langchain_confspec.speculation import (
+    DepthPolicy,
+    Proposal,
+    normalised_entropy,
+    verify_proposal,
+)
 from langchain_confspec.tiny import build_model, build_tokenizer
 
 PROMPTS = ["Hello world", "What is 12 * 12?", "Tom has 3 apples and buys 4 more.", "The quick brown fox", "24 + 36"]
