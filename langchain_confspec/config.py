@@ -91,10 +91,6 @@ class SpecConfig(BaseModel):
         return value
 
     @property
-    def sampling(self) -> bool:
-        return self.temperature > 0.0
-
-    @property
     def verification_suffix(self) -> str:
         if self.verification_prompt is not None:
             return self.verification_prompt

@@ -49,8 +49,14 @@ class ModelSession:
         """Next-token logits after all ids, reading pending tokens in one forward pass.
 
         `keep` lists context lengths whose next-token logits should be remembered, so that
-        `truncate` back to one of them needs no extra forward pass.
+        `truncate` back to one of them needs no extra forward pass. Lengths remembered
+        earlier than the shortest one named are forgotten: the engine never rewinds past the
+        step it is working on, and memory stays bounded over long answers.
         """
+        keep = tuple(keep)
+        if keep:
+            oldest = min(keep)
+            self._checkpoints = {k: v for k, v in self._checkpoints.items() if k >= oldest}
         if self._n_read < len(self.ids) or self._next_logits is None:
             self._read_pending(sorted(set(keep)))
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 STEP_SEPARATOR = "\n\n"
 _NAMES = ("Tom", "Ann", "Sam", "Mia", "Leo", "Zoe", "Ben", "Eva", "Max", "Ivy")
@@ -26,7 +26,6 @@ class Problem:
     question: str
     steps: tuple[str, ...]
     answer: int
-    hard_steps: frozenset[int] = field(default_factory=frozenset)
 
     @property
     def solution(self) -> str:
@@ -36,35 +35,36 @@ class Problem:
         return [{"role": "user", "content": self.question}]
 
 
-def _add(rng: random.Random, name: str, value: int) -> tuple[str, str, int, bool] | None:
+Operation = tuple[str, str, int]  # the sentence, the reasoning step, the new quantity
+
+
+def _add(rng: random.Random, name: str, value: int) -> Operation | None:
     if value >= _LIMIT:
         return None
     amount = rng.randint(1, min(49, _LIMIT - value))
     result = value + amount
     verb = rng.choice(("gets", "finds", "buys"))
-    hard = (value % 10) + (amount % 10) >= 10 and amount >= 10
-    return f"{name} {verb} {amount} more.", f"{value} + {amount} = {result}.", result, hard
+    return f"{name} {verb} {amount} more.", f"{value} + {amount} = {result}.", result
 
 
-def _subtract(rng: random.Random, name: str, value: int) -> tuple[str, str, int, bool] | None:
+def _subtract(rng: random.Random, name: str, value: int) -> Operation | None:
     if value < 3:
         return None
     amount = rng.randint(1, value - 1)
     verb = rng.choice(("gives away", "loses", "sells"))
-    hard = (value % 10) < (amount % 10)
-    return f"{name} {verb} {amount}.", f"{value} - {amount} = {value - amount}.", value - amount, hard
+    return f"{name} {verb} {amount}.", f"{value} - {amount} = {value - amount}.", value - amount
 
 
-def _multiply(rng: random.Random, name: str, value: int) -> tuple[str, str, int, bool] | None:
+def _multiply(rng: random.Random, name: str, value: int) -> Operation | None:
     top = min(9, _LIMIT // max(value, 1))
     if top < 2:
         return None
     factor = rng.randint(2, top)
     word = {2: "twice", 3: "three times"}.get(factor, f"{factor} times")
-    return f"Then {name} has {word} as many.", f"{value} * {factor} = {value * factor}.", value * factor, True
+    return f"Then {name} has {word} as many.", f"{value} * {factor} = {value * factor}.", value * factor
 
 
-_OPERATIONS: tuple[Callable[[random.Random, str, int], tuple[str, str, int, bool] | None], ...] = (
+_OPERATIONS: tuple[Callable[[random.Random, str, int], Operation | None], ...] = (
     _add,
     _subtract,
     _multiply,
@@ -77,21 +77,18 @@ def make_problem(rng: random.Random) -> Problem:
     value = rng.randint(2, 60)
     sentences = [f"{name} has {value} {item}."]
     steps = [f"{name} starts with {value} {item}."]
-    hard: set[int] = set()
     n_operations = rng.randint(2, 3)
     while len(steps) - 1 < n_operations:
         made = rng.choice(_OPERATIONS)(rng, name, value)
         if made is None:
             continue
-        sentence, step, value, is_hard = made
+        sentence, step, value = made
         sentences.append(sentence)
-        if is_hard:
-            hard.add(len(steps))
         steps.append(step)
     sentences.append(f"How many {item} does {name} have now?")
     steps.append(f"Answer: {value}")
     with_separators = tuple(s + STEP_SEPARATOR for s in steps[:-1]) + (steps[-1],)
-    return Problem(" ".join(sentences), with_separators, value, frozenset(hard))
+    return Problem(" ".join(sentences), with_separators, value)
 
 
 def make_problems(count: int, seed: int) -> list[Problem]:
