@@ -18,7 +18,14 @@ from langchain_confspec.errors import (
     TokenizerMismatchError,
 )
 from langchain_confspec.loading import LoadedModel, load_model, wrap_model
-from langchain_confspec.records import Decision, PhaseTimes, RunSummary, StepEnd, StepRecord, Writer
+from langchain_confspec.records import (
+    Decision,
+    PhaseTimes,
+    RunSummary,
+    StepEnd,
+    StepRecord,
+    Writer,
+)
 
 __all__ = [
     "STEP_EVENT",

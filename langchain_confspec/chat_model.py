@@ -12,9 +12,15 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.language_models.chat_models import LangSmithParams, generate_from_stream
+from langchain_core.language_models.chat_models import (
+    LangSmithParams,
+    generate_from_stream,
+)
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
@@ -23,11 +29,23 @@ from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
 from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT, EventEmitter
-from langchain_confspec.config import Mode, SpecConfig, VerificationStyle, build_config, settings_error
+from langchain_confspec.config import (
+    Mode,
+    SpecConfig,
+    VerificationStyle,
+    build_config,
+    settings_error,
+)
 from langchain_confspec.decoding import StopHoldback
 from langchain_confspec.engine import ConfSpecEngine, RunResult
 from langchain_confspec.errors import ConfigurationError
-from langchain_confspec.loading import LoadedModel, load_model, load_tokenizer, render_prompt, wrap_model
+from langchain_confspec.loading import (
+    LoadedModel,
+    load_model,
+    load_tokenizer,
+    render_prompt,
+    wrap_model,
+)
 from langchain_confspec.messages import to_chat_turns
 from langchain_confspec.records import StepRecord
 from langchain_confspec.threading_bridge import iterate_in_thread

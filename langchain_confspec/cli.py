@@ -126,7 +126,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from langchain_confspec.demo.problems import check_step
-    from langchain_confspec.evaluation import RunPlan, builtin_items, evaluate, load_jsonl, parse_sweep
+    from langchain_confspec.evaluation import (
+        RunPlan,
+        builtin_items,
+        evaluate,
+        load_jsonl,
+        parse_sweep,
+    )
 
     items = load_jsonl(args.data) if args.data else builtin_items(args.problems, args.seed)
     plans = [RunPlan.parse(m) for m in args.modes.split(",") if m.strip()]

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_confspec.config import Mode, SpecConfig
-from langchain_confspec.decoding import StopScanner, TokenChooser, WrittenStep, write_step
+from langchain_confspec.decoding import (
+    StopScanner,
+    TokenChooser,
+    WrittenStep,
+    write_step,
+)
 from langchain_confspec.errors import ConfigurationError, ContextLengthError
 from langchain_confspec.gate import GateAction, gate, target_accepts
 from langchain_confspec.loading import LoadedModel, same_vocabulary

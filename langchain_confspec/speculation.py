@@ -19,7 +19,12 @@ from pathlib import Path
 
 import torch
 
-from langchain_confspec.decoding import StepBuilder, StopScanner, TokenChooser, WrittenStep
+from langchain_confspec.decoding import (
+    StepBuilder,
+    StopScanner,
+    TokenChooser,
+    WrittenStep,
+)
 from langchain_confspec.records import TokenSpeculation
 from langchain_confspec.session import ModelSession
 
