@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -21,12 +22,18 @@ from langchain_core.language_models.chat_models import (
     LangSmithParams,
     generate_from_stream,
 )
-from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ToolCallChunk,
+)
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT, EventEmitter
 from langchain_confspec.config import (
@@ -37,18 +44,28 @@ from langchain_confspec.config import (
     settings_error,
 )
 from langchain_confspec.decoding import StopHoldback
-from langchain_confspec.engine import ConfSpecEngine, RunResult
+from langchain_confspec.engine import ConfSpecEngine, Constraint, RunResult
 from langchain_confspec.errors import ConfigurationError
 from langchain_confspec.loading import (
     LoadedModel,
     load_model,
     load_tokenizer,
-    render_prompt,
     wrap_model,
 )
 from langchain_confspec.messages import to_chat_turns
+from langchain_confspec.prompting import render_prompt
 from langchain_confspec.records import StepRecord
+from langchain_confspec.structured import (
+    SCHEMA_KWARG as _SCHEMA_KWARG,
+)
+from langchain_confspec.structured import (
+    answer_shape,
+    resolve_tool_choice,
+    structured_output_runnable,
+    tool_call_chunks,
+)
 from langchain_confspec.threading_bridge import iterate_in_thread
+from langchain_confspec.tool_calls import ToolCallHoldback, parse_tool_calls
 
 # Call option through which stream()/astream() hand `_stream` the run's event emitter.
 _EMITTER_KWARG = "_confspec_emitter"
@@ -100,8 +117,32 @@ class ConfSpecChatModel(BaseChatModel):
             ...
         ```
 
-    Tool calling:
-        Not yet supported.
+    Tool calling (Hermes-style `<tool_call>` blocks; forced choices are constrained):
+        ```python
+        from langchain_core.tools import tool
+
+        @tool
+        def calculator(expression: str) -> str:
+            "Evaluate an arithmetic expression."
+            ...
+
+        llm = model.bind_tools([calculator], tool_choice="calculator")
+        message = llm.invoke("What is 23 * 8?")
+        message.tool_calls
+        # [{'name': 'calculator', 'args': {'expression': '23 * 8'}, 'id': 'call_...', 'type': 'tool_call'}]
+        ```
+
+    Structured output (constrained to the schema by default):
+        ```python
+        from pydantic import BaseModel
+
+        class Answer(BaseModel):
+            value: int
+            unit: str
+
+        model.with_structured_output(Answer).invoke("...")
+        # Answer(value=30, unit='mph')
+        ```
 
     Token usage:
         ```python
@@ -237,10 +278,52 @@ class ConfSpecChatModel(BaseChatModel):
         return self._target_tokenizer().encode(text, add_special_tokens=False)
 
     def get_num_tokens_from_messages(
-        self, messages: list[BaseMessage], tools: Sequence[dict[str, Any] | type | BaseTool] | None = None
+        self, messages: list[BaseMessage], tools: Sequence[dict[str, Any] | type | Callable | BaseTool] | None = None
     ) -> int:
-        """Prompt length in target tokens, chat template included."""
-        return len(render_prompt(self._target_tokenizer(), to_chat_turns(messages)))
+        """Prompt length in target tokens, chat template and tool definitions included."""
+        formatted = [convert_to_openai_tool(tool) for tool in tools] if tools else None
+        return len(render_prompt(self._target_tokenizer(), to_chat_turns(messages), formatted))
+
+    # -- tools and structured output ------------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Offer `tools` to the model. `tool_choice`: "auto" (default), "none", "any" /
+        "required" / True (some tool must be called), a tool's name or an OpenAI-style dict
+        (that tool must be called). Forced calls are written under a JSON constraint, so
+        they are always well-formed; `strict=True` refuses parameter schemas with keywords
+        the constraint cannot enforce."""
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        choice = resolve_tool_choice(tool_choice, [tool["function"]["name"] for tool in formatted])
+        if strict is not None:
+            kwargs["strict"] = strict
+        return super().bind(tools=formatted, tool_choice=choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Answers parsed into `schema` (a pydantic class, TypedDict, JSON schema or tool dict).
+
+        `json_schema` (default) writes the answer under a constraint built from the schema;
+        `function_calling` forces a call of a tool shaped like the schema; `json_mode` only
+        asks for JSON and parses what comes (no constraint). With `include_raw`, returns
+        `{"raw", "parsed", "parsing_error"}` instead of raising on a parsing error.
+        """
+        if kwargs:
+            raise ValueError(f"Unexpected arguments: {sorted(kwargs)}")
+        return structured_output_runnable(self, schema, method=method, include_raw=include_raw, strict=strict)
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -282,7 +365,7 @@ class ConfSpecChatModel(BaseChatModel):
             if stream_tokens:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)  # type: ignore[union-attr]
             chunks.append(chunk)
-        return generate_from_stream(iter(chunks))
+        return _with_tool_call_errors(generate_from_stream(iter(chunks)))
 
     async def _agenerate(
         self,
@@ -299,7 +382,7 @@ class ConfSpecChatModel(BaseChatModel):
             if stream_tokens:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)  # type: ignore[union-attr]
             chunks.append(chunk)
-        return generate_from_stream(iter(chunks))
+        return _with_tool_call_errors(generate_from_stream(iter(chunks)))
 
     def _stream(
         self,
@@ -310,9 +393,9 @@ class ConfSpecChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         """One chunk per decided step, as soon as it is decided, then a last chunk with metadata."""
         emitter = kwargs.pop(_EMITTER_KWARG, None) or (EventEmitter.for_run(run_manager) if run_manager else None)
-        turns, config = self._prepare(messages, stop, kwargs)
-        chunker = _Chunker(self, config)
-        for item in self._get_engine().run(turns, config):
+        request = self._prepare(messages, stop, kwargs)
+        chunker = _Chunker(self, request)
+        for item in request.run(self._get_engine()):
             if emitter:
                 emitter.emit(*_event(item))
             chunk = chunker.chunk(item)
@@ -327,9 +410,9 @@ class ConfSpecChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         emitter = kwargs.pop(_EMITTER_KWARG, None) or (EventEmitter.for_run(run_manager) if run_manager else None)
-        turns, config = self._prepare(messages, stop, kwargs)
-        chunker = _Chunker(self, config)
-        async for item in iterate_in_thread(lambda: self._get_engine().run(turns, config)):
+        request = self._prepare(messages, stop, kwargs)
+        chunker = _Chunker(self, request)
+        async for item in iterate_in_thread(lambda: request.run(self._get_engine())):
             if emitter:
                 await emitter.aemit(*_event(item))
             chunk = chunker.chunk(item)
@@ -345,11 +428,15 @@ class ConfSpecChatModel(BaseChatModel):
         emitter = EventEmitter.for_config(config, run_id, callbacks=self.callbacks, tags=self.tags, metadata=self.metadata)
         return {**config, "run_id": run_id}, emitter
 
-    def _prepare(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> tuple[list[dict[str, Any]], SpecConfig]:
-        """Validate the call before any model work: the turns and this call's settings."""
-        return to_chat_turns(messages), self._call_config(stop, kwargs)
+    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Request:
+        """Validate the call before any model work: the turns, this call's settings, its tools."""
+        tools, constraint = answer_shape(
+            kwargs.pop("tools", None),
+            kwargs.pop("tool_choice", None),
+            kwargs.pop(_SCHEMA_KWARG, None),
+            strict=bool(kwargs.pop("strict", None)),
+        )
+        return _Request(to_chat_turns(messages), self._call_config(stop, kwargs), tools, constraint)
 
     def _spec_config(self, **overrides: Any) -> SpecConfig:
         settings = {name: getattr(self, name) for name in SpecConfig.model_fields}
@@ -424,27 +511,72 @@ def _event(item: StepRecord | RunResult) -> tuple[str, dict[str, Any]]:
     return STEP_EVENT, item.model_dump(mode="json")
 
 
-class _Chunker:
-    """Turns engine output into message chunks that merge into the final message."""
+@dataclass(frozen=True)
+class _Request:
+    """One call, validated: what to answer, with which settings, tools and constraint."""
 
-    def __init__(self, model: ConfSpecChatModel, config: SpecConfig) -> None:
+    turns: list[dict[str, Any]]
+    config: SpecConfig
+    tools: list[dict[str, Any]] | None
+    constraint: Constraint | None
+
+    def run(self, engine: ConfSpecEngine) -> Iterator[StepRecord | RunResult]:
+        return engine.run(self.turns, self.config, tools=self.tools, constraint=self.constraint)
+
+
+class _Chunker:
+    """Turns engine output into message chunks that merge into the final message.
+
+    With tools bound, text from the first `<tool_call>` on is held back and the calls come
+    as `tool_call_chunks` on the last chunk, so no half-written call is streamed as text.
+    """
+
+    def __init__(self, model: ConfSpecChatModel, request: _Request) -> None:
         self.model = model
-        self.holdback = StopHoldback(config.stop)
+        self.holdback = StopHoldback(request.config.stop)
+        self.tool_holdback = ToolCallHoldback() if request.tools else None
 
     def chunk(self, item: StepRecord | RunResult) -> ChatGenerationChunk | None:
         if isinstance(item, RunResult):
-            # Usage, names and float-valued summaries go on the last chunk only: merging
-            # chunks sums usage, concatenates strings and refuses two different floats.
-            return ChatGenerationChunk(
-                message=AIMessageChunk(
-                    content=self.holdback.finish(item.text),
-                    chunk_position="last",
-                    response_metadata=self.model._response_metadata(item),
-                    usage_metadata=_usage(item),
-                )
-            )
+            return self._last_chunk(item)
         text = self.holdback.feed(item.text)
+        if self.tool_holdback is not None:
+            text = self.tool_holdback.feed(text)
         return ChatGenerationChunk(message=AIMessageChunk(content=text)) if text else None
+
+    def _last_chunk(self, result: RunResult) -> ChatGenerationChunk:
+        # Usage, names and float-valued summaries go on the last chunk only: merging chunks
+        # sums usage, concatenates strings and refuses two different floats.
+        metadata = self.model._response_metadata(result)
+        rest = self.holdback.finish(result.text)
+        call_chunks: list[ToolCallChunk] = []
+        if self.tool_holdback is not None:
+            answer = parse_tool_calls(result.text)
+            rest = answer.content[self.tool_holdback.released :]
+            call_chunks = tool_call_chunks(answer)
+            if answer.tool_calls:
+                metadata["finish_reason"] = "tool_calls"
+            if answer.invalid_tool_calls:
+                metadata["confspec"]["invalid_tool_call_errors"] = {c["id"]: c["error"] for c in answer.invalid_tool_calls}
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=rest,
+                chunk_position="last",
+                response_metadata=metadata,
+                usage_metadata=_usage(result),
+                tool_call_chunks=call_chunks,
+            )
+        )
+
+
+def _with_tool_call_errors(result: ChatResult) -> ChatResult:
+    """Put back the reasons why tool calls were invalid (merging chunks drops them)."""
+    message = result.generations[0].message
+    errors = message.response_metadata.get("confspec", {}).get("invalid_tool_call_errors")
+    if errors and isinstance(message, AIMessage):
+        for call in message.invalid_tool_calls:
+            call["error"] = errors.get(call["id"] or "", call["error"])
+    return result
 
 
 def _usage(result: RunResult) -> UsageMetadata:

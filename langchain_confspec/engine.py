@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_confspec.config import Mode, SpecConfig
+from langchain_confspec.constrained import Node, write_json
 from langchain_confspec.decoding import (
     StopScanner,
     TokenChooser,
@@ -30,6 +31,7 @@ from langchain_confspec.records import (
     ModelCounters,
     PhaseTimes,
     RunSummary,
+    Span,
     StepEnd,
     StepRecord,
     TokenSpeculation,
@@ -38,7 +40,16 @@ from langchain_confspec.records import (
 )
 from langchain_confspec.session import ModelSession
 from langchain_confspec.speculation import DepthPolicy, speculative_write_step
+from langchain_confspec.tool_calls import OPEN_TAG
 from langchain_confspec.verification import VerdictReader, judge
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """An answer that must follow a JSON plan, and what kind of span that makes it."""
+
+    plan: Node
+    span: Span
 
 
 @dataclass(frozen=True)
@@ -74,18 +85,30 @@ class ConfSpecEngine:
         """When a list, token speculation records (entropy, kept) there, for `DepthPolicy.fit`."""
         self._lock = threading.Lock()
 
-    def run(self, turns: list[dict[str, Any]], config: SpecConfig) -> Iterator[StepRecord | RunResult]:
-        """Yield each step's record as it is decided, then the `RunResult`."""
+    def run(
+        self,
+        turns: list[dict[str, Any]],
+        config: SpecConfig,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        constraint: Constraint | None = None,
+    ) -> Iterator[StepRecord | RunResult]:
+        """Yield each step's record as it is decided, then the `RunResult`.
+
+        `tools` (OpenAI-style definitions) are shown to both models; with a `constraint`
+        the whole answer is one span written to that plan (a forced tool call, a JSON
+        document), drafted, judged and rewritten under the same rules as any step.
+        """
         started = time.perf_counter()
-        generation = _Generation(self, turns, config)
+        generation = _Generation(self, turns, config, tools, constraint)
         with self._lock:
             lock_wait = time.perf_counter() - started
             yield from generation.steps()
             yield generation.result(wall_time=time.perf_counter() - started, lock_wait=lock_wait)
 
-    def generate(self, turns: list[dict[str, Any]], config: SpecConfig) -> RunResult:
-        """Run to the end and return the result."""
-        for item in self.run(turns, config):
+    def generate(self, turns: list[dict[str, Any]], config: SpecConfig, **request: Any) -> RunResult:
+        """Run to the end and return the result (`request`: as for `run`)."""
+        for item in self.run(turns, config, **request):
             if isinstance(item, RunResult):
                 return item
         raise AssertionError("run() ended without a result")
@@ -109,17 +132,25 @@ class _PhaseClock:
 class _Generation:
     """The state of one answer: both sessions, the text so far, the records."""
 
-    def __init__(self, engine: ConfSpecEngine, turns: list[dict[str, Any]], config: SpecConfig) -> None:
+    def __init__(
+        self,
+        engine: ConfSpecEngine,
+        turns: list[dict[str, Any]],
+        config: SpecConfig,
+        tools: list[dict[str, Any]] | None,
+        constraint: Constraint | None,
+    ) -> None:
         self.engine = engine
         self.config = config
+        self.constraint = constraint
         if config.token_speculation and not engine.shared_vocabulary:
             raise ConfigurationError(
                 "token_speculation needs draft and target to share a vocabulary; these two tokenizers differ."
             )
         uses_draft = config.mode is not Mode.TARGET_ONLY or config.token_speculation
         uses_target = config.mode is not Mode.DRAFT_ONLY
-        self.draft = self._open(engine.draft, turns, "draft") if uses_draft else None
-        self.target = self._open(engine.target, turns, "target") if uses_target else None
+        self.draft = self._open(engine.draft, turns, tools, "draft") if uses_draft else None
+        self.target = self._open(engine.target, turns, tools, "target") if uses_target else None
         steps_are_judged = config.mode in (Mode.CONFSPEC, Mode.ALWAYS_VERIFY)
         self.draft_reader = VerdictReader(engine.draft.tokenizer, config) if config.mode is Mode.CONFSPEC else None
         self.target_reader = VerdictReader(engine.target.tokenizer, config) if steps_are_judged else None
@@ -136,8 +167,10 @@ class _Generation:
         }[config.mode]
 
     @staticmethod
-    def _open(loaded: LoadedModel, turns: list[dict[str, Any]], role: str) -> ModelSession:
-        prompt = loaded.render_prompt(turns)
+    def _open(
+        loaded: LoadedModel, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None, role: str
+    ) -> ModelSession:
+        prompt = loaded.render_prompt(turns, tools)
         if len(prompt) >= loaded.context_length:
             raise ContextLengthError(
                 f"The prompt is {len(prompt)} tokens long for the {role} model, whose context "
@@ -181,8 +214,11 @@ class _Generation:
     # -- budgets -------------------------------------------------------------------------
 
     def _step_budget(self) -> int:
-        """Tokens the next step may use: the answer budget, the step cap, and context room."""
-        budget = min(self.config.max_step_tokens, self.config.max_tokens - self.tokens_used)
+        """Tokens the next step may use: the answer budget, the step cap (not for a constrained
+        span, which is the whole answer), and context room."""
+        budget = self.config.max_tokens - self.tokens_used
+        if self.constraint is None:
+            budget = min(budget, self.config.max_step_tokens)
         for session, reader in ((self.draft, self.draft_reader), (self.target, self.target_reader)):
             if session is not None:
                 reserve = len(reader.suffix_ids) if reader else 0
@@ -192,6 +228,8 @@ class _Generation:
     # -- one step per mode ---------------------------------------------------------------
 
     def _write(self, session: ModelSession, budget: int) -> WrittenStep:
+        if self.constraint is not None:
+            return write_json(session, self.chooser, self.constraint.plan, budget=budget)
         return write_step(
             session, self.chooser, budget=budget, delimiters=self.config.step_delimiters, stops=self.stops
         )
@@ -200,7 +238,7 @@ class _Generation:
         """The target writes a step; with token speculation the draft proposes ahead of it and
         both sessions end holding the step."""
         assert self.target is not None
-        if not self.config.token_speculation:
+        if not self.config.token_speculation or self.constraint is not None:
             return self._write(self.target, budget), None
         assert self.draft is not None
         return speculative_write_step(
@@ -297,6 +335,10 @@ class _Generation:
         if step.stop_at is not None:
             text = text[: max(step.stop_at, 0)]
         self.stops.advance(text)
+        if self.constraint is not None:
+            span = self.constraint.span
+        else:
+            span = Span.TOOL_CALL if OPEN_TAG in text else Span.TEXT
         return StepRecord(
             index=len(self.records),
             text=text,
@@ -304,5 +346,6 @@ class _Generation:
             writer=writer,
             decision=decision,
             end=step.end,
+            span=span,
             **details,
         )

@@ -30,3 +30,7 @@ class TokenizerMismatchError(ConfSpecError, ValueError):
 
 class ContextLengthError(ConfSpecError, ValueError):
     """The prompt leaves no room to generate within a model's context window."""
+
+
+class UnsupportedSchemaError(ConfigurationError):
+    """A JSON schema (tool parameters, structured output) that constrained decoding cannot enforce."""

@@ -286,8 +286,7 @@ def evaluate(
         interrupted = True
         done -= 1
         for report in reports:  # keep only whole problems: every mode answered the same set
-            if report.n > done:
-                report.n = done
+            report.n = min(report.n, done)
     _fill_speedups(reports)
     return EvalReport(reports, calibration, problems=done, interrupted=interrupted)
 

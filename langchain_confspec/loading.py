@@ -21,16 +21,10 @@ from transformers import (
 )
 
 from langchain_confspec.errors import ModelLoadError, TokenizerMismatchError
+from langchain_confspec.prompting import render_prompt
 
 DEMO_PAIR_DIR = Path(__file__).parent / "demo" / "pair"
 DEMO_MODELS = {"confspec-demo-draft": DEMO_PAIR_DIR / "draft", "confspec-demo-target": DEMO_PAIR_DIR / "target"}
-
-# Used for tokenizers that ship without a chat template (base models): plain role prefixes.
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n\n{% endfor %}"
-    "{% if add_generation_prompt %}Assistant: {% endif %}"
-)
-
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -57,15 +51,8 @@ class LoadedModel:
         config = self.model.config.get_text_config()
         return int(getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
 
-    def render_prompt(self, turns: list[dict[str, Any]]) -> list[int]:
-        return render_prompt(self.tokenizer, turns)
-
-
-def render_prompt(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, Any]]) -> list[int]:
-    """Token ids of the conversation through the tokenizer's chat template, ready to answer."""
-    template = tokenizer.chat_template or FALLBACK_CHAT_TEMPLATE
-    text = tokenizer.apply_chat_template(turns, chat_template=template, add_generation_prompt=True, tokenize=False)
-    return tokenizer.encode(text, add_special_tokens=False)
+    def render_prompt(self, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        return render_prompt(self.tokenizer, turns, tools)
 
 
 def load_tokenizer(name_or_path: str, *, role: str) -> PreTrainedTokenizerBase:

@@ -38,6 +38,14 @@ class StepEnd(str, Enum):
     LENGTH = "length"
 
 
+class Span(str, Enum):
+    """What kind of text the step is: free reasoning, or a span written under a JSON constraint."""
+
+    TEXT = "text"
+    TOOL_CALL = "tool_call"
+    JSON = "json"
+
+
 class Verdict(BaseModel):
     """A model's judgement of a step, read from its next-token distribution."""
 
@@ -89,6 +97,7 @@ class StepRecord(BaseModel):
     writer: Writer
     decision: Decision
     end: StepEnd
+    span: Span = Field(default=Span.TEXT, description="`tool_call` and `json` spans are written under a schema.")
     draft_verdict: bool | None = Field(default=None, description="True when the draft judged its step correct.")
     draft_confidence: float | None = None
     target_verdict: bool | None = None

@@ -7,6 +7,7 @@ the models are Llama configurations with random weights. `build_tiny_pair` saves
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Printable ASCII as byte-level BPE spells it (space, newline and tab are mapped to Ġ, Ċ, ĉ).
+_ASCII_ALPHABET = [chr(c) for c in range(33, 127)] + ["\u0120", "\u010a", "\u0109"]
 
 _CORPUS = [
     "Tom has 3 apples and buys 4 more. How many apples does he have?",
@@ -37,16 +40,39 @@ def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFa
     """A byte-level BPE tokenizer trained on `corpus`, digits split one per token, with a
     ChatML-style chat template and `<|im_end|>` as end of sequence.
 
-    Its alphabet holds only the characters of the corpus, so every token decodes to whole
-    characters and decoding step by step gives the same text as decoding at once.
+    Its alphabet is the characters of the corpus plus printable ASCII (so it can spell JSON
+    and tool calls), so every token decodes to whole characters and decoding step by step
+    gives the same text as decoding at once.
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=_ASCII_ALPHABET, show_progress=False
+    )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return _wrap(tokenizer)
+
+
+def with_ascii_alphabet(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """The same tokenizer with a token for every printable ASCII character it lacked.
+
+    New characters get the next free ids, so every existing id keeps its meaning and a model
+    trained with the old tokenizer only needs its embeddings extended.
+    """
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    next_id = max([*vocab.values(), *(t["id"] for t in data["added_tokens"])]) + 1
+    for char in _ASCII_ALPHABET:
+        if char not in vocab:
+            vocab[char] = next_id
+            next_id += 1
+    return _wrap(Tokenizer.from_str(json.dumps(data)))
+
+
+def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",

@@ -20,10 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langchain_confspec.config import DEFAULT_BINARY_PROMPT
-from langchain_confspec.demo.problems import Problem, corrupt_step, make_problems
-from langchain_confspec.loading import render_prompt
+from langchain_confspec.demo.problems import (
+    STEP_SEPARATOR,
+    Problem,
+    corrupt_step,
+    make_problems,
+)
+from langchain_confspec.prompting import render_prompt
 from langchain_confspec.tiny import build_model, train_tokenizer
 
 SHAPES = {
@@ -39,6 +45,16 @@ class Example:
     learn_from: int  # loss on ids[learn_from:]
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """A step the draft wrote itself after the right steps before it, and whether it is right."""
+
+    problem: Problem
+    index: int
+    text: str
+    correct: bool
+
+
 def tokenizer_corpus(problems: list[Problem]) -> list[str]:
     texts = []
     for problem in problems:
@@ -48,21 +64,68 @@ def tokenizer_corpus(problems: list[Problem]) -> list[str]:
     return texts
 
 
-def examples_for(problem: Problem, tokenizer, rng: random.Random, n_verify: int) -> list[Example]:  # type: ignore[no-untyped-def]
-    """One solving example and `n_verify` verification examples (half with a corrupted step)."""
-    prompt = render_prompt(tokenizer, problem.turns())
-    steps = [tokenizer.encode(step, add_special_tokens=False) for step in problem.steps]
-    solved = prompt + [i for step in steps for i in step] + [tokenizer.eos_token_id]
-    examples = [Example(solved, len(prompt))]
-    suffix = tokenizer.encode(DEFAULT_BINARY_PROMPT, add_special_tokens=False)
-    yes, no = tokenizer.encode(" Yes", add_special_tokens=False)[0], tokenizer.encode(" No", add_special_tokens=False)[0]
-    for _ in range(n_verify):
-        k = rng.randrange(len(steps))
-        correct = rng.random() < 0.5
-        step = steps[k] if correct else tokenizer.encode(corrupt_step(problem.steps[k], rng), add_special_tokens=False)
-        ids = prompt + [i for s in steps[:k] for i in s] + step + suffix + [yes if correct else no]
-        examples.append(Example(ids, len(ids) - 1))
-    return examples
+class ExampleMaker:
+    """Builds training sequences exactly as the engine builds its contexts: chat template, each
+    step encoded on its own, the verification suffix after the judged step."""
+
+    def __init__(self, tokenizer) -> None:  # type: ignore[no-untyped-def]
+        self.tokenizer = tokenizer
+        self.suffix = self.encode(DEFAULT_BINARY_PROMPT)
+        self.yes, self.no = self.encode(" Yes")[0], self.encode(" No")[0]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def before(self, problem: Problem, index: int) -> list[int]:
+        prompt = render_prompt(self.tokenizer, problem.turns())
+        return prompt + [i for step in problem.steps[:index] for i in self.encode(step)]
+
+    def solving(self, problem: Problem) -> Example:
+        prompt = render_prompt(self.tokenizer, problem.turns())
+        ids = self.before(problem, len(problem.steps)) + [self.tokenizer.eos_token_id]
+        return Example(ids, len(prompt))
+
+    def verdict(self, problem: Problem, index: int, step: str, correct: bool) -> Example:
+        ids = self.before(problem, index) + self.encode(step) + self.suffix + [self.yes if correct else self.no]
+        return Example(ids, len(ids) - 1)
+
+    def checks(self, problem: Problem, rng: random.Random, n_verify: int) -> list[Example]:
+        """`n_verify` verdicts on steps of `problem`, half of them on a corrupted step."""
+        examples = []
+        for _ in range(n_verify):
+            k = rng.randrange(len(problem.steps))
+            correct = rng.random() < 0.5
+            step = problem.steps[k] if correct else corrupt_step(problem.steps[k], rng)
+            examples.append(self.verdict(problem, k, step, correct))
+        return examples
+
+
+@torch.no_grad()
+def draft_attempts(model, maker: ExampleMaker, problems: list[Problem], batch_size: int = 256) -> list[Attempt]:  # type: ignore[no-untyped-def]
+    """Let `model` write every step of `problems` after the right steps before it (greedy)."""
+    tokenizer = maker.tokenizer
+    cases = [(p, k) for p in problems for k in range(len(p.steps))]
+    attempts = []
+    model.eval()
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start : start + batch_size]
+        contexts = [maker.before(p, k) for p, k in chunk]
+        width = max(map(len, contexts))
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, context in enumerate(contexts):  # left padding
+            ids[row, width - len(context) :] = torch.tensor(context)
+            mask[row, width - len(context) :] = 1
+        out = model.generate(
+            ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        for (problem, k), row in zip(chunk, out[:, width:]):
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            cut = text.find(STEP_SEPARATOR)
+            text = text[: cut + len(STEP_SEPARATOR)] if cut >= 0 else text
+            attempts.append(Attempt(problem, k, text, text == problem.steps[k]))
+    return attempts
 
 
 def batches(examples: list[Example], batch_size: int, pad_id: int, rng: random.Random):  # type: ignore[no-untyped-def]
@@ -75,6 +138,17 @@ def batches(examples: list[Example], batch_size: int, pad_id: int, rng: random.R
             ids[row, : len(example.ids)] = torch.tensor(example.ids)
             labels[row, example.learn_from : len(example.ids)] = torch.tensor(example.ids[example.learn_from :])
         yield ids, labels
+
+
+def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged per example, then over the batch: a one-token verdict weighs as
+    much as a whole solution (averaged over tokens, verdicts would be a few percent of the loss
+    and the models would barely learn to verify)."""
+    per_token = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none"
+    ).view(labels.shape)
+    counted = (labels != -100).float()
+    return ((per_token * counted).sum(1) / counted.sum(1).clamp(min=1)).mean()
 
 
 def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int, device: str, log_every: int = 100):  # type: ignore[no-untyped-def]
@@ -90,8 +164,7 @@ def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int,
     for step in range(steps):
         ids, labels = next(stream)
         ids, labels = ids.to(device), labels.to(device)
-        logits = model(input_ids=ids).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1))
+        loss = example_mean_loss(model(input_ids=ids).logits[:, :-1], labels[:, 1:])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -115,6 +188,12 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue training the saved model(s) in --out")
     parser.add_argument("--lr", type=float, help="learning rate (default: per model)")
     parser.add_argument("--focus-op", choices=["+", "-", "*"], help="train only on problems with this operation")
+    parser.add_argument("--n-verify", type=int, default=2, help="verdicts on right/corrupted steps per problem")
+    parser.add_argument(
+        "--draft-attempts", type=int, default=0,
+        help="problems whose steps the saved draft writes itself; each step becomes a verdict example",
+    )
+    parser.add_argument("--verify-only", action="store_true", help="train on verdict examples only")
     args = parser.parse_args()
 
     random.seed(args.seed)
@@ -122,15 +201,22 @@ def main() -> None:
     problems = make_problems(args.problems, seed=args.seed)
     tokenizer_dir = args.out / "target"
     if args.only and (tokenizer_dir / "tokenizer.json").exists():
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     else:
         tokenizer = train_tokenizer(tokenizer_corpus(problems), vocab_size=400)
     if args.focus_op:
         problems = [p for p in problems if any(f" {args.focus_op} " in step for step in p.steps)]
     rng = random.Random(args.seed)
-    examples = [e for p in problems for e in examples_for(p, tokenizer, rng, n_verify=2)]
+    maker = ExampleMaker(tokenizer)
+    examples = [e for p in problems for e in maker.checks(p, rng, args.n_verify)]
+    if not args.verify_only:
+        examples += [maker.solving(p) for p in problems]
+    if args.draft_attempts:
+        draft = AutoModelForCausalLM.from_pretrained(args.out / "draft")
+        attempts = draft_attempts(draft, maker, make_problems(args.draft_attempts, seed=args.seed + 1000))
+        wrong = sum(not a.correct for a in attempts)
+        print(f"draft attempts: {len(attempts)} steps, {wrong} wrong", flush=True)
+        examples += [maker.verdict(a.problem, a.index, a.text, a.correct) for a in attempts]
     print(f"{len(problems)} problems, {len(examples)} examples, vocabulary {len(tokenizer)}", flush=True)
 
     for role in ("draft", "target"):
@@ -138,8 +224,6 @@ def main() -> None:
             continue
         path = args.out / role
         if args.resume:
-            from transformers import AutoModelForCausalLM
-
             model = AutoModelForCausalLM.from_pretrained(path)
         else:
             model = build_model(tokenizer, seed=args.seed + (role == "target"), **SHAPES[role])
@@ -152,8 +236,12 @@ def main() -> None:
         history = json.loads((path / "training.json").read_text())["phases"] if args.resume else []
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
-        phase = {"seed": args.seed, "problems": args.problems, "focus_op": args.focus_op, "steps": steps,
-                 "batch_size": args.batch_size, "lr": lr, "seconds": round(time.time() - started, 1)}
+        phase = {
+            "seed": args.seed, "problems": args.problems, "focus_op": args.focus_op, "steps": steps,
+            "batch_size": args.batch_size, "lr": lr, "n_verify": args.n_verify,
+            "draft_attempts": args.draft_attempts, "verify_only": args.verify_only,
+            "loss": "per-example mean", "seconds": round(time.time() - started, 1),
+        }
         (path / "training.json").write_text(
             json.dumps({"parameters": n_params, "shape": SHAPES[role], "phases": [*history, phase]}, indent=2)
         )

@@ -100,12 +100,20 @@ _NUMBER = re.compile(r"-?\d+")
 
 
 def corrupt_step(step: str, rng: random.Random) -> str:
-    """The step with its last number changed the way arithmetic slips change it."""
+    """The step with its last number changed to a wrong one.
+
+    Half the time by a typical slip (off by one, two, a ten or a hundred, a wrong carry), half
+    the time to any other number of a similar size, so that a verifier trained on these cannot
+    get by with recognising a few kinds of slip.
+    """
     matches = list(_NUMBER.finditer(step))
     last = matches[-1]
     value = int(last.group())
-    delta = rng.choice((1, -1, 2, -2, 10, -10, 100, -100, 9, -9, 11, -11))
-    wrong = value + delta if value + delta >= 0 else value + abs(delta)
+    if rng.random() < 0.5:
+        delta = rng.choice((1, 2, 9, 10, 11, 20, 100)) * rng.choice((1, -1))
+        wrong = value + delta if value + delta >= 0 else value + abs(delta)
+    else:
+        wrong = rng.choice([n for n in range(max(0, value // 2 - 10), value * 2 + 11) if n != value])
     return step[: last.start()] + str(wrong) + step[last.end() :]
 
 

@@ -1,0 +1,388 @@
+"""Writing JSON that matches a schema, whatever the model would rather write.
+
+A schema compiles to a plan of nodes. Fixed text (braces, keys, commas, a tool's name when
+it is forced) is appended as it is; the model chooses only values, and only among tokens
+that keep them valid: digits for a number, no quote, backslash or control character inside
+a string, one of the allowed literals for an enum, a boolean or a tool name. Forcing the
+structure and masking the choices makes the output well-formed with any tokenizer that can
+spell JSON, at the price of a fixed key order with every declared property present.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from langchain_confspec.decoding import TokenChooser, WrittenStep
+from langchain_confspec.errors import UnsupportedSchemaError
+from langchain_confspec.records import StepEnd
+from langchain_confspec.session import ModelSession
+
+MAX_STRING_TOKENS = 64
+MAX_NUMBER_DIGITS = 15
+MAX_ARRAY_ITEMS = 16
+_MAX_DEPTH = 12
+
+
+# -- the plan ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Literal:
+    """Text written as it is."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a few JSON literals (enum, const, boolean, null, a tool's name)."""
+
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class String:
+    pass
+
+
+@dataclass(frozen=True)
+class Number:
+    integer: bool
+
+
+@dataclass(frozen=True)
+class Array:
+    item: Node
+
+
+@dataclass(frozen=True)
+class Object:
+    properties: tuple[tuple[str, Node], ...]
+
+
+@dataclass(frozen=True)
+class Sequence_:
+    """Nodes written one after another."""
+
+    parts: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """`{"name": <one of the tools>, "arguments": <that tool's arguments>}`."""
+
+    tools: tuple[tuple[str, Node], ...]
+
+
+Node = Literal | Choice | String | Number | Array | Object | Sequence_ | ToolCall
+
+
+# Keywords the plan does not enforce: ignored, unless the caller asks for strict adherence.
+UNENFORCED_KEYWORDS = (
+    "pattern", "format", "patternProperties", "not", "if", "minimum", "maximum", "exclusiveMinimum",
+    "exclusiveMaximum", "multipleOf", "minLength", "maxLength", "minItems", "maxItems", "uniqueItems",
+)
+
+
+def compile_schema(schema: Mapping[str, Any], *, strict: bool = False) -> Node:
+    """The plan for a JSON schema; `UnsupportedSchemaError` names what cannot be enforced.
+
+    With `strict`, a keyword the plan would not enforce (a pattern, a range) is an error
+    rather than ignored.
+    """
+    defs = schema.get("$defs", schema.get("definitions", {}))
+    return _Compiler(defs, strict).node(schema, "$", 0)
+
+
+def tool_call_plan(
+    tools: Mapping[str, Mapping[str, Any]], *, open_tag: str, close_tag: str, strict: bool = False
+) -> Node:
+    """A whole tool call: the tag, the call object with one of `tools` (name -> parameter
+    schema), the closing tag."""
+    if not tools:
+        raise UnsupportedSchemaError("No tools to call.")
+    compiled = tuple((name, compile_schema(schema, strict=strict)) for name, schema in tools.items())
+    return Sequence_((Literal(open_tag), ToolCall(compiled), Literal(close_tag)))
+
+
+@dataclass(frozen=True)
+class _Compiler:
+    defs: Mapping[str, Any]
+    strict: bool
+
+    def node(self, schema: Mapping[str, Any], where: str, depth: int) -> Node:
+        if depth > _MAX_DEPTH:
+            raise UnsupportedSchemaError(f"The schema nests deeper than {_MAX_DEPTH} levels at {where} (recursive?).")
+        if "$ref" in schema:
+            name = str(schema["$ref"]).rsplit("/", 1)[-1]
+            if name not in self.defs:
+                raise UnsupportedSchemaError(f"Unresolved reference {schema['$ref']!r} at {where}.")
+            return self.node(self.defs[name], where, depth + 1)
+        if self.strict:
+            for keyword in UNENFORCED_KEYWORDS:
+                if keyword in schema:
+                    raise UnsupportedSchemaError(
+                        f"strict=True, but the constrained decoder cannot enforce {keyword!r} (at {where})."
+                    )
+        return self._by_type(schema, where, depth)
+
+    def _by_type(self, schema: Mapping[str, Any], where: str, depth: int) -> Node:
+        if "const" in schema:
+            return Choice((json.dumps(schema["const"]),))
+        if "enum" in schema:
+            return Choice(tuple(json.dumps(value) for value in schema["enum"]))
+        branches = schema.get("anyOf") or schema.get("oneOf") or schema.get("allOf")
+        if branches is not None:
+            kept = [b for b in branches if b.get("type") != "null"]
+            if len(kept) != 1:
+                raise UnsupportedSchemaError(
+                    f"The constrained decoder handles unions only of one type and null; {where} has {len(kept)} choices."
+                )
+            return self.node(kept[0], where, depth + 1)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kinds = [k for k in kind if k != "null"]
+            if len(kinds) != 1:
+                raise UnsupportedSchemaError(f"The constrained decoder cannot choose between types {kind} at {where}.")
+            kind = kinds[0]
+        if kind == "string":
+            return String()
+        if kind in ("integer", "number"):
+            return Number(integer=kind == "integer")
+        if kind == "boolean":
+            return Choice(("true", "false"))
+        if kind == "null":
+            return Choice(("null",))
+        if kind == "array":
+            if "items" not in schema or not isinstance(schema["items"], Mapping):
+                raise UnsupportedSchemaError(f"The array at {where} needs one `items` schema.")
+            return Array(self.node(schema["items"], where + "[]", depth + 1))
+        if kind == "object" or "properties" in schema:
+            properties = schema.get("properties") or {}  # none declared: `{}` is the one safe object
+            return Object(
+                tuple((key, self.node(sub, f"{where}.{key}", depth + 1)) for key, sub in properties.items())
+            )
+        raise UnsupportedSchemaError(f"Unsupported or missing type {kind!r} at {where}.")
+
+
+# -- the tokenizer's view of JSON ----------------------------------------------------------------
+
+
+class TokenClasses:
+    """Which tokens may continue a string or a number, computed once per tokenizer."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        special = set(tokenizer.all_special_ids)
+        string_body, digits, leading_digits, single = [], [], [], {}
+        led_by: dict[str, list[int]] = {c: [] for c in '",]}'}
+        for token_id in range(len(tokenizer)):
+            if token_id in special:
+                continue
+            text = tokenizer.decode([token_id])
+            if not text or "\ufffd" in text:
+                continue
+            if all(c.isascii() and c.isdigit() for c in text):
+                digits.append(token_id)
+                if text == "0" or not text.startswith("0"):
+                    leading_digits.append(token_id)
+            if '"' not in text and "\\" not in text and all(ord(c) >= 32 for c in text):
+                string_body.append(token_id)
+            if len(text) == 1:
+                single.setdefault(text, token_id)
+            if text[0] in led_by:
+                led_by[text[0]].append(token_id)
+        self.string_body = torch.tensor(string_body, dtype=torch.long)
+        self.digits = torch.tensor(digits, dtype=torch.long)
+        self.leading_digits = torch.tensor(leading_digits, dtype=torch.long)  # no leading zero
+        self.single = single
+        # Tokens that begin with a closing character: models often close a string or a number
+        # with a merged token such as `",` or `}}`; choosing one counts as choosing the closer.
+        self.led_by = {c: torch.tensor(ids, dtype=torch.long) for c, ids in led_by.items()}
+        for char in '{}[]",:.-':
+            if char not in single or tokenizer.decode(self.encode(char)) != char:
+                raise UnsupportedSchemaError(
+                    f"This tokenizer cannot spell JSON (no token for {char!r}), so it cannot write tool calls "
+                    "or structured output."
+                )
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+_CLASSES: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, TokenClasses] = weakref.WeakKeyDictionary()
+
+
+def token_classes(tokenizer: PreTrainedTokenizerBase) -> TokenClasses:
+    if tokenizer not in _CLASSES:
+        _CLASSES[tokenizer] = TokenClasses(tokenizer)
+    return _CLASSES[tokenizer]
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+class _OutOfBudget(Exception):
+    pass
+
+
+class JsonWriter:
+    """Writes one plan over a session, choosing masked tokens with the call's chooser."""
+
+    def __init__(self, session: ModelSession, chooser: TokenChooser, *, budget: int) -> None:
+        self.session = session
+        self.chooser = chooser
+        self.budget = budget
+        self.classes = token_classes(session.loaded.tokenizer)
+        self.ids: list[int] = []
+
+    def write(self, plan: Node) -> WrittenStep:
+        try:
+            self._node(plan)
+            end = StepEnd.EOS
+        except _OutOfBudget:
+            end = StepEnd.LENGTH
+        text = self.classes.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return WrittenStep(list(self.ids), text, end)
+
+    # appending and choosing
+
+    def _append(self, ids: Sequence[int]) -> None:
+        for token in ids:
+            if len(self.ids) >= self.budget:
+                raise _OutOfBudget
+            self.session.append((token,))
+            self.session.tokens_written += 1
+            self.ids.append(token)
+
+    def _emit(self, text: str) -> None:
+        self._append(self.classes.encode(text))
+
+    def _choose(self, allowed: torch.Tensor | Sequence[int]) -> int:
+        """The model's choice among `allowed` tokens (not yet appended)."""
+        allowed = torch.as_tensor(allowed, dtype=torch.long)
+        logits = self.session.next_logits().float().cpu()
+        masked = torch.full_like(logits, float("-inf"))
+        masked[allowed] = logits[allowed]
+        return self.chooser.choose(masked)
+
+    def _share(self) -> int:
+        """Tokens one open string may still take: a quarter of what is left, so that the
+        structure around it can close within the budget."""
+        return max(1, (self.budget - len(self.ids)) // 4)
+
+    def _char(self, char: str) -> int:
+        return self.classes.single[char]
+
+    # nodes
+
+    def _node(self, node: Node) -> None:
+        if isinstance(node, Literal):
+            self._emit(node.text)
+        elif isinstance(node, Choice):
+            self._choice(node.options)
+        elif isinstance(node, String):
+            self._string()
+        elif isinstance(node, Number):
+            self._number(node.integer)
+        elif isinstance(node, Array):
+            self._array(node.item)
+        elif isinstance(node, Object):
+            self._object(node.properties)
+        elif isinstance(node, Sequence_):
+            for part in node.parts:
+                self._node(part)
+        else:
+            self._tool_call(node)
+
+    def _choice(self, options: Sequence[str]) -> int:
+        """Write one of `options`, token by token among those still possible; its index."""
+        encoded = [self.classes.encode(option) for option in options]
+        live = list(range(len(options)))
+        written: list[int] = []
+        while True:
+            finished = [i for i in live if len(encoded[i]) == len(written)]
+            if finished or len(live) == 1:
+                chosen = finished[0] if finished else live[0]
+                self._append(encoded[chosen][len(written) :])
+                return chosen
+            token = self._choose(sorted({encoded[i][len(written)] for i in live}))
+            self._append((token,))
+            written.append(token)
+            live = [i for i in live if encoded[i][len(written) - 1] == token]
+
+    def _string(self) -> None:
+        quote = self._char('"')
+        closers = self.classes.led_by['"']
+        self._append((quote,))
+        allowed = torch.cat([self.classes.string_body, closers])
+        for _ in range(min(MAX_STRING_TOKENS, self._share())):
+            token = self._choose(allowed)
+            if token in closers:
+                break
+            self._append((token,))
+        self._append((quote,))
+
+    def _number(self, integer: bool) -> None:
+        """A sign, digits and maybe a fraction; the model ends it by preferring a delimiter."""
+        classes = self.classes
+        minus, point = self._char("-"), self._char(".")
+        enders = torch.cat([self.classes.led_by[c] for c in ",}]"]).tolist()
+        text = ""
+        while len(text) < MAX_NUMBER_DIGITS:
+            body = text.lstrip("-")
+            if not body:
+                allowed = classes.leading_digits.tolist() + ([minus] if not text else [])
+            elif body.endswith("."):
+                allowed = classes.digits.tolist()
+            else:
+                allowed = ([] if body == "0" else classes.digits.tolist()) + enders
+                if not integer and "." not in body:
+                    allowed.append(point)
+            token = self._choose(allowed)
+            if token in enders:
+                return  # the text that follows the number is written by the caller
+            self._append((token,))
+            text += classes.tokenizer.decode([token])
+        if text.endswith((".", "-")):
+            self._emit("0")
+
+    def _array(self, item: Node) -> None:
+        closers, commas = self.classes.led_by["]"], self.classes.led_by[","]
+        self._emit("[")
+        for count in range(MAX_ARRAY_ITEMS):
+            if count and self._share() < 4:
+                break
+            if count:
+                if self._choose(torch.cat([commas, closers])) in closers:
+                    break
+                self._emit(", ")
+            self._node(item)
+        self._emit("]")
+
+    def _object(self, properties: Sequence[tuple[str, Node]]) -> None:
+        self._emit("{")
+        for position, (key, node) in enumerate(properties):
+            self._emit((", " if position else "") + json.dumps(key) + ": ")
+            self._node(node)
+        self._emit("}")
+
+    def _tool_call(self, node: ToolCall) -> None:
+        names = [name for name, _ in node.tools]
+        self._emit('{"name": ')
+        chosen = self._choice([json.dumps(name) for name in names])
+        self._emit(', "arguments": ')
+        self._node(node.tools[chosen][1])
+        self._emit("}")
+
+
+def write_json(session: ModelSession, chooser: TokenChooser, plan: Node, *, budget: int) -> WrittenStep:
+    """Write `plan` over `session` (ends `EOS` when complete, `LENGTH` when out of budget)."""
+    return JsonWriter(session, chooser, budget=budget).write(plan)

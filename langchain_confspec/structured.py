@@ -1,0 +1,140 @@
+"""Tool choice and structured output: which answers are forced into which shape.
+
+`answer_shape` turns a call's `tools`, `tool_choice` and schema into the tools the prompt
+shows and the JSON constraint (if any) the engine writes under. `structured_output_runnable`
+builds `with_structured_output` from the model, a binding and an output parser.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Literal
+
+from langchain_core.exceptions import OutputParserException
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.messages import AIMessage, ToolCallChunk
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.output_parsers import (
+    JsonOutputKeyToolsParser,
+    JsonOutputParser,
+    PydanticOutputParser,
+    PydanticToolsParser,
+)
+from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.utils.function_calling import (
+    convert_to_json_schema,
+    convert_to_openai_tool,
+)
+from pydantic import BaseModel, ValidationError
+
+from langchain_confspec.constrained import compile_schema, tool_call_plan
+from langchain_confspec.engine import Constraint
+from langchain_confspec.errors import ConfigurationError
+from langchain_confspec.records import Span
+from langchain_confspec.tool_calls import CLOSE_TAG, OPEN_TAG, ParsedAnswer
+
+if TYPE_CHECKING:
+    from langchain_confspec.chat_model import ConfSpecChatModel
+
+# Call option carrying the JSON schema that `with_structured_output` constrains answers to.
+SCHEMA_KWARG = "json_schema"
+_FORCING = ("any", "required")
+
+
+def resolve_tool_choice(tool_choice: str | bool | dict[str, Any] | None, names: list[str]) -> str:
+    """`auto`, `none`, `any` or a tool's name, from LangChain's many spellings of a choice."""
+    if tool_choice is None or tool_choice is False:
+        return "auto"
+    if tool_choice is True:
+        return "any"
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+        if not isinstance(name, str):
+            raise ConfigurationError(f"tool_choice {tool_choice!r} names no tool.")
+        tool_choice = name
+    if tool_choice in ("auto", "none"):
+        return tool_choice
+    if tool_choice in _FORCING:
+        if not names:
+            raise ConfigurationError(f"tool_choice={tool_choice!r} needs at least one tool.")
+        return "any"
+    if tool_choice not in names:
+        raise ConfigurationError(f"tool_choice names the unknown tool {tool_choice!r}; the tools are {names}.")
+    return tool_choice
+
+
+def answer_shape(
+    tools: list[dict[str, Any]] | None,
+    tool_choice: str | None,
+    schema: dict[str, Any] | None,
+    *,
+    strict: bool,
+) -> tuple[list[dict[str, Any]] | None, Constraint | None]:
+    """The tools to show and the constraint to write under, for one call."""
+    if schema is not None:
+        return tools, Constraint(compile_schema(schema, strict=strict), Span.JSON)
+    if not tools or tool_choice in (None, "auto"):
+        return tools or None, None
+    if tool_choice == "none":
+        return None, None
+    forced = [t["function"] for t in tools if tool_choice == "any" or t["function"]["name"] == tool_choice]
+    if not forced:
+        raise ConfigurationError(f"tool_choice names the unknown tool {tool_choice!r}.")
+    parameters = {f["name"]: f.get("parameters") or {"type": "object", "properties": {}} for f in forced}
+    plan = tool_call_plan(parameters, open_tag=OPEN_TAG + "\n", close_tag="\n" + CLOSE_TAG, strict=strict)
+    return tools, Constraint(plan, Span.TOOL_CALL)
+
+
+def tool_call_chunks(answer: ParsedAnswer) -> list[ToolCallChunk]:
+    """Chunks that merge into the answer's calls (invalid ones keep their raw arguments)."""
+    chunks = [
+        tool_call_chunk(name=call["name"], args=json.dumps(call["args"]), id=call["id"], index=index)
+        for index, call in enumerate(answer.tool_calls)
+    ]
+    offset = len(chunks)
+    chunks += [
+        tool_call_chunk(name=call["name"], args=call["args"], id=call["id"], index=offset + index)
+        for index, call in enumerate(answer.invalid_tool_calls)
+    ]
+    return chunks
+
+
+def structured_output_runnable(
+    model: ConfSpecChatModel,
+    schema: dict[str, Any] | type | None,
+    *,
+    method: Literal["json_schema", "function_calling", "json_mode"],
+    include_raw: bool,
+    strict: bool | None,
+) -> Runnable[LanguageModelInput, Any]:
+    is_pydantic = isinstance(schema, type) and issubclass(schema, BaseModel)
+    if schema is None and method != "json_mode":
+        raise ConfigurationError(f"with_structured_output(method={method!r}) needs a schema.")
+    tracing = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
+    if method == "function_calling":
+        name = convert_to_openai_tool(schema)["function"]["name"]  # type: ignore[arg-type]
+        bound = model.bind_tools([schema], tool_choice=name, strict=strict, ls_structured_output_format=tracing)  # type: ignore[list-item]
+        parser: Runnable[Any, Any] = (
+            PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+            if is_pydantic
+            else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+        )
+    elif method == "json_schema":
+        json_schema = schema.model_json_schema() if is_pydantic else convert_to_json_schema(schema)  # type: ignore[union-attr,arg-type]
+        bound = model.bind(**{SCHEMA_KWARG: json_schema}, strict=strict, ls_structured_output_format=tracing)
+        parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
+    elif method == "json_mode":
+        bound = model.bind(ls_structured_output_format=tracing)
+        parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
+    else:
+        raise ConfigurationError(f"Unknown method {method!r}: use json_schema, function_calling or json_mode.")
+    if not include_raw:
+        return bound | parser
+
+    def parse_keeping_raw(message: AIMessage) -> dict[str, Any]:
+        try:
+            return {"raw": message, "parsed": parser.invoke(message), "parsing_error": None}
+        except (OutputParserException, ValidationError, ValueError) as error:
+            return {"raw": message, "parsed": None, "parsing_error": error}
+
+    return bound | RunnableLambda(parse_keeping_raw)
