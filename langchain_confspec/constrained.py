@@ -242,8 +242,11 @@ class JsonWriter:
         self.budget = budget
         self.classes = token_classes(session.loaded.tokenizer)
         self.ids: list[int] = []
+        self._fixed_total = 0
+        self._fixed_written = 0
 
     def write(self, plan: Node) -> WrittenStep:
+        self._fixed_total = self._fixed_cost(plan)
         try:
             self._node(plan)
             end = StepEnd.EOS
@@ -263,7 +266,30 @@ class JsonWriter:
             self.ids.append(token)
 
     def _emit(self, text: str) -> None:
-        self._append(self.classes.encode(text))
+        """Append fixed text (structure, not a choice of the model)."""
+        ids = self.classes.encode(text)
+        self._fixed_written += len(ids)
+        self._append(ids)
+
+    def _fixed_cost(self, node: Node) -> int:
+        """Tokens of the plan's fixed text, plus a token or two per value: what must stay free
+        for the answer to close."""
+        encode = self.classes.encode
+        if isinstance(node, Literal):
+            return len(encode(node.text))
+        if isinstance(node, Choice):
+            return max(len(encode(option)) for option in node.options)
+        if isinstance(node, String | Number):
+            return 2
+        if isinstance(node, Array):
+            return 2 + self._fixed_cost(node.item)
+        if isinstance(node, Object):
+            return 2 + sum(len(encode(f', "{key}": ')) + self._fixed_cost(sub) for key, sub in node.properties)
+        if isinstance(node, Sequence_):
+            return sum(self._fixed_cost(part) for part in node.parts)
+        arguments = max(self._fixed_cost(sub) for _, sub in node.tools)
+        names = max(len(encode(json.dumps(name))) for name, _ in node.tools)
+        return len(encode('{"name": , "arguments": }')) + names + arguments
 
     def _choose(self, allowed: torch.Tensor | Sequence[int]) -> int:
         """The model's choice among `allowed` tokens (not yet appended)."""
@@ -274,9 +300,10 @@ class JsonWriter:
         return self.chooser.choose(masked)
 
     def _share(self) -> int:
-        """Tokens one open string may still take: a quarter of what is left, so that the
-        structure around it can close within the budget."""
-        return max(1, (self.budget - len(self.ids)) // 4)
+        """Tokens one open string may still take: a quarter of what is left once the rest
+        of the structure is set aside, so that it can close within the budget."""
+        reserve = max(0, self._fixed_total - self._fixed_written)
+        return max(1, (self.budget - len(self.ids) - reserve) // 4)
 
     def _char(self, char: str) -> int:
         return self.classes.single[char]

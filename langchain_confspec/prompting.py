@@ -105,7 +105,9 @@ def prepare_turns(
             turn["tool_calls"] = [_native_call(c["id"], c["name"], c["args"]) for c in calls]
         elif calls:
             written = "\n".join(format_tool_call(c["name"], c["args"]) for c in calls)
-            turn["content"] = (turn["content"] + "\n" if turn["content"] else "") + written
+            text = turn["content"]
+            # as the model wrote it: a call right after the text's own trailing blank line
+            turn["content"] = text + ("\n" if text and not text[-1].isspace() else "") + written
         if turn["role"] == "tool" and not abilities.tool_role:
             turn = {"role": "user", "content": f"<tool_response>\n{turn['content']}\n</tool_response>"}
         if rendered and rendered[-1]["role"] == turn["role"] == "user":

@@ -122,7 +122,9 @@ def build_model(
 def build_tiny_pair(directory: str | Path, *, seed: int = 0) -> tuple[Path, Path]:
     """Save a tiny draft (1 layer) and target (3 layers) sharing one tokenizer under `directory`.
 
-    Returns the draft and target paths. Reuses a pair already saved there.
+    Returns the draft and target paths. Reuses a pair already saved there. The context is
+    1,024 tokens: the tokenizer spells unfamiliar words letter by letter, and tool
+    definitions in a prompt are full of them.
     """
     root = Path(directory)
     paths = (root / "draft", root / "target")
@@ -130,6 +132,7 @@ def build_tiny_pair(directory: str | Path, *, seed: int = 0) -> tuple[Path, Path
         return paths
     tokenizer = build_tokenizer()
     for path, layers, hidden, offset in ((paths[0], 1, 32, 0), (paths[1], 3, 64, 1)):
-        build_model(tokenizer, hidden_size=hidden, num_layers=layers, seed=seed + offset).save_pretrained(path)
+        model = build_model(tokenizer, hidden_size=hidden, num_layers=layers, seed=seed + offset, max_positions=1024)
+        model.save_pretrained(path)
         tokenizer.save_pretrained(path)
     return paths

@@ -53,11 +53,14 @@ def parse_tool_calls(text: str) -> ParsedAnswer:
         try:
             name, arguments = _read_call(raw)
         except _MalformedCall as exc:
-            answer.invalid_tool_calls.append(invalid_tool_call(name=_guess_name(raw), args=raw, id=call_id, error=str(exc)))
+            # `args` keeps the whole block as written: as a streamed chunk it must not read as
+            # (partial) JSON, or merging chunks would turn the broken call into a valid one.
+            block = match.group(0)
+            answer.invalid_tool_calls.append(invalid_tool_call(name=_guess_name(raw), args=block, id=call_id, error=str(exc)))
         else:
             answer.tool_calls.append(tool_call(name=name, args=arguments, id=call_id))
     pieces.append(text[position:])
-    answer.content = "".join(pieces).strip() if answer.tool_calls or answer.invalid_tool_calls else text
+    answer.content = "".join(pieces)  # not stripped: streams have already sent the text before a call
     return answer
 
 

@@ -18,8 +18,10 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langchain_confspec.config import DEFAULT_BINARY_PROMPT
@@ -29,14 +31,24 @@ from langchain_confspec.demo.problems import (
     corrupt_step,
     make_problems,
 )
+from langchain_confspec.demo.tools import calculator, evaluate
 from langchain_confspec.prompting import render_prompt
-from langchain_confspec.tiny import build_model, train_tokenizer
+from langchain_confspec.tiny import build_model, train_tokenizer, with_ascii_alphabet
+from langchain_confspec.tool_calls import format_tool_call
 
 SHAPES = {
     "draft": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "ffn_multiple": 3},
     "target": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "ffn_multiple": 3},
 }
 LEARNING_RATES = {"draft": 3e-3, "target": 2e-3}
+CALCULATOR_SCHEMA = convert_to_openai_tool(calculator)
+# Whole-word tokens for the words of tool definitions and calls, which the arithmetic corpus
+# never had: without them a tool prompt is spelled letter by letter (twice as long).
+TOOL_WORDS = [
+    "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "calculator", "expression",
+    "arguments", "description", "parameters", "properties", "required", "object", "string", "name",
+    "type", "tools", "tool", "call", "write", "JSON", "difference", "product",
+]
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,40 @@ class ExampleMaker:
     def verdict(self, problem: Problem, index: int, step: str, correct: bool) -> Example:
         ids = self.before(problem, index) + self.encode(step) + self.suffix + [self.yes if correct else self.no]
         return Example(ids, len(ids) - 1)
+
+    def tool_use(self, problem: Problem, rng: random.Random) -> list[Example]:
+        """The problem solved with the calculator: each operation is a tool call, each result
+        is copied into the next step. One example per assistant turn, plus a verdict on a
+        call (right, or with a wrong number)."""
+        tools = [CALCULATOR_SCHEMA]
+        turns: list[dict[str, Any]] = list(problem.turns())
+        examples = []
+        n_operations = len(problem.steps) - 2
+        verdict_turn = rng.randrange(n_operations)
+        for k in range(n_operations + 1):
+            last = k == n_operations
+            written = [problem.steps[k]]
+            call = None
+            if not last:
+                expression = problem.steps[k + 1].split(" = ")[0]
+                call = {"id": f"call_{k}", "name": "calculator", "args": {"expression": expression}}
+                written.append(format_tool_call("calculator", call["args"]))
+            else:
+                written.append(problem.steps[-1])
+            prompt = render_prompt(self.tokenizer, turns, tools)
+            ids = prompt + [i for text in written for i in self.encode(text)] + [self.tokenizer.eos_token_id]
+            examples.append(Example(ids, len(prompt)))
+            if k == verdict_turn and call is not None:
+                correct = rng.random() < 0.5
+                shown = written[1] if correct else format_tool_call(
+                    "calculator", {"expression": corrupt_step(call["args"]["expression"], rng)}
+                )
+                judged = prompt + self.encode(written[0]) + self.encode(shown) + self.suffix
+                examples.append(Example([*judged, self.yes if correct else self.no], len(judged)))
+            if call is not None:
+                turns.append({"role": "assistant", "content": problem.steps[k], "tool_calls": [call]})
+                turns.append({"role": "tool", "content": str(evaluate(call["args"]["expression"])), "tool_call_id": call["id"]})
+        return examples
 
     def checks(self, problem: Problem, rng: random.Random, n_verify: int) -> list[Example]:
         """`n_verify` verdicts on steps of `problem`, half of them on a corrupted step."""
@@ -194,6 +240,12 @@ def main() -> None:
         help="problems whose steps the saved draft writes itself; each step becomes a verdict example",
     )
     parser.add_argument("--verify-only", action="store_true", help="train on verdict examples only")
+    parser.add_argument("--solve-repeats", type=int, default=1, help="copies of each solving example")
+    parser.add_argument("--tool-use", type=int, default=0, help="problems also solved with the calculator tool")
+    parser.add_argument(
+        "--tool-vocabulary", action="store_true",
+        help="add printable ASCII and the words of tool calls to the tokenizer (and the embeddings)",
+    )
     args = parser.parse_args()
 
     random.seed(args.seed)
@@ -204,13 +256,18 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     else:
         tokenizer = train_tokenizer(tokenizer_corpus(problems), vocab_size=400)
+    if args.tool_vocabulary:
+        tokenizer = with_ascii_alphabet(tokenizer)
+        tokenizer.add_tokens(TOOL_WORDS)
     if args.focus_op:
         problems = [p for p in problems if any(f" {args.focus_op} " in step for step in p.steps)]
     rng = random.Random(args.seed)
     maker = ExampleMaker(tokenizer)
     examples = [e for p in problems for e in maker.checks(p, rng, args.n_verify)]
     if not args.verify_only:
-        examples += [maker.solving(p) for p in problems]
+        examples += [maker.solving(p) for p in problems] * args.solve_repeats
+    if args.tool_use:
+        examples += [e for p in make_problems(args.tool_use, seed=args.seed + 2000) for e in maker.tool_use(p, rng)]
     if args.draft_attempts:
         draft = AutoModelForCausalLM.from_pretrained(args.out / "draft")
         attempts = draft_attempts(draft, maker, make_problems(args.draft_attempts, seed=args.seed + 1000))
@@ -225,6 +282,8 @@ def main() -> None:
         path = args.out / role
         if args.resume:
             model = AutoModelForCausalLM.from_pretrained(path)
+            if model.get_input_embeddings().num_embeddings < len(tokenizer):
+                model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         else:
             model = build_model(tokenizer, seed=args.seed + (role == "target"), **SHAPES[role])
         n_params = sum(p.numel() for p in model.parameters())
@@ -239,7 +298,8 @@ def main() -> None:
         phase = {
             "seed": args.seed, "problems": args.problems, "focus_op": args.focus_op, "steps": steps,
             "batch_size": args.batch_size, "lr": lr, "n_verify": args.n_verify,
-            "draft_attempts": args.draft_attempts, "verify_only": args.verify_only,
+            "draft_attempts": args.draft_attempts, "verify_only": args.verify_only, "solve_repeats": args.solve_repeats,
+            "tool_use": args.tool_use, "tool_vocabulary": args.tool_vocabulary,
             "loss": "per-example mean", "seconds": round(time.time() - started, 1),
         }
         (path / "training.json").write_text(

@@ -1,0 +1,129 @@
+"""Constrained JSON writing: every answer parses and fits its schema, whatever the weights."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from langchain_confspec import ConfSpecEngine
+from langchain_confspec.config import build_config
+from langchain_confspec.constrained import TokenClasses, compile_schema, tool_call_plan
+from langchain_confspec.engine import Constraint
+from langchain_confspec.errors import UnsupportedSchemaError
+from langchain_confspec.records import Span
+from langchain_confspec.tool_calls import parse_tool_calls
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "height": {"type": "number"},
+        "member": {"type": "boolean"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "level": {"enum": ["low", "high", 3]},
+        "nickname": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "address": {"$ref": "#/$defs/Address"},
+    },
+    "$defs": {"Address": {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "integer"}}}},
+}
+
+
+def _check_person(value: dict[str, Any]) -> None:
+    assert list(value) == list(PERSON["properties"])
+    assert isinstance(value["name"], str)
+    assert isinstance(value["age"], int) and not isinstance(value["age"], bool)
+    assert isinstance(value["height"], int | float)
+    assert isinstance(value["member"], bool)
+    assert isinstance(value["tags"], list) and all(isinstance(t, str) for t in value["tags"])
+    assert value["level"] in ("low", "high", 3)
+    assert isinstance(value["nickname"], str)
+    assert set(value["address"]) == {"city", "zip"} and isinstance(value["address"]["zip"], int)
+
+
+@pytest.mark.parametrize("mode", ["target_only", "draft_only", "confspec", "always_verify"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_json_answers_parse_and_fit_the_schema(tiny_engine: ConfSpecEngine, mode: str, temperature: float) -> None:
+    config = build_config(mode=mode, temperature=temperature, seed=3, max_tokens=400)
+    constraint = Constraint(compile_schema(PERSON), Span.JSON)
+    result = tiny_engine.generate([{"role": "user", "content": "Describe someone."}], config, constraint=constraint)
+    assert result.summary.finish_reason == "stop"
+    _check_person(json.loads(result.text))
+    assert [r.span for r in result.records] == [Span.JSON]
+    if mode == "confspec":  # the span went through the same verification as a step
+        assert result.records[0].draft_confidence is not None
+
+
+def test_number_grammar_has_no_leading_zeros(tiny_engine: ConfSpecEngine) -> None:
+    schema = {"type": "object", "properties": {f"n{i}": {"type": "number"} for i in range(6)}}
+    for seed in range(4):
+        config = build_config(mode="target_only", temperature=1.5, seed=seed, max_tokens=300)
+        result = tiny_engine.generate([{"role": "user", "content": "hi"}], config, constraint=Constraint(compile_schema(schema), Span.JSON))
+        for text in result.text.strip("{}").split(", "):
+            number = text.split(": ")[1].lstrip("-")
+            assert not (number.startswith("0") and len(number) > 1 and number[1] != "."), number
+        json.loads(result.text)
+
+
+def test_a_forced_tool_call_names_one_of_the_tools(tiny_engine: ConfSpecEngine) -> None:
+    tools = {
+        "add": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
+        "shout": {"type": "object", "properties": {"text": {"type": "string"}}},
+    }
+    plan = tool_call_plan(tools, open_tag="<tool_call>\n", close_tag="\n</tool_call>")
+    for seed in range(3):
+        config = build_config(mode="confspec", temperature=1.0, seed=seed, max_tokens=200)
+        result = tiny_engine.generate([{"role": "user", "content": "hi"}], config, constraint=Constraint(plan, Span.TOOL_CALL))
+        answer = parse_tool_calls(result.text)
+        assert not answer.invalid_tool_calls and len(answer.tool_calls) == 1
+        call = answer.tool_calls[0]
+        assert call["name"] in tools and set(call["args"]) == set(tools[call["name"]]["properties"])
+
+
+def test_out_of_budget_ends_with_length(tiny_engine: ConfSpecEngine) -> None:
+    config = build_config(mode="target_only", max_tokens=5)
+    result = tiny_engine.generate([{"role": "user", "content": "hi"}], config, constraint=Constraint(compile_schema(PERSON), Span.JSON))
+    assert result.summary.finish_reason == "length"
+    assert sum(r.n_tokens for r in result.records) <= 5
+
+
+@pytest.mark.parametrize(
+    ("schema", "fragment"),
+    [
+        ({"anyOf": [{"type": "string"}, {"type": "integer"}]}, "unions"),
+        ({"type": ["string", "integer"]}, "choose between types"),
+        ({"$ref": "#/$defs/Missing"}, "Unresolved reference"),
+        ({"type": "array"}, "items"),
+        ({"description": "no type"}, "missing type"),
+    ],
+)
+def test_schemas_the_decoder_cannot_enforce_are_named(schema: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(UnsupportedSchemaError, match=fragment):
+        compile_schema(schema)
+
+
+def test_strict_refuses_unenforced_keywords_that_lenient_ignores() -> None:
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]+$"}}}
+    compile_schema(schema)
+    with pytest.raises(UnsupportedSchemaError, match="pattern"):
+        compile_schema(schema, strict=True)
+
+
+def test_recursive_schemas_are_refused() -> None:
+    schema = {"$ref": "#/$defs/Node", "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}}}
+    with pytest.raises(UnsupportedSchemaError, match="deeper"):
+        compile_schema(schema)
+
+
+def test_a_tokenizer_that_cannot_spell_json_is_refused() -> None:
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(["abc 123"] * 4, trainer=trainers.BpeTrainer(vocab_size=40, show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    with pytest.raises(UnsupportedSchemaError, match="cannot spell JSON"):
+        TokenClasses(tokenizer)

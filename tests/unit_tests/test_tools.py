@@ -1,0 +1,246 @@
+"""Tool calling and structured output through `ConfSpecChatModel`, on the tiny random pair.
+
+Random weights never choose to call a tool, so free-form ("auto") answers are tested with
+a scripted engine; forced calls and structured output run the real engine under a JSON
+constraint, which must give well-formed results whatever the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import BaseModel
+
+from langchain_confspec import ConfSpecChatModel
+from langchain_confspec.config import SpecConfig
+from langchain_confspec.engine import RunResult
+from langchain_confspec.errors import ConfigurationError, UnsupportedSchemaError
+from langchain_confspec.messages import to_chat_turns
+from langchain_confspec.prompting import render_prompt, template_abilities
+from langchain_confspec.records import Decision, ModelCounters, StepEnd, StepRecord, Writer, summarize
+from langchain_confspec.tiny import build_tokenizer
+from langchain_confspec.tool_calls import ToolCallHoldback, parse_tool_calls
+
+
+@tool
+def magic_function(input: int) -> int:
+    """Apply a magic function to an input."""
+    return input + 2
+
+
+@tool
+def shout(text: str) -> str:
+    """Say it louder."""
+    return text.upper()
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+@pytest.fixture
+def model(tiny_model_params: dict[str, str]) -> ConfSpecChatModel:
+    return ConfSpecChatModel(**tiny_model_params, max_tokens=120)
+
+
+# -- parsing --------------------------------------------------------------------------------
+
+
+def test_parse_splits_text_and_calls_with_fresh_ids() -> None:
+    text = 'First.\n\n<tool_call>\n{"name": "shout", "arguments": {"text": "hi"}}\n</tool_call>\n<tool_call>{"name": "magic_function", "arguments": "{\\"input\\": 3}"}</tool_call>'
+    answer = parse_tool_calls(text)
+    assert answer.content == "First.\n\n\n"
+    assert [(c["name"], c["args"]) for c in answer.tool_calls] == [("shout", {"text": "hi"}), ("magic_function", {"input": 3})]
+    ids = [c["id"] for c in answer.tool_calls]
+    assert all(ids) and len(set(ids)) == 2
+    assert parse_tool_calls("no calls here").content == "no calls here"
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        ('{"name": "shout", "arguments": {"text": "hi"', "not valid JSON"),
+        ('{"arguments": {}}', '"name"'),
+        ('{"name": "shout", "arguments": [1]}', "must be a JSON object"),
+        ('{"name": "shout", "arguments": "{oops"}', "string that is not JSON"),
+    ],
+)
+def test_malformed_calls_become_invalid_calls_with_the_reason(raw: str, error: str) -> None:
+    answer = parse_tool_calls(f"<tool_call>{raw}</tool_call>")
+    assert not answer.tool_calls
+    (invalid,) = answer.invalid_tool_calls
+    assert error in (invalid["error"] or "") and invalid["args"] == f"<tool_call>{raw}</tool_call>" and invalid["id"]
+
+
+def test_an_unclosed_call_at_the_end_is_still_read() -> None:
+    answer = parse_tool_calls('ok <tool_call>{"name": "shout", "arguments": {"text": "x"}}')
+    assert answer.tool_calls[0]["name"] == "shout" and answer.content == "ok "
+
+
+def test_holdback_never_releases_any_part_of_a_call() -> None:
+    holdback = ToolCallHoldback()
+    pieces = ["Let me ", "check.<tool", "_call>{\"na", "me\": 1}</tool_call>"]
+    released = "".join(holdback.feed(p) for p in pieces)
+    assert released == "Let me check."
+    assert holdback.released == len(released)
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+NATIVE_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTOOLS {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "{% for c in m.get('tool_calls', []) %}CALL {{ c['function']['name'] }} {{ c['function']['arguments'] | tojson }}{% endfor %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+HISTORY = [
+    SystemMessage("Be brief."),
+    HumanMessage("What is magic 3?"),
+    AIMessage("", tool_calls=[{"name": "magic_function", "args": {"input": 3}, "id": "c1"}]),
+    ToolMessage("5", tool_call_id="c1"),
+    ToolMessage([{"type": "text", "text": "partial"}, {"type": "json", "json": {"k": 1}}], tool_call_id="c2", status="error"),
+]
+
+
+def test_history_with_calls_renders_as_text_for_a_plain_template() -> None:
+    tokenizer = build_tokenizer()
+    tools = [convert_to_openai_tool(magic_function)]
+    text = tokenizer.decode(render_prompt(tokenizer, to_chat_turns(HISTORY), tools))
+    assert "Be brief.\n\nYou may call tools" in text and '"name": "magic_function"' in text
+    assert '<tool_call>\n{"name": "magic_function", "arguments": {"input": 3}}\n</tool_call>' in text
+    assert "Error: partial" in text and '"json": {"k": 1}' in text
+    assert text.endswith("<|im_start|>assistant\n")  # the last message is a tool result, not a human turn
+
+
+def test_history_with_calls_uses_a_template_that_knows_tools() -> None:
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = NATIVE_TEMPLATE
+    abilities = template_abilities(tokenizer)
+    assert abilities.tool_definitions and abilities.tool_calls and abilities.tool_role
+    text = tokenizer.decode(render_prompt(tokenizer, to_chat_turns(HISTORY), [convert_to_openai_tool(shout)]))
+    assert "TOOLS [" in text and "You may call tools" not in text
+    assert 'CALL magic_function {"input": 3}' in text and "<tool_call>" not in text
+
+
+# -- forced calls and structured output on the real engine --------------------------------------
+
+
+@pytest.mark.parametrize("choice", ["magic_function", "any", "required", True, {"type": "function", "function": {"name": "shout"}}])
+def test_forced_choices_always_give_a_well_formed_call(model: ConfSpecChatModel, choice: Any) -> None:
+    message = model.bind_tools([magic_function, shout], tool_choice=choice).invoke("Use a tool.")
+    assert message.content == "" and not message.invalid_tool_calls
+    (call,) = message.tool_calls
+    expected = {"magic_function": {"input"}, "shout": {"text"}}
+    assert set(call["args"]) == expected[call["name"]] and call["id"]
+    if isinstance(choice, str) and choice in expected:
+        assert call["name"] == choice
+    assert message.response_metadata["finish_reason"] == "tool_calls"
+    assert [s["span"] for s in message.response_metadata["confspec"]["steps"]] == ["tool_call"]
+
+
+def test_streaming_a_forced_call_gives_no_text_and_merges_into_the_call(model: ConfSpecChatModel) -> None:
+    chunks = list(model.bind_tools([magic_function], tool_choice="any").stream("Use a tool."))
+    assert all("<tool_call>" not in c.content for c in chunks)
+    merged = chunks[0]
+    for chunk in chunks[1:]:
+        merged += chunk
+    assert isinstance(merged, AIMessageChunk)
+    assert [c["name"] for c in merged.tool_calls] == ["magic_function"] and merged.tool_call_chunks[0]["id"]
+
+
+async def test_async_forced_call(model: ConfSpecChatModel) -> None:
+    message = await model.bind_tools([shout], tool_choice="shout").ainvoke("Use a tool.")
+    assert message.tool_calls[0]["name"] == "shout"
+
+
+def test_bad_tool_choices_are_named(model: ConfSpecChatModel) -> None:
+    with pytest.raises(ConfigurationError, match="unknown tool 'nope'"):
+        model.bind_tools([shout], tool_choice="nope")
+    with pytest.raises(ConfigurationError, match="names no tool"):
+        model.bind_tools([shout], tool_choice={"type": "function"})
+    with pytest.raises(ConfigurationError, match="at least one tool"):
+        model.bind_tools([], tool_choice="any")
+
+
+def test_tool_choice_none_hides_the_tools(model: ConfSpecChatModel) -> None:
+    plain = model.get_num_tokens_from_messages([HumanMessage("hi")])
+    assert model.get_num_tokens_from_messages([HumanMessage("hi")], tools=[shout]) > plain
+    message = model.bind_tools([shout], tool_choice="none").invoke("hi")
+    assert message.usage_metadata is not None and message.usage_metadata["input_tokens"] == plain
+
+
+def test_structured_output_methods(model: ConfSpecChatModel) -> None:
+    person = model.with_structured_output(Person).invoke("Who?")
+    assert isinstance(person, Person)
+    as_dict = model.with_structured_output(Person.model_json_schema()).invoke("Who?")
+    assert set(as_dict) == {"name", "age"} and isinstance(as_dict["age"], int)
+    called = model.with_structured_output(Person, method="function_calling").invoke("Who?")
+    assert isinstance(called, Person)
+    raw = model.with_structured_output(Person, include_raw=True).invoke("Who?")
+    assert isinstance(raw["raw"], AIMessage) and isinstance(raw["parsed"], Person) and raw["parsing_error"] is None
+
+
+def test_json_mode_reports_unparsable_output_with_include_raw(model: ConfSpecChatModel) -> None:
+    result = model.with_structured_output(None, method="json_mode", include_raw=True).invoke("Who?")
+    assert result["parsed"] is None and result["parsing_error"] is not None  # random weights write no JSON
+
+
+def test_strict_structured_output_refuses_patterns(model: ConfSpecChatModel) -> None:
+    schema = {"title": "Code", "type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]$"}}}
+    assert set(model.with_structured_output(schema).invoke("hi")) == {"code"}
+    with pytest.raises(UnsupportedSchemaError, match="pattern"):
+        model.with_structured_output(schema, strict=True).invoke("hi")
+
+
+# -- free-form answers with calls, through a scripted engine ------------------------------------
+
+
+class _ScriptedEngine:
+    """Answers every call with the given steps, as the real engine would report them."""
+
+    def __init__(self, steps: list[str]) -> None:
+        self.steps = steps
+
+    def run(self, turns: list[dict[str, Any]], config: SpecConfig, **request: Any) -> Iterator[StepRecord | RunResult]:
+        records = []
+        for index, text in enumerate(self.steps):
+            record = StepRecord(index=index, text=text, n_tokens=len(text), writer=Writer.TARGET, decision=Decision.UNVERIFIED, end=StepEnd.DELIMITER)
+            records.append(record)
+            yield record
+        summary = summarize(records, mode="target_only", finish_reason="stop", draft=ModelCounters(), target=ModelCounters(), wall_time=0.0, lock_wait=0.0)
+        yield RunResult("".join(self.steps), records, summary)
+
+
+def _scripted(model: ConfSpecChatModel, steps: list[str]) -> ConfSpecChatModel:
+    model._engine = _ScriptedEngine(steps)  # type: ignore[assignment]
+    return model
+
+
+def test_auto_calls_in_free_text_are_parsed_and_never_streamed(model: ConfSpecChatModel) -> None:
+    steps = ["I will look it up.\n\n", '<tool_call>\n{"name": "shout", "arguments": {"text": "hi"}}\n', "</tool_call>"]
+    bound = _scripted(model, steps).bind_tools([shout])
+    chunks = list(bound.stream("hi"))
+    assert "".join(c.content for c in chunks) == "I will look it up.\n\n"
+    merged = chunks[0]
+    for chunk in chunks[1:]:
+        merged += chunk
+    assert merged.tool_calls[0]["args"] == {"text": "hi"}
+    message = bound.invoke("hi")
+    assert message.content == "I will look it up.\n\n" and message.tool_calls[0]["name"] == "shout"
+
+
+def test_auto_call_with_bad_json_is_an_invalid_call_with_its_error(model: ConfSpecChatModel) -> None:
+    bound = _scripted(model, ['<tool_call>{"name": "shout", "arguments": {"text": </tool_call>']).bind_tools([shout])
+    message = bound.invoke("hi")
+    assert not message.tool_calls
+    (invalid,) = message.invalid_tool_calls
+    assert invalid["name"] == "shout" and "not valid JSON" in (invalid["error"] or "")
+    assert json.dumps(message.response_metadata)  # metadata stays serialisable
