@@ -4,34 +4,22 @@ The demo pair learned to call a calculator in the Hermes `<tool_call>` format. T
 below is the plain LangChain one: invoke the model with the tools bound, run every tool
 call it makes, send the results back as `ToolMessage`s, repeat until it answers.
 
-    python examples/agent.py [--question "..."] [--tool-choice auto|any]
+    python examples/agent.py [--question "..."]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage
 from transformers.utils import logging as hf_logging
 
 from langchain_confspec import ConfSpecChatModel, StepRecord
+from langchain_confspec.demo.agent import run_tool_loop
 from langchain_confspec.demo.tools import calculator
 from langchain_confspec.display import format_step_table
 
 QUESTION = "Ben has 47 cards. Ben buys 36 more. Then Ben has three times as many. Ben sells 58. How many cards does Ben have now?"
-
-
-def run_agent(model: ConfSpecChatModel, question: str, *, max_turns: int = 8) -> list[BaseMessage]:
-    """The conversation, from the question to the model's final answer."""
-    agent = model.bind_tools([calculator])
-    messages: list[BaseMessage] = [HumanMessage(question)]
-    for _ in range(max_turns):
-        reply = agent.invoke(messages)
-        messages.append(reply)
-        if not isinstance(reply, AIMessage) or not reply.tool_calls:
-            break
-        messages.extend(calculator.invoke(call) for call in reply.tool_calls)
-    return messages
 
 
 def main() -> None:
@@ -41,7 +29,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()
 
     model = ConfSpecChatModel.demo(max_tokens=160)
-    for message in run_agent(model, args.question):
+    for message in run_tool_loop(model, [calculator], args.question):
         if isinstance(message, AIMessage):
             calls = ", ".join(f"{c['name']}({c['args']})" for c in message.tool_calls)
             print(f"AI: {message.content.strip()!r}" + (f" -> {calls}" if calls else ""))

@@ -5,6 +5,9 @@ only the steps the draft is unsure of and rewrites the ones it rejects. Every st
 an audit record.
 """
 
+import logging
+
+from langchain_confspec.audit import AuditEntry, ConfSpecAuditHandler, read_audit_log
 from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT
 from langchain_confspec.chat_model import ChatConfSpec, ConfSpecChatModel
 from langchain_confspec.config import Mode, SpecConfig, VerificationStyle
@@ -16,21 +19,29 @@ from langchain_confspec.errors import (
     InvalidMessagesError,
     ModelLoadError,
     TokenizerMismatchError,
+    UnsupportedSchemaError,
 )
 from langchain_confspec.loading import LoadedModel, load_model, wrap_model
 from langchain_confspec.records import (
     Decision,
     PhaseTimes,
     RunSummary,
+    Span,
     StepEnd,
     StepRecord,
     Writer,
 )
 
+# Library convention: log through per-module loggers, print nothing unless the application
+# configures logging (e.g. logging.basicConfig(level=logging.DEBUG) shows every step).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
 __all__ = [
     "STEP_EVENT",
     "SUMMARY_EVENT",
+    "AuditEntry",
     "ChatConfSpec",
+    "ConfSpecAuditHandler",
     "ConfSpecChatModel",
     "ConfSpecEngine",
     "ConfSpecError",
@@ -44,12 +55,15 @@ __all__ = [
     "PhaseTimes",
     "RunResult",
     "RunSummary",
+    "Span",
     "SpecConfig",
     "StepEnd",
     "StepRecord",
     "TokenizerMismatchError",
+    "UnsupportedSchemaError",
     "VerificationStyle",
     "Writer",
     "load_model",
+    "read_audit_log",
     "wrap_model",
 ]

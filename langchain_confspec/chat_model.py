@@ -212,6 +212,9 @@ class ConfSpecChatModel(BaseChatModel):
     """Seed for sampling; a fixed seed makes sampled answers repeatable."""
     streaming: bool = False
     """Whether `invoke` streams tokens to callbacks by default."""
+    metadata_steps: Literal["full", "numbers", "none"] = "full"
+    """Step records in `response_metadata`: all of them, only ids and numbers (no texts,
+    for tracing back ends that should stay small), or none (the summary only)."""
 
     _config: SpecConfig = PrivateAttr()
     _engine: ConfSpecEngine | None = PrivateAttr(default=None)
@@ -460,9 +463,15 @@ class ConfSpecChatModel(BaseChatModel):
                 "draft_model": self._model_name("draft"),
                 "target_model": self._model_name("target"),
                 "summary": result.summary.model_dump(mode="json"),
-                "steps": [record.model_dump(mode="json") for record in result.records],
+                **self._steps_metadata(result),
             },
         }
+
+    def _steps_metadata(self, result: RunResult) -> dict[str, Any]:
+        if self.metadata_steps == "none":
+            return {}
+        texts = {"text", "rejected_text"} if self.metadata_steps == "numbers" else set()
+        return {"steps": [record.model_dump(mode="json", exclude=texts) for record in result.records]}
 
     def _model_name(self, role: str) -> str:
         name = getattr(self, f"{role}_model")

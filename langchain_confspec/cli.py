@@ -1,4 +1,4 @@
-"""The `confspec` command: `confspec run "question"` and `confspec eval`."""
+"""The `confspec` command: `run "question"`, `eval`, `fit-depth` and `report LOG`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from langchain_confspec.config import Mode, build_config
-from langchain_confspec.display import format_step_table
-from langchain_confspec.engine import ConfSpecEngine
+from langchain_confspec.display import (
+    format_step_header,
+    format_step_row,
+    format_step_table,
+)
+from langchain_confspec.engine import ConfSpecEngine, RunResult
 from langchain_confspec.errors import ConfSpecError
 from langchain_confspec.loading import load_model
 
@@ -41,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(run)
     run.add_argument("--mode", default=Mode.CONFSPEC.value, choices=[m.value for m in Mode])
     run.add_argument("--no-compare", action="store_true", help="skip the target_only run used for the speedup")
+    run.add_argument("-v", "--verbose", action="store_true", help="print each step as soon as it is decided")
     run.set_defaults(handler=_run)
 
     evaluate = commands.add_parser("eval", help="compare modes on a problem set")
@@ -65,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--problems", type=int, default=200)
     fit.add_argument("--out", type=Path, help="where to save (default: confspec_depth.json beside the target)")
     fit.set_defaults(handler=_fit_depth)
+
+    report = commands.add_parser("report", help="an HTML page from ConfSpecAuditHandler logs")
+    report.add_argument("log", type=Path, help="a .jsonl audit log, or a folder of them")
+    report.add_argument("-o", "--out", type=Path, default=Path("confspec-report.html"))
+    report.add_argument("--title", default="ConfSpec audit report")
+    report.set_defaults(handler=_report)
     return parser
 
 
@@ -103,12 +114,21 @@ def _run(args: argparse.Namespace) -> int:
     turns = [{"role": "user", "content": args.question}]
     config = build_config(**{**settings, "mode": args.mode})
     engine.generate(turns, build_config(**{**settings, "max_tokens": 2}))  # warm-up outside the timings
+    if args.verbose:
+        print(format_step_header(), flush=True)
     started = time.perf_counter()
-    result = engine.generate(turns, config)
+    for item in engine.run(turns, config):
+        if isinstance(item, RunResult):
+            result = item
+        elif args.verbose:
+            print(format_step_row(item), flush=True)
     elapsed = time.perf_counter() - started
-    print(result.text)
-    print()
-    print(format_step_table(result.records))
+    if not args.verbose:
+        print(result.text)
+        print()
+        print(format_step_table(result.records))
+    else:
+        print(f"\n{result.text}")
     summary = result.summary
     rate = summary.draft_acceptance_rate
     print(
@@ -172,6 +192,15 @@ def _eval(args: argparse.Namespace) -> int:
     if report.interrupted:
         print(f"\ninterrupted: results cover the first {report.problems} problems", file=sys.stderr)
     print("\nwrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from langchain_confspec.audit import read_audit_log
+    from langchain_confspec.report import render_report
+
+    args.out.write_text(render_report(read_audit_log(args.log), title=args.title), encoding="utf-8")
+    print(f"wrote {args.out}")
     return 0
 
 

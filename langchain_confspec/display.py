@@ -15,19 +15,27 @@ _SHORT_DECISION = {
 }
 
 
+_HEADER = f"{'step':>4}  {'writer':<6}  {'decision':<15}  {'conf':>5}  {'ms':>7}  text"
+
+
+def format_step_header() -> str:
+    return f"{_HEADER}\n{'-' * len(_HEADER)}"
+
+
+def format_step_row(record: StepRecord, *, text_width: int = 40) -> str:
+    """One step: index, writer, decision, draft confidence, time, and the start of its text."""
+    confidence = f"{record.draft_confidence:.2f}" if record.draft_confidence is not None else "-"
+    t = record.times
+    millis = 1000 * (t.draft_write + t.draft_verify + t.target_verify + t.target_write)
+    text = " ".join(record.text.split())
+    if len(text) > text_width:
+        text = text[: text_width - 3] + "..."
+    return (
+        f"{record.index:>4}  {record.writer.value:<6}  {_SHORT_DECISION[record.decision.value]:<15}  "
+        f"{confidence:>5}  {millis:>7.1f}  {text}"
+    )
+
+
 def format_step_table(records: Sequence[StepRecord], *, text_width: int = 40) -> str:
     """A compact table: step, writer, decision, draft confidence, time, and the step's text."""
-    header = f"{'step':>4}  {'writer':<6}  {'decision':<15}  {'conf':>5}  {'ms':>7}  text"
-    lines = [header, "-" * len(header)]
-    for record in records:
-        confidence = f"{record.draft_confidence:.2f}" if record.draft_confidence is not None else "-"
-        t = record.times
-        millis = 1000 * (t.draft_write + t.draft_verify + t.target_verify + t.target_write)
-        text = " ".join(record.text.split())
-        if len(text) > text_width:
-            text = text[: text_width - 3] + "..."
-        lines.append(
-            f"{record.index:>4}  {record.writer.value:<6}  {_SHORT_DECISION[record.decision.value]:<15}  "
-            f"{confidence:>5}  {millis:>7.1f}  {text}"
-        )
-    return "\n".join(lines)
+    return "\n".join([format_step_header(), *(format_step_row(r, text_width=text_width) for r in records)])

@@ -8,6 +8,7 @@ whole generation, so concurrent callers never interleave their work on the model
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +43,8 @@ from langchain_confspec.session import ModelSession
 from langchain_confspec.speculation import DepthPolicy, speculative_write_step
 from langchain_confspec.tool_calls import OPEN_TAG
 from langchain_confspec.verification import VerdictReader, judge
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class ConfSpecEngine:
         generation = _Generation(self, turns, config, tools, constraint)
         with self._lock:
             lock_wait = time.perf_counter() - started
+            logger.debug("generation starts (%s) after waiting %.3f s for the models", config.mode.value, lock_wait)
             yield from generation.steps()
             yield generation.result(wall_time=time.perf_counter() - started, lock_wait=lock_wait)
 
@@ -189,6 +193,11 @@ class _Generation:
             record.times = clock.times
             self.records.append(record)
             self.tokens_used += record.n_tokens
+            logger.debug(
+                "step %d: %s by the %s (draft confidence %s, escalated %s): %r",
+                record.index, record.decision.value, record.writer.value, record.draft_confidence, record.escalated,
+                record.text,
+            )
             if record.end in (StepEnd.EOS, StepEnd.STOP):
                 self.finish_reason = "stop"
             elif self.tokens_used >= self.config.max_tokens:

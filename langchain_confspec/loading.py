@@ -7,6 +7,7 @@ turned into `ModelLoadError` / `TokenizerMismatchError` here, once.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from transformers import (
 
 from langchain_confspec.errors import ModelLoadError, TokenizerMismatchError
 from langchain_confspec.prompting import render_prompt
+
+logger = logging.getLogger(__name__)
 
 DEMO_PAIR_DIR = Path(__file__).parent / "demo" / "pair"
 DEMO_MODELS = {"confspec-demo-draft": DEMO_PAIR_DIR / "draft", "confspec-demo-target": DEMO_PAIR_DIR / "target"}
@@ -80,6 +83,7 @@ def load_model(
         kwargs["device_map"] = device_map
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
+    logger.info("loading the %s model from %s", role, source)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:

@@ -175,11 +175,16 @@ def draft_attempts(model, maker: ExampleMaker, problems: list[Problem], batch_si
 
 
 def batches(examples: list[Example], batch_size: int, pad_id: int, rng: random.Random):  # type: ignore[no-untyped-def]
+    """Random batches from one length bucket at a time (short or long, in proportion to their
+    sizes), so that a few long tool conversations do not pad every batch to their length."""
+    buckets = [b for b in ([e for e in examples if len(e.ids) <= 160], [e for e in examples if len(e.ids) > 160]) if b]
+    weights = [len(b) for b in buckets]
     while True:
-        chosen = rng.sample(examples, batch_size)
+        bucket = rng.choices(buckets, weights)[0]
+        chosen = rng.sample(bucket, min(batch_size, len(bucket)))
         width = max(len(e.ids) for e in chosen)
-        ids = torch.full((batch_size, width), pad_id)
-        labels = torch.full((batch_size, width), -100)
+        ids = torch.full((len(chosen), width), pad_id)
+        labels = torch.full((len(chosen), width), -100)
         for row, example in enumerate(chosen):
             ids[row, : len(example.ids)] = torch.tensor(example.ids)
             labels[row, example.learn_from : len(example.ids)] = torch.tensor(example.ids[example.learn_from :])

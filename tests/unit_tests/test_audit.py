@@ -1,0 +1,142 @@
+"""Audit logs and the HTML report: written from real runs, read back typed, rendered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from langchain_core.prompts import ChatPromptTemplate
+
+from langchain_confspec import ConfSpecChatModel
+from langchain_confspec.audit import ConfSpecAuditHandler, RotatingJsonLines, audit_files, read_audit_log
+from langchain_confspec.cli import main as cli_main
+from langchain_confspec.report import group_runs, render_report
+
+
+@pytest.fixture
+def model(tiny_model_params: dict[str, str]) -> ConfSpecChatModel:
+    return ConfSpecChatModel(**tiny_model_params, max_tokens=24, max_step_tokens=8, accept_threshold=0.6)
+
+
+def test_records_trace_back_to_the_chain_call(model: ConfSpecChatModel, tmp_path: Path) -> None:
+    handler = ConfSpecAuditHandler(tmp_path / "audit.jsonl")
+    chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | model
+    message = chain.invoke({"q": "hi"}, config={"callbacks": [handler], "tags": ["t1"], "metadata": {"user": "ann"}})
+    entries = list(read_audit_log(tmp_path / "audit.jsonl"))
+    steps = [e.step for e in entries if e.step is not None]
+    summaries = [e for e in entries if e.summary is not None]
+    assert [s.model_dump(mode="json") for s in steps] == message.response_metadata["confspec"]["steps"]
+    assert len(summaries) == 1 and summaries[-1] is entries[-1]
+    run_ids = {e.run_id for e in entries}
+    assert len(run_ids) == 1
+    parent = entries[0].parent_run_id
+    assert parent is not None and parent != entries[0].run_id  # the chain's run, not the model's
+    assert all(e.parent_run_id == parent and "t1" in e.tags and e.metadata.get("user") == "ann" for e in entries)
+
+
+def test_concurrent_runs_write_whole_lines(model: ConfSpecChatModel, tmp_path: Path) -> None:
+    handler = ConfSpecAuditHandler(tmp_path)  # a directory: one file per process
+    threads = [threading.Thread(target=model.invoke, args=(f"q{i}",), kwargs={"config": {"callbacks": [handler]}}) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    async def run_async() -> None:
+        await asyncio.gather(*(model.ainvoke(f"a{i}", config={"callbacks": [handler]}) for i in range(3)))
+
+    asyncio.run(run_async())
+    assert handler.path.parent == tmp_path and handler.path.name.startswith("confspec-audit-")
+    runs = group_runs(read_audit_log(tmp_path))
+    assert len(runs) == 7 and all(run.summary is not None for run in runs)
+    assert all([s.index for s in run.steps] == list(range(len(run.steps))) for run in runs)
+
+
+def test_rotation_keeps_every_line_across_files(tmp_path: Path) -> None:
+    out = RotatingJsonLines(tmp_path / "log.jsonl", max_bytes=300, backups=50)
+    for n in range(40):
+        out.write({"kind": "summary", "n": n, "pad": "x" * 40})
+    out.close()
+    files = audit_files(tmp_path / "log.jsonl")
+    assert len(files) > 3 and files[-1].name == "log.jsonl"
+    numbers = [json.loads(line)["n"] for f in files for line in f.read_text().splitlines()]
+    assert numbers == list(range(40))
+    assert all(f.stat().st_size <= 300 for f in files)
+
+
+def test_a_torn_last_line_is_skipped_but_a_bad_middle_line_is_named(model: ConfSpecChatModel, tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    handler = ConfSpecAuditHandler(log)
+    model.invoke("hi", config={"callbacks": [handler]})
+    whole = log.read_text()
+    log.write_text(whole + '{"kind": "step", "ti')
+    assert len(list(read_audit_log(log))) == whole.count("\n")
+    log.write_text('{"kind": "nonsense"}\n' + whole)
+    with pytest.raises(ValueError, match="audit.jsonl:1"):
+        list(read_audit_log(log))
+
+
+def test_report_shows_each_run_and_the_figures(model: ConfSpecChatModel, tmp_path: Path) -> None:
+    handler = ConfSpecAuditHandler(tmp_path / "audit.jsonl")
+    for question in ("one", "two"):
+        model.invoke(question, config={"callbacks": [handler]})
+    page = render_report(read_audit_log(tmp_path / "audit.jsonl"), title="T <x>")
+    assert page.startswith("<!DOCTYPE html>") and "<title>T &lt;x&gt;</title>" in page
+    assert page.count('class="run"') == 2
+    assert 'id="figures"' in page and 'id="confidence-histogram"' in page and 'id="time-split"' in page
+    assert "<script" not in page and "http" not in page  # self-contained
+    steps = [e.step for e in read_audit_log(tmp_path / "audit.jsonl") if e.step]
+    assert page.count('class="step ') == len(steps)
+
+
+def test_report_command_writes_the_page(model: ConfSpecChatModel, tmp_path: Path) -> None:
+    handler = ConfSpecAuditHandler(tmp_path / "audit.jsonl")
+    model.invoke("hi", config={"callbacks": [handler]})
+    assert cli_main(["report", str(tmp_path / "audit.jsonl"), "-o", str(tmp_path / "r.html")]) == 0
+    assert 'id="figures"' in (tmp_path / "r.html").read_text()
+    assert cli_main(["report", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x.html")]) == 2
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_report_renders_in_a_headless_browser(model: ConfSpecChatModel, tmp_path: Path) -> None:
+    handler = ConfSpecAuditHandler(tmp_path / "audit.jsonl")
+    model.invoke("hi", config={"callbacks": [handler]})
+    page = tmp_path / "report.html"
+    page.write_text(render_report(read_audit_log(tmp_path / "audit.jsonl")))
+    common = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=2000"]
+    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert 'id="figures"' in dom and 'class="run"' in dom and "<svg" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()], capture_output=True, timeout=120, check=True)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000  # a rendered page, not a blank stub
+
+
+def test_logging_is_silent_by_default_and_tells_each_step_at_debug(
+    model: ConfSpecChatModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("langchain_confspec").handlers)
+    with caplog.at_level(logging.DEBUG, logger="langchain_confspec"):
+        message = model.invoke("hi")
+    steps = [r for r in caplog.records if r.name == "langchain_confspec.engine" and r.getMessage().startswith("step ")]
+    assert len(steps) == len(message.response_metadata["confspec"]["steps"])
+
+
+@pytest.mark.parametrize("detail", ["numbers", "none"])
+def test_metadata_can_be_trimmed_for_tracing(tiny_model_params: dict[str, str], detail: str) -> None:
+    full = ConfSpecChatModel(**tiny_model_params, max_tokens=24).invoke("hi").response_metadata["confspec"]
+    trimmed = ConfSpecChatModel(**tiny_model_params, max_tokens=24, metadata_steps=detail).invoke("hi")
+    meta = trimmed.response_metadata["confspec"]
+    assert meta["summary"]["n_steps"] == full["summary"]["n_steps"]
+    if detail == "none":
+        assert "steps" not in meta
+    else:
+        assert all("text" not in s and "rejected_text" not in s and "decision" in s for s in meta["steps"])
+    assert len(json.dumps(meta)) < len(json.dumps(full))
