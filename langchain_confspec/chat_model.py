@@ -161,7 +161,7 @@ class ConfSpecChatModel(BaseChatModel):
         summary as `confspec_summary`.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), use_attribute_docstrings=True)
 
     draft_model: str | None = None
     """Hugging Face id or local path of the draft (small) model."""
