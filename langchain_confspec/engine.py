@@ -9,12 +9,13 @@ whole generation, so concurrent callers never interleave their work on the model
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from langchain_confspec.config import Mode, SpecConfig
 from langchain_confspec.constrained import Node, write_json
@@ -24,7 +25,14 @@ from langchain_confspec.decoding import (
     WrittenStep,
     write_step,
 )
-from langchain_confspec.errors import ConfigurationError, ContextLengthError
+from langchain_confspec.errors import (
+    ConfigurationError,
+    ConfSpecError,
+    ContextLengthError,
+    GenerationError,
+    ModelOutOfMemoryError,
+)
+from langchain_confspec.fair_lock import FairLock
 from langchain_confspec.gate import GateAction, gate, target_accepts
 from langchain_confspec.loading import LoadedModel, same_vocabulary
 from langchain_confspec.records import (
@@ -86,7 +94,7 @@ class ConfSpecEngine:
         self.depth_policy = depth_policy or DepthPolicy.for_model(target.directory)
         self.depth_samples: list[tuple[float, bool]] | None = None
         """When a list, token speculation records (entropy, kept) there, for `DepthPolicy.fit`."""
-        self._lock = threading.Lock()
+        self._lock = FairLock()
 
     def run(
         self,
@@ -107,7 +115,8 @@ class ConfSpecEngine:
         with self._lock:
             lock_wait = time.perf_counter() - started
             logger.debug("generation starts (%s) after waiting %.3f s for the models", config.mode.value, lock_wait)
-            yield from generation.steps()
+            with _model_failures():
+                yield from generation.steps()
             yield generation.result(wall_time=time.perf_counter() - started, lock_wait=lock_wait)
 
     def generate(self, turns: list[dict[str, Any]], config: SpecConfig, **request: Any) -> RunResult:
@@ -116,6 +125,25 @@ class ConfSpecEngine:
             if isinstance(item, RunResult):
                 return item
         raise AssertionError("run() ended without a result")
+
+
+@contextmanager
+def _model_failures() -> Iterator[None]:
+    """Turn an exception from inside a model into a `GenerationError` that says so.
+
+    Everything a generation holds (sessions, KV caches) belongs to that call and is dropped
+    with it, and the lock is released on the way out, so the next call starts clean.
+    """
+    try:
+        yield
+    except ConfSpecError:
+        raise
+    except (RuntimeError, MemoryError, ValueError, IndexError) as error:
+        if isinstance(error, MemoryError | torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise ModelOutOfMemoryError(f"A model ran out of memory while answering: {error}") from error
+        raise GenerationError(f"A model failed while answering ({type(error).__name__}: {error}).") from error
 
 
 class _PhaseClock:

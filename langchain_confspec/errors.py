@@ -34,3 +34,13 @@ class ContextLengthError(ConfSpecError, ValueError):
 
 class UnsupportedSchemaError(ConfigurationError):
     """A JSON schema (tool parameters, structured output) that constrained decoding cannot enforce."""
+
+
+class GenerationError(ConfSpecError, RuntimeError):
+    """A model failed while answering (an exception inside a forward pass). The call's caches
+    are dropped with it; the next call starts clean."""
+
+
+class ModelOutOfMemoryError(GenerationError):
+    """A model ran out of memory while answering: shorten `max_tokens` or the prompt, use a
+    smaller dtype, or spread the model over more devices (`device_map`)."""

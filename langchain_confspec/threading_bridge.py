@@ -37,7 +37,7 @@ async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncIt
                 if abandoned.is_set():
                     break
                 deliver(item)
-        except BaseException as exc:  # handed to the consumer, re-raised there
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
             deliver(_DONE, exc)
             return
         finally:

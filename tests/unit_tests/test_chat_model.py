@@ -298,10 +298,10 @@ def test_standard_extras_are_ignored(tiny_model_params: dict[str, str]) -> None:
         (lambda m: m.invoke([]), InvalidMessagesError, "empty"),
         (lambda m: m.invoke([FunctionMessage(content="x", name="f")]), InvalidMessagesError, "FunctionMessage"),
         (lambda m: m.invoke([HumanMessage(content=[{"type": "image", "url": "x"}])]), InvalidMessagesError, "image"),
-        (lambda m: m.invoke("word " * 600), ContextLengthError, "context window"),
+        (lambda m: m.invoke("word " * 1500), ContextLengthError, "context window"),
         (lambda m: m.invoke(QUESTION, accept_threshold=-2), ConfigurationError, "accept_threshold"),
         (lambda m: list(m.stream([])), InvalidMessagesError, "empty"),
-        (lambda m: asyncio.run(m.ainvoke("word " * 600)), ContextLengthError, "context window"),
+        (lambda m: asyncio.run(m.ainvoke("word " * 1500)), ContextLengthError, "context window"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_the_next_call_works(
