@@ -1,10 +1,14 @@
-"""A tool-calling agent loop on the bundled demo pair, offline.
+"""A tool-calling agent loop: the model, a calculator tool, and the plain LangChain loop.
 
-The demo pair learned to call a calculator in the Hermes `<tool_call>` format. The loop
-below is the plain LangChain one: invoke the model with the tools bound, run every tool
-call it makes, send the results back as `ToolMessage`s, repeat until it answers.
+Invoke the model with the tools bound, run every tool call it makes, send the results back
+as `ToolMessage`s, repeat until it answers; print each reply with its per-step audit.
 
-    python examples/agent.py [--question "..."]
+    python examples/agent.py [--question "..."] [--draft ID_OR_PATH --target ID_OR_PATH]
+
+With a tool-calling pair (for example Qwen2.5 instruct models, whose chat template knows
+tools) the model calls the calculator. The bundled demo pair, the default, has not learned
+to use tools (docs/model-card.md): on it the loop runs offline but the model answers by
+itself, without a call.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ QUESTION = "Ben has 47 cards. Ben buys 36 more. Then Ben has three times as many
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--question", default=QUESTION)
+    parser.add_argument("--draft", default="confspec-demo-draft", help="draft model id or path")
+    parser.add_argument("--target", default="confspec-demo-target", help="target model id or path")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
 
-    model = ConfSpecChatModel.demo(max_tokens=160)
+    model = ConfSpecChatModel(draft_model=args.draft, target_model=args.target, max_tokens=160)
     for message in run_tool_loop(model, [calculator], args.question):
         if isinstance(message, AIMessage):
             calls = ", ".join(f"{c['name']}({c['args']})" for c in message.tool_calls)

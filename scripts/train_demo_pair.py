@@ -296,7 +296,8 @@ def main() -> None:
         steps = args.draft_steps if role == "draft" else args.target_steps
         started = time.time()
         lr = args.lr or LEARNING_RATES[role]
-        train(model, examples, steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed, device=args.device)
+        if steps:  # 0 steps: only take the tokenizer (e.g. --tool-vocabulary) and resize
+            train(model, examples, steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed, device=args.device)
         history = json.loads((path / "training.json").read_text())["phases"] if args.resume else []
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
