@@ -3,7 +3,8 @@
 A schema compiles to a plan of nodes. Fixed text (braces, keys, commas, a tool's name when
 it is forced) is appended as it is; the model chooses only values, and only among tokens
 that keep them valid: digits for a number, no quote, backslash or control character inside
-a string, one of the allowed literals for an enum, a boolean or a tool name. Forcing the
+a string, one of the allowed literals for an enum, a boolean or a tool name. A string, a
+number or an array ends where the model prefers a token that cannot continue it. Forcing the
 structure and masking the choices makes the output well-formed with any tokenizer that can
 spell JSON, at the price of a fixed key order with every declared property present.
 """
@@ -182,7 +183,7 @@ class TokenClasses:
         self.tokenizer = tokenizer
         special = set(tokenizer.all_special_ids)
         string_body, digits, leading_digits, single = [], [], [], {}
-        led_by: dict[str, list[int]] = {c: [] for c in '",]}'}
+        comma_led: list[int] = []
         for token_id in range(len(tokenizer)):
             if token_id in special:
                 continue
@@ -197,15 +198,13 @@ class TokenClasses:
                 string_body.append(token_id)
             if len(text) == 1:
                 single.setdefault(text, token_id)
-            if text[0] in led_by:
-                led_by[text[0]].append(token_id)
-        self.string_body = torch.tensor(string_body, dtype=torch.long)
+            if text.startswith(","):
+                comma_led.append(token_id)
+        self.string_body = set(string_body)  # tokens that may stand inside a JSON string
         self.digits = torch.tensor(digits, dtype=torch.long)
         self.leading_digits = torch.tensor(leading_digits, dtype=torch.long)  # no leading zero
         self.single = single
-        # Tokens that begin with a closing character: models often close a string or a number
-        # with a merged token such as `",` or `}}`; choosing one counts as choosing the closer.
-        self.led_by = {c: torch.tensor(ids, dtype=torch.long) for c, ids in led_by.items()}
+        self.comma_led = set(comma_led)  # choosing one of these continues an array
         for char in '{}[]",:.-':
             if char not in single or tokenizer.decode(self.encode(char)) != char:
                 raise UnsupportedSchemaError(
@@ -291,10 +290,12 @@ class JsonWriter:
         names = max(len(encode(json.dumps(name))) for name, _ in node.tools)
         return len(encode('{"name": , "arguments": }')) + names + arguments
 
-    def _choose(self, allowed: torch.Tensor | Sequence[int]) -> int:
-        """The model's choice among `allowed` tokens (not yet appended)."""
-        allowed = torch.as_tensor(allowed, dtype=torch.long)
+    def _choose(self, allowed: torch.Tensor | Sequence[int] | None) -> int:
+        """The model's choice among `allowed` tokens, or any token for None (not appended)."""
         logits = self.session.next_logits().float().cpu()
+        if allowed is None:
+            return self.chooser.choose(logits)
+        allowed = torch.as_tensor(allowed, dtype=torch.long)
         masked = torch.full_like(logits, float("-inf"))
         masked[allowed] = logits[allowed]
         return self.chooser.choose(masked)
@@ -346,49 +347,47 @@ class JsonWriter:
             live = [i for i in live if encoded[i][len(written) - 1] == token]
 
     def _string(self) -> None:
+        """A quoted string: the model may choose any token; one that may stand inside a
+        JSON string continues it, anything else (a quote, a newline, the end) closes it."""
         quote = self._char('"')
-        closers = self.classes.led_by['"']
+        body = self.classes.string_body
         self._append((quote,))
-        allowed = torch.cat([self.classes.string_body, closers])
         for _ in range(min(MAX_STRING_TOKENS, self._share())):
-            token = self._choose(allowed)
-            if token in closers:
+            token = self._choose(None)
+            if token not in body:
                 break
             self._append((token,))
         self._append((quote,))
 
     def _number(self, integer: bool) -> None:
-        """A sign, digits and maybe a fraction; the model ends it by preferring a delimiter."""
+        """A sign, digits and maybe a fraction. After the first digit the model may choose any
+        token: a digit (or the point) continues the number, anything else ends it, so it
+        ends where the model would end it rather than where JSON punctuation happens to win."""
         classes = self.classes
         minus, point = self._char("-"), self._char(".")
-        enders = torch.cat([self.classes.led_by[c] for c in ",}]"]).tolist()
+        digits = set(classes.digits.tolist())
         text = ""
-        while len(text) < MAX_NUMBER_DIGITS:
+        while len(text) < min(MAX_NUMBER_DIGITS, self._share()):
             body = text.lstrip("-")
             if not body:
-                allowed = classes.leading_digits.tolist() + ([minus] if not text else [])
+                token = self._choose(classes.leading_digits.tolist() + ([minus] if not text else []))
             elif body.endswith("."):
-                allowed = classes.digits.tolist()
+                token = self._choose(classes.digits)
             else:
-                allowed = ([] if body == "0" else classes.digits.tolist()) + enders
-                if not integer and "." not in body:
-                    allowed.append(point)
-            token = self._choose(allowed)
-            if token in enders:
-                return  # the text that follows the number is written by the caller
+                token = self._choose(None)
+                can_continue = (token in digits and body != "0") or (token == point and not integer and "." not in body)
+                if not can_continue:
+                    return  # the text that follows the number is written by the caller
             self._append((token,))
             text += classes.tokenizer.decode([token])
-        if text.endswith((".", "-")):
+        if text.endswith((".", "-")) or not text:
             self._emit("0")
 
     def _array(self, item: Node) -> None:
-        closers, commas = self.classes.led_by["]"], self.classes.led_by[","]
         self._emit("[")
         for count in range(MAX_ARRAY_ITEMS):
-            if count and self._share() < 4:
-                break
-            if count:
-                if self._choose(torch.cat([commas, closers])) in closers:
+            if count:  # another item only if the model would write a comma here
+                if self._share() < 4 or self._choose(None) not in self.classes.comma_led:
                     break
                 self._emit(", ")
             self._node(item)

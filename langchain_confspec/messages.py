@@ -89,8 +89,8 @@ def _text_of(message: BaseMessage, position: int, *, other_blocks_as_json: bool 
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
-        elif isinstance(block, dict) and block.get("type") == "tool_call":
-            continue  # v1 content blocks repeat `tool_calls`, which the turn already carries
+        elif isinstance(block, dict) and block.get("type") in ("tool_call", "tool_use"):
+            continue  # standard and Anthropic-style blocks repeat `tool_calls`, which the turn carries
         elif other_blocks_as_json:
             parts.append(json.dumps(block, default=str))
         else:

@@ -26,6 +26,7 @@ from langchain_core.utils.function_calling import (
     convert_to_openai_tool,
 )
 from pydantic import BaseModel, ValidationError
+from pydantic.v1 import BaseModel as BaseModelV1
 
 from langchain_confspec.constrained import compile_schema, tool_call_plan
 from langchain_confspec.engine import Constraint
@@ -107,7 +108,7 @@ def structured_output_runnable(
     include_raw: bool,
     strict: bool | None,
 ) -> Runnable[LanguageModelInput, Any]:
-    is_pydantic = isinstance(schema, type) and issubclass(schema, BaseModel)
+    is_pydantic = isinstance(schema, type) and issubclass(schema, BaseModel | BaseModelV1)
     if schema is None and method != "json_mode":
         raise ConfigurationError(f"with_structured_output(method={method!r}) needs a schema.")
     tracing = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
@@ -120,7 +121,7 @@ def structured_output_runnable(
             else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
         )
     elif method == "json_schema":
-        json_schema = schema.model_json_schema() if is_pydantic else convert_to_json_schema(schema)  # type: ignore[union-attr,arg-type]
+        json_schema = convert_to_json_schema(schema)  # type: ignore[arg-type]
         bound = model.bind(**{SCHEMA_KWARG: json_schema}, strict=strict, ls_structured_output_format=tracing)
         parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
     elif method == "json_mode":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,8 @@ def build() -> str:
         lines += [f"## `{module_name}`", "", inspect.getdoc(module) or "", ""]
         for name in names:
             lines += _entry(f"{module_name}.{name}", name, getattr(module, name))
-    return "\n".join(lines).rstrip() + "\n"
+    text = "\n".join(lines).rstrip() + "\n"
+    return re.sub(r"<(function|class) ([\w.]+)(?: at 0x[0-9a-f]+)?>", r"\2", text)  # no memory addresses
 
 
 def main() -> int:

@@ -27,15 +27,21 @@ def test_the_pair_ships_small_in_safetensors() -> None:
     assert {p.parent.name for p in files if p.name == "model.safetensors"} == {"draft", "target"}
 
 
-def test_the_target_solves_what_the_draft_gets_wrong(demo_engine: ConfSpecEngine) -> None:
+def test_the_target_solves_what_the_draft_gets_wrong_and_confspec_keeps_most_of_it(demo_engine: ConfSpecEngine) -> None:
     problems = make_problems(40, seed=20_000)
-    right = {"target_only": 0, "draft_only": 0}
+    right = {"target_only": 0, "draft_only": 0, "confspec": 0}
+    kept_by_draft = steps = 0
     for problem in problems:
         for mode in right:
             result = demo_engine.generate(problem.turns(), build_config(mode=mode, max_tokens=96))
             right[mode] += extract_answer(result.text) == str(problem.answer)
-    assert right["target_only"] >= 34  # the model card reports the full held-out figure
-    assert right["draft_only"] < right["target_only"]
+            if mode == "confspec":
+                kept_by_draft += sum(r.decision is Decision.ACCEPTED_BY_DRAFT for r in result.records)
+                steps += len(result.records)
+    assert right["target_only"] >= 36  # the model card reports the full held-out figures
+    assert right["draft_only"] <= right["target_only"] - 15
+    assert right["confspec"] >= right["target_only"] - 5
+    assert kept_by_draft >= 0.4 * steps  # the draft keeps a large share of steps on its own verdict
 
 
 def test_confspec_escalates_unsure_steps_and_the_target_rewrites_what_it_rejects(demo_engine: ConfSpecEngine) -> None:
@@ -46,9 +52,8 @@ def test_confspec_escalates_unsure_steps_and_the_target_rewrites_what_it_rejects
     assert escalated and all(r.target_confidence is not None for r in escalated)
     rewritten = [r for r in records if r.decision is Decision.REJECTED_BY_TARGET]
     assert rewritten and all(r.writer is Writer.TARGET and r.regenerated and r.rejected_text for r in rewritten)
-    # A lenient gate lets the draft keep the steps it leans towards accepting.
-    lenient = demo_engine.generate(make_problems(1, seed=20_003)[0].turns(), build_config(accept_threshold=0.5, max_tokens=96))
-    assert any(r.decision is Decision.ACCEPTED_BY_DRAFT for r in lenient.records)
+    kept = [r for r in records if r.decision is Decision.ACCEPTED_BY_DRAFT]
+    assert kept and all(not r.escalated and r.draft_confidence is not None and r.draft_confidence >= 0.8 for r in kept)
 
 
 def test_demo_constructor_answers_through_langchain() -> None:
