@@ -43,7 +43,7 @@ def _signature(name: str, obj: Any) -> str:
 
 def _fields(model: type[BaseModel]) -> list[str]:
     """The fields the class itself declares (not those inherited from LangChain)."""
-    own = model.__dict__.get("__annotations__", {})
+    own = inspect.get_annotations(model)
     rows = ["| field | type | default | description |", "|---|---|---|---|"]
     for field_name, field in model.model_fields.items():
         if field_name not in own:

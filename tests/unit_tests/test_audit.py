@@ -13,7 +13,12 @@ import pytest
 from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_confspec import ConfSpecChatModel
-from langchain_confspec.audit import ConfSpecAuditHandler, RotatingJsonLines, audit_files, read_audit_log
+from langchain_confspec.audit import (
+    ConfSpecAuditHandler,
+    RotatingJsonLines,
+    audit_files,
+    read_audit_log,
+)
 from langchain_confspec.cli import main as cli_main
 from langchain_confspec.report import group_runs, render_report
 

@@ -18,10 +18,21 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, ChatMessage, FunctionMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 
 from langchain_confspec import ConfSpecChatModel, ConfSpecError, StepEnd
-from langchain_confspec.errors import ContextLengthError, GenerationError, ModelOutOfMemoryError
+from langchain_confspec.errors import (
+    ContextLengthError,
+    GenerationError,
+    ModelOutOfMemoryError,
+)
 from langchain_confspec.fair_lock import FairLock
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"

@@ -12,7 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.tools import tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel
@@ -23,7 +29,14 @@ from langchain_confspec.engine import RunResult
 from langchain_confspec.errors import ConfigurationError, UnsupportedSchemaError
 from langchain_confspec.messages import to_chat_turns
 from langchain_confspec.prompting import render_prompt, template_abilities
-from langchain_confspec.records import Decision, ModelCounters, StepEnd, StepRecord, Writer, summarize
+from langchain_confspec.records import (
+    Decision,
+    ModelCounters,
+    StepEnd,
+    StepRecord,
+    Writer,
+    summarize,
+)
 from langchain_confspec.tiny import build_tokenizer
 from langchain_confspec.tool_calls import ToolCallHoldback, parse_tool_calls
 
