@@ -145,3 +145,15 @@ def test_metadata_can_be_trimmed_for_tracing(tiny_model_params: dict[str, str], 
     else:
         assert all("text" not in s and "rejected_text" not in s and "decision" in s for s in meta["steps"])
     assert len(json.dumps(meta)) < len(json.dumps(full))
+
+
+def test_verbose_run_prints_each_step_before_the_answer(
+    tiny_pair_paths: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    draft, target = tiny_pair_paths
+    argv = ["run", "hi", "--draft", str(draft), "--target", str(target), "--no-compare", "--verbose"]
+    assert cli_main([*argv, "--set", "max_tokens=12", "--set", "max_step_tokens=4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("step"))
+    rows = [line for line in lines[header + 2 :] if line[:4].strip().isdigit()]
+    assert len(rows) >= 3 and [int(r[:4]) for r in rows] == list(range(len(rows)))
