@@ -186,8 +186,8 @@ def _run(run: RunView) -> str:
 def _step(step: StepRecord) -> str:
     css, label = _FATES[step.decision]
     confidence = "" if step.draft_confidence is None else f"{step.draft_confidence:.2f}"
-    rejected = f'<span class="rejected">{html.escape(step.rejected_text)}</span>' if step.rejected_text else ""
+    rejected = f'<span class="rejected">{html.escape(step.rejected_text.rstrip())}</span>' if step.rejected_text else ""
     return (
         f'<div class="step {css}" title="{html.escape(label)}"><span class="conf">{confidence}</span>'
-        f"<span>{rejected}{html.escape(step.text)}</span></div>"
+        f"<span>{rejected}{html.escape(step.text.rstrip())}</span></div>"
     )
