@@ -56,9 +56,7 @@ from langchain_confspec.messages import to_chat_turns
 from langchain_confspec.prompting import render_prompt
 from langchain_confspec.records import StepRecord
 from langchain_confspec.structured import (
-    SCHEMA_KWARG as _SCHEMA_KWARG,
-)
-from langchain_confspec.structured import (
+    SCHEMA_KWARG,
     answer_shape,
     resolve_tool_choice,
     structured_output_runnable,
@@ -436,7 +434,7 @@ class ConfSpecChatModel(BaseChatModel):
         tools, constraint = answer_shape(
             kwargs.pop("tools", None),
             kwargs.pop("tool_choice", None),
-            kwargs.pop(_SCHEMA_KWARG, None),
+            kwargs.pop(SCHEMA_KWARG, None),
             strict=bool(kwargs.pop("strict", None)),
         )
         return _Request(to_chat_turns(messages), self._call_config(stop, kwargs), tools, constraint)
