@@ -66,21 +66,23 @@ def resolve_tool_choice(tool_choice: str | bool | dict[str, Any] | None, names: 
 
 def answer_shape(
     tools: list[dict[str, Any]] | None,
-    tool_choice: str | None,
+    tool_choice: str | bool | dict[str, Any] | None,
     schema: dict[str, Any] | None,
     *,
     strict: bool,
 ) -> tuple[list[dict[str, Any]] | None, Constraint | None]:
-    """The tools to show and the constraint to write under, for one call."""
+    """The tools to show and the constraint to write under, for one call (a `tool_choice`
+    given straight to `invoke` is read as `bind_tools` reads it)."""
     if schema is not None:
         return tools, Constraint(compile_schema(schema, strict=strict), Span.JSON)
-    if not tools or tool_choice in (None, "auto"):
-        return tools or None, None
+    if not tools:
+        return None, None
+    tool_choice = resolve_tool_choice(tool_choice, [t["function"]["name"] for t in tools])
+    if tool_choice == "auto":
+        return tools, None
     if tool_choice == "none":
         return None, None
     forced = [t["function"] for t in tools if tool_choice == "any" or t["function"]["name"] == tool_choice]
-    if not forced:
-        raise ConfigurationError(f"tool_choice names the unknown tool {tool_choice!r}.")
     parameters = {f["name"]: f.get("parameters") or {"type": "object", "properties": {}} for f in forced}
     plan = tool_call_plan(parameters, open_tag=OPEN_TAG + "\n", close_tag="\n" + CLOSE_TAG, strict=strict)
     return tools, Constraint(plan, Span.TOOL_CALL)
