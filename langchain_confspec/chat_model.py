@@ -44,6 +44,7 @@ from langchain_confspec.config import (
     settings_error,
 )
 from langchain_confspec.decoding import StopHoldback
+from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
 from langchain_confspec.engine import ConfSpecEngine, Constraint, RunResult
 from langchain_confspec.errors import ConfigurationError
 from langchain_confspec.loading import (
@@ -220,6 +221,7 @@ class ConfSpecChatModel(BaseChatModel):
     _tokenizer: Any = PrivateAttr(default=None)
 
     def __init__(self, **kwargs: Any) -> None:
+        kwargs = {**pair_settings(kwargs.get("draft_model"), kwargs.get("target_model")), **kwargs}
         try:
             super().__init__(**kwargs)
         except ValidationError as exc:
@@ -232,8 +234,8 @@ class ConfSpecChatModel(BaseChatModel):
 
     @classmethod
     def demo(cls, **kwargs: Any) -> ConfSpecChatModel:
-        """The bundled trained pair for arithmetic word problems (offline, CPU-friendly)."""
-        return cls(draft_model="confspec-demo-draft", target_model="confspec-demo-target", **kwargs)
+        """The bundled trained pair for arithmetic word problems (offline, CPU-friendly), with its tuned settings."""
+        return cls(draft_model=DEMO_DRAFT, target_model=DEMO_TARGET, **kwargs)
 
     # -- LangChain plumbing -----------------------------------------------------------------
 

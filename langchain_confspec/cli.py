@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_confspec.config import Mode, build_config
+from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
 from langchain_confspec.display import (
     format_step_header,
     format_step_row,
@@ -19,8 +20,6 @@ from langchain_confspec.display import (
 from langchain_confspec.engine import ConfSpecEngine, RunResult
 from langchain_confspec.errors import ConfSpecError
 from langchain_confspec.loading import load_model
-
-DEMO_DRAFT, DEMO_TARGET = "confspec-demo-draft", "confspec-demo-target"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,9 +94,10 @@ def _engine(args: argparse.Namespace) -> ConfSpecEngine:
     return ConfSpecEngine(draft, target)
 
 
-def _settings(pairs: list[str]) -> dict[str, Any]:
-    settings: dict[str, Any] = {}
-    for pair in pairs:
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The pair's tuned settings, overridden by each `--set KEY=VALUE`."""
+    settings = pair_settings(args.draft, args.target)
+    for pair in args.set:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--set wants KEY=VALUE, got {pair!r}")
@@ -110,7 +110,7 @@ def _settings(pairs: list[str]) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace) -> int:
     engine = _engine(args)
-    settings = _settings(args.set)
+    settings = _settings(args)
     turns = [{"role": "user", "content": args.question}]
     config = build_config(**{**settings, "mode": args.mode})
     engine.generate(turns, build_config(**{**settings, "max_tokens": 2}))  # warm-up outside the timings
@@ -168,7 +168,7 @@ def _eval(args: argparse.Namespace) -> int:
         engine,
         items,
         plans,
-        base=_settings(args.set),
+        base=_settings(args),
         check_step=None if args.data else check_step,
         progress=not args.no_progress,
     )
@@ -215,7 +215,7 @@ def _fit_depth(args: argparse.Namespace) -> int:
     engine.depth_policy = DepthPolicy(acceptance=[1.0] * 8, max_depth=8, min_path_chance=0.0)  # explore: always draft deep
     engine.depth_samples = []
     items = load_jsonl(args.data) if args.data else builtin_items(args.problems, seed=30_000)
-    config = build_config(**{**_settings(args.set), "mode": Mode.TARGET_ONLY, "token_speculation": True})
+    config = build_config(**{**_settings(args), "mode": Mode.TARGET_ONLY, "token_speculation": True})
     for item in items:
         engine.generate([{"role": "user", "content": item.question}], config)
     policy = DepthPolicy.fit(engine.depth_samples)

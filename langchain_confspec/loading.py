@@ -21,13 +21,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET
 from langchain_confspec.errors import ModelLoadError, TokenizerMismatchError
 from langchain_confspec.prompting import render_prompt
 
 logger = logging.getLogger(__name__)
 
 DEMO_PAIR_DIR = Path(__file__).parent / "demo" / "pair"
-DEMO_MODELS = {"confspec-demo-draft": DEMO_PAIR_DIR / "draft", "confspec-demo-target": DEMO_PAIR_DIR / "target"}
+DEMO_MODELS = {DEMO_DRAFT: DEMO_PAIR_DIR / "draft", DEMO_TARGET: DEMO_PAIR_DIR / "target"}
+
 
 @dataclass(frozen=True)
 class LoadedModel:

@@ -18,6 +18,18 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# The demo pair's template: the same turns, plus tools in a few tokens (a name and its
+# parameters, which is all a tiny model can use), calls as the `<tool_call>` blocks the model
+# writes, and results as `tool` turns. Without tools it renders exactly as CHAT_TEMPLATE.
+TOOLS_CHAT_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools:{% for t in tools %}{% set f = t.function or t %} "
+    "{{ f.name }}({{ (f.parameters or {}).get('properties', {}) | list | join(', ') }}){% endfor %}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "{% for c in m.get('tool_calls') or [] %}<tool_call>\n"
+    '{"name": {{ c.function.name | tojson }}, "arguments": {{ c.function.arguments | tojson }}}\n</tool_call>'
+    "{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Printable ASCII as byte-level BPE spells it (space, newline and tab are mapped to Ġ, Ċ, ĉ).
 _ASCII_ALPHABET = [chr(c) for c in range(33, 127)] + ["\u0120", "\u010a", "\u0109"]

@@ -33,7 +33,12 @@ from langchain_confspec.demo.problems import (
 )
 from langchain_confspec.demo.tools import calculator, evaluate
 from langchain_confspec.prompting import render_prompt
-from langchain_confspec.tiny import build_model, train_tokenizer, with_ascii_alphabet
+from langchain_confspec.tiny import (
+    TOOLS_CHAT_TEMPLATE,
+    build_model,
+    train_tokenizer,
+    with_ascii_alphabet,
+)
 from langchain_confspec.tool_calls import format_tool_call
 
 SHAPES = {
@@ -264,6 +269,7 @@ def main() -> None:
     if args.tool_vocabulary:
         tokenizer = with_ascii_alphabet(tokenizer)
         tokenizer.add_tokens(TOOL_WORDS)
+    tokenizer.chat_template = TOOLS_CHAT_TEMPLATE  # renders plain chats as before, tools compactly
     if args.focus_op:
         problems = [p for p in problems if any(f" {args.focus_op} " in step for step in p.steps)]
     rng = random.Random(args.seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from langchain_core.messages import AIMessage, ToolMessage
 
 from langchain_confspec import (
     ConfSpecChatModel,
@@ -12,7 +13,10 @@ from langchain_confspec import (
     load_model,
 )
 from langchain_confspec.config import build_config
+from langchain_confspec.demo import DEMO_SETTINGS
+from langchain_confspec.demo.agent import run_tool_loop
 from langchain_confspec.demo.problems import extract_answer, make_problems
+from langchain_confspec.demo.tools import calculator
 from langchain_confspec.loading import DEMO_PAIR_DIR
 
 
@@ -33,7 +37,7 @@ def test_the_target_solves_what_the_draft_gets_wrong_and_confspec_keeps_most_of_
     kept_by_draft = steps = 0
     for problem in problems:
         for mode in right:
-            result = demo_engine.generate(problem.turns(), build_config(mode=mode, max_tokens=96))
+            result = demo_engine.generate(problem.turns(), build_config(**DEMO_SETTINGS, mode=mode, max_tokens=96))
             right[mode] += extract_answer(result.text) == str(problem.answer)
             if mode == "confspec":
                 kept_by_draft += sum(r.decision is Decision.ACCEPTED_BY_DRAFT for r in result.records)
@@ -47,13 +51,13 @@ def test_the_target_solves_what_the_draft_gets_wrong_and_confspec_keeps_most_of_
 def test_confspec_escalates_unsure_steps_and_the_target_rewrites_what_it_rejects(demo_engine: ConfSpecEngine) -> None:
     records = []
     for problem in make_problems(20, seed=20_001):
-        records += demo_engine.generate(problem.turns(), build_config(max_tokens=96)).records
+        records += demo_engine.generate(problem.turns(), build_config(**DEMO_SETTINGS, max_tokens=96)).records
     escalated = [r for r in records if r.escalated]
     assert escalated and all(r.target_confidence is not None for r in escalated)
     rewritten = [r for r in records if r.decision is Decision.REJECTED_BY_TARGET]
     assert rewritten and all(r.writer is Writer.TARGET and r.regenerated and r.rejected_text for r in rewritten)
     kept = [r for r in records if r.decision is Decision.ACCEPTED_BY_DRAFT]
-    assert kept and all(not r.escalated and r.draft_confidence is not None and r.draft_confidence >= 0.8 for r in kept)
+    assert kept and all(not r.escalated and r.draft_confidence is not None and r.draft_confidence >= DEMO_SETTINGS["accept_threshold"] for r in kept)
 
 
 def test_demo_constructor_answers_through_langchain() -> None:
@@ -62,3 +66,17 @@ def test_demo_constructor_answers_through_langchain() -> None:
     message = model.invoke(problem.question)
     assert message.response_metadata["confspec"]["target_model"] == "confspec-demo-target"
     assert extract_answer(str(message.content)) is not None
+
+
+def test_the_demo_pair_solves_problems_with_its_calculator() -> None:
+    """The agent loop for real: the model calls the calculator, reads the results, answers."""
+    model = ConfSpecChatModel.demo(max_tokens=160)
+    right = 0
+    for problem in make_problems(10, seed=20_003):
+        conversation = run_tool_loop(model, [calculator], problem.question)
+        calls = [c for m in conversation if isinstance(m, AIMessage) for c in m.tool_calls]
+        results = [m for m in conversation if isinstance(m, ToolMessage)]
+        assert calls and all(c["name"] == "calculator" for c in calls)
+        assert len(results) == len(calls) and all(m.status == "success" for m in results)
+        right += extract_answer(str(conversation[-1].content)) == str(problem.answer)
+    assert right >= 8

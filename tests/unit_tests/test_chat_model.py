@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,6 +32,8 @@ from langchain_confspec import (
     TokenizerMismatchError,
     wrap_model,
 )
+from langchain_confspec.cli import _settings as cli_settings
+from langchain_confspec.demo import DEMO_DRAFT, DEMO_SETTINGS, DEMO_TARGET
 from langchain_confspec.tiny import build_model, build_tokenizer
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
@@ -217,6 +220,26 @@ def test_identifying_params_cover_models_and_settings(chat: ConfSpecChatModel, t
         assert setting in params
     other = ConfSpecChatModel(**tiny_model_params, max_tokens=40, max_step_tokens=10, accept_threshold=0.95)
     assert other._identifying_params != params
+
+
+def test_the_demo_pair_comes_with_its_tuned_settings_and_a_callers_win(tiny_model_params: dict[str, str]) -> None:
+    tuned = DEMO_SETTINGS["target_accept_threshold"]
+    assert tuned != ConfSpecChatModel.model_fields["target_accept_threshold"].default
+    assert ConfSpecChatModel.demo()._identifying_params["target_accept_threshold"] == tuned
+    by_name = ConfSpecChatModel(draft_model=DEMO_DRAFT, target_model=DEMO_TARGET)
+    assert by_name._identifying_params["target_accept_threshold"] == tuned
+    assert ConfSpecChatModel.demo(target_accept_threshold=0.6)._identifying_params["target_accept_threshold"] == 0.6
+    other_pair = ConfSpecChatModel(**tiny_model_params)
+    assert other_pair._identifying_params["target_accept_threshold"] == 0.5
+
+
+def test_the_command_line_takes_the_demo_settings_under_its_own(tiny_model_params: dict[str, str]) -> None:
+    demo = argparse.Namespace(draft=DEMO_DRAFT, target=DEMO_TARGET, set=["max_tokens=9"])
+    assert cli_settings(demo) == {**DEMO_SETTINGS, "max_tokens": 9}
+    overridden = argparse.Namespace(draft=DEMO_DRAFT, target=DEMO_TARGET, set=["target_accept_threshold=0.7"])
+    assert cli_settings(overridden) == {**DEMO_SETTINGS, "target_accept_threshold": 0.7}
+    other = argparse.Namespace(draft=tiny_model_params["draft_model"], target=DEMO_TARGET, set=[])
+    assert cli_settings(other) == {}
 
 
 def test_ls_params_are_clean(chat: ConfSpecChatModel) -> None:
