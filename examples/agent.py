@@ -5,10 +5,10 @@ as `ToolMessage`s, repeat until it answers; print each reply with its per-step a
 
     python examples/agent.py [--question "..."] [--draft ID_OR_PATH --target ID_OR_PATH]
 
-With a tool-calling pair (for example Qwen2.5 instruct models, whose chat template knows
-tools) the model calls the calculator. The bundled demo pair, the default, has not learned
-to use tools (docs/model-card.md): on it the loop runs offline but the model answers by
-itself, without a call.
+The bundled demo pair, the default, learned this calculator (docs/model-card.md): it writes a
+step, calls the tool for the next operation, copies the result into the following step and
+ends with `Answer: N`, all offline. Any tool-calling pair works too (for example Qwen2.5
+instruct models, whose chat template knows tools).
 """
 
 from __future__ import annotations
