@@ -37,8 +37,12 @@ from langchain_confspec.records import (
     Writer,
     summarize,
 )
-from langchain_confspec.tiny import build_tokenizer
-from langchain_confspec.tool_calls import ToolCallHoldback, parse_tool_calls
+from langchain_confspec.tiny import TOOLS_CHAT_TEMPLATE, build_tokenizer
+from langchain_confspec.tool_calls import (
+    ToolCallHoldback,
+    format_tool_call,
+    parse_tool_calls,
+)
 
 
 @tool
@@ -141,6 +145,22 @@ def test_history_with_calls_uses_a_template_that_knows_tools() -> None:
     text = tokenizer.decode(render_prompt(tokenizer, to_chat_turns(HISTORY), [convert_to_openai_tool(shout)]))
     assert "TOOLS [" in text and "You may call tools" not in text
     assert 'CALL magic_function {"input": 3}' in text and "<tool_call>" not in text
+
+
+def test_the_demo_template_renders_plain_chats_unchanged_and_tools_compactly() -> None:
+    plain_tokenizer, tools_tokenizer = build_tokenizer(), build_tokenizer()
+    tools_tokenizer.chat_template = TOOLS_CHAT_TEMPLATE
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]
+    assert render_prompt(tools_tokenizer, chat) == render_prompt(plain_tokenizer, chat)
+
+    written = "Two and two.\n\n" + format_tool_call("magic_function", {"input": 3})
+    answer = parse_tool_calls(written)
+    history = to_chat_turns([HumanMessage("What is magic 3?"), AIMessage(answer.content, tool_calls=answer.tool_calls),
+                             ToolMessage("5", tool_call_id=answer.tool_calls[0]["id"])])
+    text = tools_tokenizer.decode(render_prompt(tools_tokenizer, history, [convert_to_openai_tool(magic_function)]))
+    assert text.startswith("<|im_start|>system\nTools: magic_function(input)<|im_end|>")
+    assert "<|im_start|>assistant\n" + written + "<|im_end|>" in text  # the call exactly as the model wrote it
+    assert "<|im_start|>tool\n5<|im_end|>" in text and "<tool_response>" not in text
 
 
 # -- forced calls and structured output on the real engine --------------------------------------
