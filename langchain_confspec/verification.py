@@ -23,12 +23,16 @@ _NO_WORDS = ("No", "no", "NO")
 
 
 def _first_token_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> set[int]:
-    """First token of each word, with and without a leading space (how answers start)."""
+    """First token of each word, with and without a leading space (how answers start).
+
+    A first token must carry at least two letters of a longer word: a tokenizer that spells
+    "no" as "n" + "o" would otherwise count every word starting with "n" as a verdict.
+    """
     ids: set[int] = set()
     for word in words:
         for variant in (word, " " + word):
             encoded = tokenizer.encode(variant, add_special_tokens=False)
-            if encoded and tokenizer.decode(encoded[:1]).strip():
+            if encoded and len(tokenizer.decode(encoded[:1]).strip()) >= min(2, len(word)):
                 ids.add(encoded[0])
     return ids
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from langchain_confspec import ConfigurationError, ConfSpecEngine
 from langchain_confspec.config import build_config
+from langchain_confspec.loading import DEMO_PAIR_DIR
 from langchain_confspec.tiny import build_tokenizer
 from langchain_confspec.verification import VerdictReader
 
@@ -27,6 +29,16 @@ def test_binary_verdict_follows_yes_and_no() -> None:
     assert yes.accepts and yes.confidence > 0.99
     assert not no.accepts and no.confidence > 0.99
     assert reader.read(torch.zeros(len(tokenizer))).confidence < 0.75  # flat: unsure
+
+
+def test_a_single_letter_is_not_a_verdict() -> None:
+    """The demo tokenizer spells "no" as "n" + "o": a bare "n" must not count as a No."""
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_PAIR_DIR / "target")
+    reader = VerdictReader(tokenizer, build_config())
+    assert reader.read(peaked_logits(tokenizer, " Yes", len(tokenizer))).confidence > 0.99
+    for letter in ("n", " n", "N", "y", "Y"):
+        assert len(tokenizer.encode(letter, add_special_tokens=False)) == 1
+        assert reader.read(peaked_logits(tokenizer, letter, len(tokenizer))).confidence < 0.75
 
 
 @pytest.mark.parametrize(("score", "passes"), [("9", True), ("7", True), ("6", False), ("0", False)])
