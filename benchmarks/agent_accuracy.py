@@ -1,9 +1,9 @@
 """How often the demo pair's calculator agent loop reaches the right answer.
 
-    python benchmarks/agent_accuracy.py [--problems 100] [--mode confspec]
+    python benchmarks/agent_accuracy.py [--problems 100] [--mode confspec] [--seed 10000]
 
-Runs `run_tool_loop` with the calculator on held-out problems (seed 10000, as `confspec
-eval`), and prints the share of right final answers, the mean number of tool calls per
+Runs `run_tool_loop` with the calculator on held-out problems (seed 10000 as `confspec eval`
+by default), and prints the share of right final answers, the mean number of tool calls per
 problem, and how many calls were invalid or named an unknown tool.
 """
 
@@ -25,13 +25,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=100)
     parser.add_argument("--mode", default="confspec")
+    parser.add_argument("--seed", type=int, default=10000, help="seed of the problems (training used seeds below 10000)")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
     model = ConfSpecChatModel.demo(max_tokens=160, mode=args.mode)
 
     right = calls = invalid = failed_calls = 0
     started = time.perf_counter()
-    for problem in make_problems(args.problems, seed=10000):
+    for problem in make_problems(args.problems, seed=args.seed):
         conversation = run_tool_loop(model, [calculator], problem.question)
         final = conversation[-1]
         right += isinstance(final, AIMessage) and extract_answer(str(final.content)) == str(problem.answer)
