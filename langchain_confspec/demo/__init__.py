@@ -11,9 +11,9 @@ DEMO_TARGET = "confspec-demo-target"
 DEMO_SETTINGS: MappingProxyType[str, Any] = MappingProxyType({"accept_threshold": 0.87, "target_accept_threshold": 0.95})
 """Settings tuned for the bundled pair; they replace the library's defaults, never a caller's.
 
-The demo draft's confidence is compressed (right sums sit near 0.85, wrong ones rarely above),
-and the demo target's "Yes" is reliable only when it is sure. Chosen on 1,000 problems of
-seed 20000, apart from the training seeds and the held-out evaluation set (docs/model-card.md).
+The demo draft's confidence is compressed, so its threshold sits high; the demo target's
+"Yes" is reliable only when it is sure. Chosen on problems of seed 20000, apart from the
+training seeds and the held-out evaluation set (docs/model-card.md).
 """
 
 
