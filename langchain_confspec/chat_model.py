@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT, EventEmitter
 from langchain_confspec.config import (
+    FastPath,
     Mode,
     SpecConfig,
     VerificationStyle,
@@ -56,6 +57,7 @@ from langchain_confspec.loading import (
 from langchain_confspec.messages import to_chat_turns
 from langchain_confspec.prompting import render_prompt
 from langchain_confspec.records import StepRecord
+from langchain_confspec.static_runner import WarmupReport
 from langchain_confspec.structured import (
     SCHEMA_KWARG,
     answer_shape,
@@ -209,6 +211,13 @@ class ConfSpecChatModel(BaseChatModel):
     """Nucleus sampling mass, when `temperature` > 0."""
     seed: int | None = None
     """Seed for sampling; a fixed seed makes sampled answers repeatable."""
+    fast_path: FastPath = FastPath.AUTO
+    """How forward passes run: `off` (a dynamic KV cache per call), `static` (each model's
+    preallocated cache, rolled back by position), `graphs` (static plus CUDA graphs; CUDA
+    only) or `auto` (`graphs` on CUDA, the faster of the others on the CPU)."""
+    max_context: int | None = Field(default=None, ge=2)
+    """Context window the engine uses for each model, in tokens (default: the model's own).
+    It sizes the static KV caches, so lower it to what your calls need on long-context models."""
     streaming: bool = False
     """Whether `invoke` streams tokens to callbacks by default."""
     metadata_steps: Literal["full", "numbers", "none"] = "full"
@@ -237,6 +246,12 @@ class ConfSpecChatModel(BaseChatModel):
         """The bundled trained pair for arithmetic word problems (offline, CPU-friendly), with its tuned settings."""
         return cls(draft_model=DEMO_DRAFT, target_model=DEMO_TARGET, **kwargs)
 
+    def warmup(self, fast_path: FastPath | str | None = None) -> list[WarmupReport]:
+        """Load both models and get their fast path ready now (static caches allocated, graphs
+        compiled and captured), so that no call pays for it. `fast_path` defaults to the
+        model's own; returns one report per model, with what each part cost."""
+        return self._get_engine().warmup(FastPath(fast_path or self.fast_path))
+
     # -- LangChain plumbing -----------------------------------------------------------------
 
     @property
@@ -250,6 +265,7 @@ class ConfSpecChatModel(BaseChatModel):
             "target_model": self._model_name("target"),
             "device_map": self.device_map,
             "torch_dtype": str(self.torch_dtype) if self.torch_dtype is not None else None,
+            "max_context": self.max_context,
             **self._config.model_dump(mode="json"),
         }
 
@@ -484,7 +500,7 @@ class ConfSpecChatModel(BaseChatModel):
         """Load both models on first use; later calls share them."""
         with self._load_lock:
             if self._engine is None:
-                self._engine = ConfSpecEngine(self._load("draft"), self._load("target"))
+                self._engine = ConfSpecEngine(self._load("draft"), self._load("target"), max_context=self.max_context)
             return self._engine
 
     def _load(self, role: str) -> LoadedModel:

@@ -28,6 +28,19 @@ class Mode(str, Enum):
     """SpecReason-style: the target judges every draft step."""
 
 
+class FastPath(str, Enum):
+    """How forward passes run: over per-call dynamic caches, or a model's preallocated static one."""
+
+    AUTO = "auto"
+    """`graphs` on CUDA; on the CPU, the faster of the other two there (`off`, docs/performance.md)."""
+    OFF = "off"
+    """A fresh `DynamicCache` per call, cropped on rollback: works with every model."""
+    STATIC = "static"
+    """The model's static KV cache, rolled back by position, with eager modules: any device."""
+    GRAPHS = "graphs"
+    """The static cache with the decode step compiled and every short pass replayed as a CUDA graph."""
+
+
 class VerificationStyle(str, Enum):
     """The verdict a verification prompt asks for."""
 
@@ -61,6 +74,7 @@ class SpecConfig(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
+    fast_path: FastPath = FastPath.AUTO
 
     @field_validator("accept_threshold", "reject_threshold", "target_accept_threshold")
     @classmethod

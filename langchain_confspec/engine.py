@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from langchain_confspec.config import Mode, SpecConfig
+from langchain_confspec.config import FastPath, Mode, SpecConfig
 from langchain_confspec.constrained import Node, write_json
 from langchain_confspec.decoding import (
     StopScanner,
@@ -32,7 +32,9 @@ from langchain_confspec.errors import (
     GenerationError,
     ModelOutOfMemoryError,
 )
+from langchain_confspec.cuda_graphs import CudaGraphCapture, GraphCapture
 from langchain_confspec.fair_lock import FairLock
+from langchain_confspec.fast_path import FastPaths, ModelPath
 from langchain_confspec.gate import GateAction, gate, target_accepts
 from langchain_confspec.loading import LoadedModel, same_vocabulary
 from langchain_confspec.records import (
@@ -49,6 +51,7 @@ from langchain_confspec.records import (
 )
 from langchain_confspec.session import ModelSession
 from langchain_confspec.speculation import DepthPolicy, speculative_write_step
+from langchain_confspec.static_runner import WarmupReport
 from langchain_confspec.tool_calls import OPEN_TAG
 from langchain_confspec.verification import VerdictReader, judge
 
@@ -85,16 +88,43 @@ class RunResult:
 
 
 class ConfSpecEngine:
-    """A draft and a target model, and the lock that serialises generations over them."""
+    """A draft and a target model, their static caches, and the lock that serialises
+    generations over them.
 
-    def __init__(self, draft: LoadedModel, target: LoadedModel, depth_policy: DepthPolicy | None = None) -> None:
+    `max_context` caps the context window the engine uses for both models (and so the size of
+    their static caches); `graph_capture` says how graphs are captured (CUDA graphs by
+    default; `EagerRehearsal` runs the graph path's passes eagerly on any device).
+    """
+
+    def __init__(
+        self,
+        draft: LoadedModel,
+        target: LoadedModel,
+        depth_policy: DepthPolicy | None = None,
+        *,
+        max_context: int | None = None,
+        graph_capture: GraphCapture | None = None,
+    ) -> None:
+        if max_context is not None and max_context < 2:
+            raise ConfigurationError(f"max_context must be at least 2 tokens, not {max_context}.")
         self.draft = draft
         self.target = target
         self.shared_vocabulary = same_vocabulary(draft.tokenizer, target.tokenizer)
         self.depth_policy = depth_policy or DepthPolicy.for_model(target.directory)
         self.depth_samples: list[tuple[float, bool]] | None = None
         """When a list, token speculation records (entropy, kept) there, for `DepthPolicy.fit`."""
+        self.context = {
+            role: min(loaded.context_length, max_context or loaded.context_length)
+            for role, loaded in (("draft", draft), ("target", target))
+        }
+        self.fast_paths = FastPaths({"draft": draft, "target": target}, self.context, graph_capture or CudaGraphCapture())
         self._lock = FairLock()
+
+    def warmup(self, fast_path: FastPath | str = FastPath.AUTO) -> list[WarmupReport]:
+        """Allocate static caches and capture graphs for `fast_path` now, so that no call pays
+        for them; one report per model. Waits for a generation in progress."""
+        with self._lock, _model_failures():
+            return self.fast_paths.warm_up(FastPath(fast_path))
 
     def run(
         self,
@@ -116,6 +146,7 @@ class ConfSpecEngine:
             lock_wait = time.perf_counter() - started
             logger.debug("generation starts (%s) after waiting %.3f s for the models", config.mode.value, lock_wait)
             with _model_failures():
+                generation.open_sessions()
                 yield from generation.steps()
             yield generation.result(wall_time=time.perf_counter() - started, lock_wait=lock_wait)
 
@@ -181,8 +212,14 @@ class _Generation:
             )
         uses_draft = config.mode is not Mode.TARGET_ONLY or config.token_speculation
         uses_target = config.mode is not Mode.DRAFT_ONLY
-        self.draft = self._open(engine.draft, turns, tools, "draft") if uses_draft else None
-        self.target = self._open(engine.target, turns, tools, "target") if uses_target else None
+        self._prompts = {
+            role: self._prompt(engine, role, turns, tools)
+            for role, used in (("draft", uses_draft), ("target", uses_target))
+            if used
+        }
+        self._paths = {role: engine.fast_paths.resolve(config.fast_path, role) for role in self._prompts}
+        self.draft: ModelSession | None = None
+        self.target: ModelSession | None = None
         steps_are_judged = config.mode in (Mode.CONFSPEC, Mode.ALWAYS_VERIFY)
         self.draft_reader = VerdictReader(engine.draft.tokenizer, config) if config.mode is Mode.CONFSPEC else None
         self.target_reader = VerdictReader(engine.target.tokenizer, config) if steps_are_judged else None
@@ -199,16 +236,38 @@ class _Generation:
         }[config.mode]
 
     @staticmethod
-    def _open(
-        loaded: LoadedModel, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None, role: str
-    ) -> ModelSession:
+    def _prompt(
+        engine: ConfSpecEngine, role: str, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int]:
+        loaded: LoadedModel = getattr(engine, role)
         prompt = loaded.render_prompt(turns, tools)
-        if len(prompt) >= loaded.context_length:
+        window = engine.context[role]
+        if len(prompt) >= window:
+            limit = "context window" if window == loaded.context_length else "context window (max_context)"
             raise ContextLengthError(
-                f"The prompt is {len(prompt)} tokens long for the {role} model, whose context "
-                f"window is {loaded.context_length} tokens: no room is left to answer."
+                f"The prompt is {len(prompt)} tokens long for the {role} model, whose {limit} "
+                f"is {window} tokens: no room is left to answer."
             )
-        return ModelSession(loaded, prompt)
+        return prompt
+
+    def open_sessions(self) -> None:
+        """Open each model's session on its path, warming the path up if this call is the
+        first to need it. Runs under the engine's lock: static caches are shared."""
+        for role, prompt in self._prompts.items():
+            setattr(self, role, self._open(role, prompt, self._paths[role]))
+
+    def _open(self, role: str, prompt: list[int], path: ModelPath) -> ModelSession:
+        kv, resolved, warmup_seconds = self.engine.fast_paths.backend(role, path.path)
+        if path.reason:
+            logger.debug("%s model on fast_path=%r: %s", role, resolved.value, path.reason)
+        return ModelSession(
+            getattr(self.engine, role),
+            prompt,
+            kv=kv,
+            context_length=self.engine.context[role],
+            fast_path=resolved.value,
+            warmup_seconds=warmup_seconds,
+        )
 
     def steps(self) -> Iterator[StepRecord]:
         while self.finish_reason is None:

@@ -119,6 +119,8 @@ class ModelCounters(BaseModel):
     tokens_written: int = 0
     forward_passes: int = 0
     forward_tokens: int = 0
+    fast_path: str | None = Field(default=None, description="How its passes ran: off, static or graphs (None: unused).")
+    warmup_seconds: float = Field(default=0.0, description="One-time warm-up this call paid (cache, compile, capture).")
 
 
 class RunSummary(BaseModel):
@@ -136,6 +138,9 @@ class RunSummary(BaseModel):
     times: PhaseTimes
     wall_time: float
     lock_wait: float = Field(description="Seconds this call waited for the model pair to be free.")
+    warmup_time: float = Field(
+        default=0.0, description="Seconds of `wall_time` spent on one-time fast-path warm-up (0 once warm)."
+    )
 
 
 def summarize(
@@ -169,4 +174,5 @@ def summarize(
         times=times,
         wall_time=wall_time,
         lock_wait=lock_wait,
+        warmup_time=draft.warmup_seconds + target.warmup_seconds,
     )

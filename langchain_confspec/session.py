@@ -1,34 +1,104 @@
-"""One model's KV cache over one generation.
+"""One model's view of one generation: its token ids, what its KV cache has read, checkpoints.
 
-A `ModelSession` holds the token ids a model has been given and a cache of the prefix it
-has already read. New text is appended unread and read lazily, all pending tokens in one
+A `ModelSession` holds the token ids a model has been given and knows how many of them its
+KV cache has read. New text is appended unread and read lazily, all pending tokens in one
 batched forward pass, so every token costs one forward position no matter how it arrived
 (written by this model, handed over from the other one, or a verification suffix).
-`truncate` crops suffixes and rejected steps back out of the cache.
+`truncate` rolls suffixes and rejected steps back out.
+
+Where the keys and values live is a `KVBackend`: a `DynamicCache` of the call's own
+(`fast_path="off"`), or row 0 of the model's preallocated static cache, shared by every call
+under the engine's lock and rolled back by position (`static`, `graphs`). The step logic above
+sees no difference.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import torch
 from transformers import DynamicCache
 
 from langchain_confspec.loading import LoadedModel
 from langchain_confspec.records import ModelCounters
+from langchain_confspec.static_runner import StaticRunner
+
+
+class KVBackend(Protocol):
+    """Reads tokens into a KV cache and forgets them again."""
+
+    def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
+        """Read `tokens` after the first `start` ones: logits after each of the last `n_rows`,
+        (n_rows, vocab) float32, valid until the next `forward`."""
+        ...
+
+    def rewind(self, length: int) -> None:
+        """Forget every position from `length` on."""
+        ...
+
+
+class DynamicKV:
+    """A `DynamicCache` owned by one generation, cropped on rollback."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self._cache = DynamicCache(config=loaded.model.config)
+        self._length = 0
+
+    def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
+        assert start == self._length, "a dynamic cache reads on from where it ends"
+        input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.loaded.device)
+        with torch.inference_mode():
+            output = self.loaded.model(
+                input_ids=input_ids, past_key_values=self._cache, use_cache=True, logits_to_keep=n_rows
+            )
+        self._length += len(tokens)
+        return output.logits[0].float()
+
+    def rewind(self, length: int) -> None:
+        if length < self._length:
+            self._cache.crop(length - self._length)
+            self._length = length
+
+
+class StaticKV:
+    """Row 0 of a model's static cache: rolling back is only remembering where to write next."""
+
+    def __init__(self, runner: StaticRunner, *, graphs: bool) -> None:
+        self.runner = runner
+        self.graphs = graphs
+
+    def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
+        return self.runner.forward(tokens, start, n_rows, graphs=self.graphs)
+
+    def rewind(self, length: int) -> None:
+        return None  # the next pass says where it starts
 
 
 class ModelSession:
     """Token ids, KV cache and work counters of one model for one generation."""
 
-    def __init__(self, loaded: LoadedModel, prompt_ids: Sequence[int]) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        prompt_ids: Sequence[int],
+        *,
+        kv: KVBackend | None = None,
+        context_length: int | None = None,
+        fast_path: str = "off",
+        warmup_seconds: float = 0.0,
+    ) -> None:
         self.loaded = loaded
+        self.fast_path = fast_path
+        self.warmup_seconds = warmup_seconds
+        self.context_length = context_length or loaded.context_length
         self.prompt_tokens = len(prompt_ids)
         self.ids: list[int] = list(prompt_ids)
-        self._cache = DynamicCache(config=loaded.model.config)
+        self._kv = kv or DynamicKV(loaded)
         self._n_read = 0
         self._next_logits: torch.Tensor | None = None  # (vocab,): distribution after ids[:n_read]
-        self._checkpoints: dict[int, torch.Tensor] = {}  # length -> next-token logits there
+        self._checkpoints: dict[int, torch.Tensor] = {}  # length -> next-token logits there (own copies)
         self.forward_passes = 0
         self.forward_tokens = 0
         self.tokens_written = 0
@@ -38,15 +108,16 @@ class ModelSession:
 
     @property
     def room(self) -> int:
-        """Positions left in the model's context window."""
-        return self.loaded.context_length - len(self.ids)
+        """Positions left in the context window the engine gives this model."""
+        return self.context_length - len(self.ids)
 
     def append(self, ids: Iterable[int]) -> None:
         """Add tokens to the context; they are read on the next `next_logits`."""
         self.ids.extend(ids)
 
     def next_logits(self, keep: Iterable[int] = ()) -> torch.Tensor:
-        """Next-token logits after all ids, reading pending tokens in one forward pass.
+        """Next-token logits after all ids (valid until the next forward pass), reading pending
+        tokens in one forward pass.
 
         `keep` lists context lengths whose next-token logits should be remembered, so that
         `truncate` back to one of them needs no extra forward pass. Lengths remembered
@@ -57,10 +128,10 @@ class ModelSession:
         if keep:
             oldest = min(keep)
             self._checkpoints = {k: v for k, v in self._checkpoints.items() if k >= oldest}
+            if self._n_read in keep and self._next_logits is not None:
+                self._save(self._n_read, self._next_logits)  # before a pass can overwrite it
         if self._n_read < len(self.ids) or self._next_logits is None:
-            self._read_pending(sorted(set(keep)))
-        else:
-            self._remember(keep, {})
+            self._read_pending(keep)
         assert self._next_logits is not None
         return self._next_logits
 
@@ -75,20 +146,18 @@ class ModelSession:
         return torch.stack([self._checkpoints[length] for length in lengths])
 
     def truncate(self, length: int) -> None:
-        """Forget every token from position `length` on, cropping them out of the cache."""
+        """Forget every token from position `length` on, rolling them out of the cache."""
         if length < 0 or length > len(self.ids):
             raise ValueError(f"cannot truncate a context of {len(self.ids)} tokens to {length}")
         del self.ids[length:]
         self._checkpoints = {k: v for k, v in self._checkpoints.items() if k <= length}
         if self._n_read <= length:
             return
-        self._cache.crop(length - self._n_read)
         self._n_read = length
         self._next_logits = self._checkpoints.get(length)
         if self._next_logits is None and length > 0:
-            # Unknown distribution at this length: re-read the last token to get it back.
-            self._cache.crop(-1)
-            self._n_read -= 1
+            self._n_read -= 1  # unknown distribution here: re-read the last token to get it back
+        self._kv.rewind(self._n_read)
 
     def counters(self) -> ModelCounters:
         return ModelCounters(
@@ -96,37 +165,28 @@ class ModelSession:
             tokens_written=self.tokens_written,
             forward_passes=self.forward_passes,
             forward_tokens=self.forward_tokens,
+            fast_path=self.fast_path,
+            warmup_seconds=self.warmup_seconds,
         )
 
-    def _read_pending(self, keep: list[int]) -> None:
+    def _read_pending(self, keep: Sequence[int]) -> None:
         start = self._n_read
         if start == len(self.ids):  # everything read but the distribution was dropped
-            self._cache.crop(-1)
             start = self._n_read = start - 1
+            self._kv.rewind(start)
         pending = self.ids[start:]
         # Rows needed: one per kept length inside this pass, plus the last one.
-        first_row = min([k - start - 1 for k in keep if start < k <= len(self.ids)], default=len(pending) - 1)
-        input_ids = torch.tensor([pending], dtype=torch.long, device=self.loaded.device)
-        with torch.inference_mode():
-            output = self.loaded.model(
-                input_ids=input_ids,
-                past_key_values=self._cache,
-                use_cache=True,
-                logits_to_keep=len(pending) - first_row,
-            )
-        rows = output.logits[0].float()  # (len(pending) - first_row, vocab)
+        kept_inside = [k for k in keep if start < k <= len(self.ids)]
+        n_rows = len(self.ids) - min(kept_inside, default=len(self.ids)) + 1
+        rows = self._kv.forward(pending, start, n_rows)  # (n_rows, vocab)
         self.forward_passes += 1
         self.forward_tokens += len(pending)
-        previous = self._next_logits
         self._n_read = len(self.ids)
         self._next_logits = rows[-1]
-        rows_by_length = {start + first_row + 1 + i: rows[i] for i in range(rows.shape[0])}
-        if previous is not None:
-            rows_by_length[start] = previous
-        self._remember(keep, rows_by_length)
+        first_length = len(self.ids) - n_rows + 1
+        for length in kept_inside:
+            self._save(length, rows[length - first_length])
 
-    def _remember(self, keep: Iterable[int], rows_by_length: dict[int, torch.Tensor]) -> None:
-        rows_by_length.setdefault(self._n_read, self._next_logits)  # type: ignore[arg-type]
-        for length in keep:
-            if length in rows_by_length:
-                self._checkpoints[length] = rows_by_length[length]
+    def _save(self, length: int, logits: torch.Tensor) -> None:
+        if length not in self._checkpoints:
+            self._checkpoints[length] = logits.clone()

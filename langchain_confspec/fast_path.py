@@ -1,0 +1,116 @@
+"""Which forward-pass path each model takes for a call, and the per-model state it needs.
+
+`fast_path` is a per-call setting, resolved per model: `off` (dynamic caches), `static`
+(the model's static cache, eager modules), `graphs` (static cache plus captured CUDA
+graphs), or `auto` (`graphs` where the model is on CUDA and supported, else the faster of the
+other two on the CPU). A model the static cache cannot serve (sliding-window or hybrid
+attention, an unsupported attention implementation, weights spread over devices) gets
+`off` under `auto` and a `ConfigurationError` naming the reason when `static` or `graphs`
+is asked for.
+
+`FastPaths` owns one `StaticRunner` per model role, created on first use and warmed up
+(graphs compiled and captured) once, either by the first call that needs it or ahead of
+time by `warm_up`; the seconds a call spends on that are reported in its summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from langchain_confspec.config import FastPath
+from langchain_confspec.cuda_graphs import GraphCapture, timed
+from langchain_confspec.errors import ConfigurationError
+from langchain_confspec.loading import LoadedModel
+from langchain_confspec.session import KVBackend, StaticKV
+from langchain_confspec.static_cache import check_static_support
+from langchain_confspec.static_runner import StaticRunner, WarmupReport
+
+logger = logging.getLogger(__name__)
+
+CPU_DEFAULT = FastPath.OFF
+"""What `auto` picks off CUDA: measured faster than `static` on the CPU (docs/performance.md)."""
+
+
+@dataclass(frozen=True)
+class ModelPath:
+    """A model's resolved path for one call, and why `auto` chose it."""
+
+    path: FastPath
+    reason: str = ""
+
+
+class FastPaths:
+    """The static runners of an engine's models and the rule resolving `fast_path` for them."""
+
+    def __init__(self, models: dict[str, LoadedModel], context: dict[str, int], capture: GraphCapture) -> None:
+        self.models = models
+        self.context = context
+        self.capture = capture
+        self._runners: dict[str, StaticRunner] = {}
+        self._graph_failures: dict[str, str] = {}  # role -> why its graphs could not be captured
+
+    def resolve(self, requested: FastPath, role: str) -> ModelPath:
+        """The path `role`'s model takes when a call asks for `requested`."""
+        if requested is FastPath.OFF:
+            return ModelPath(FastPath.OFF)
+        loaded = self.models[role]
+        try:
+            check_static_support(loaded.model)
+        except ConfigurationError as unsupported:
+            if requested is FastPath.AUTO:
+                return ModelPath(FastPath.OFF, str(unsupported))
+            raise ConfigurationError(f"fast_path={requested.value!r} for the {role} model: {unsupported}") from None
+        graphs_possible = self.capture.available(loaded.device)
+        if requested is FastPath.GRAPHS and not graphs_possible:
+            raise ConfigurationError(
+                f"fast_path='graphs' needs CUDA, but the {role} model is on {loaded.device}; "
+                "use 'static' or 'off' there (or 'auto', which picks for each device)."
+            )
+        if requested is FastPath.AUTO:
+            requested = FastPath.GRAPHS if graphs_possible else CPU_DEFAULT
+        if requested is FastPath.GRAPHS and role in self._graph_failures:
+            return ModelPath(FastPath.STATIC, self._graph_failures[role])
+        return ModelPath(requested)
+
+    def backend(self, role: str, path: FastPath) -> tuple[KVBackend | None, FastPath, float]:
+        """The KV backend for `role` on `path` (None: a dynamic cache), the path it really
+        takes (`static` where graphs could not be captured), and the seconds of one-time
+        warm-up spent getting it ready now."""
+        if path is FastPath.OFF:
+            return None, path, 0.0
+        seconds = 0.0
+        if role not in self._runners:
+            self._runners[role] = StaticRunner(self.models[role], self.context[role], self.capture)
+            seconds += self._runners[role].allocate_seconds
+        runner = self._runners[role]
+        if path is FastPath.GRAPHS and not runner.graphs_ready:
+            seconds += self._warm_up_graphs(role, runner)
+            if not runner.graphs_ready:
+                path = FastPath.STATIC
+        return StaticKV(runner, graphs=path is FastPath.GRAPHS), path, seconds
+
+    def warm_up(self, requested: FastPath) -> list[WarmupReport]:
+        """Get every model ready for `requested` now, so that no call pays for it."""
+        reports = []
+        for role, loaded in self.models.items():
+            path = self.resolve(requested, role).path
+            self.backend(role, path)
+            if role in self._runners:
+                reports.append(self._runners[role].report)
+            else:
+                reports.append(WarmupReport(model=loaded.name, fast_path=path.value, cache_tokens=0, cache_mib=0.0))
+        return reports
+
+    def runner(self, role: str) -> StaticRunner | None:
+        return self._runners.get(role)
+
+    def _warm_up_graphs(self, role: str, runner: StaticRunner) -> float:
+        device = self.models[role].device
+        try:
+            return timed(device, runner.warm_up_graphs)
+        except (RuntimeError, AssertionError) as error:  # capture refused this model: stay eager
+            runner.abandon_graphs()
+            self._graph_failures[role] = f"CUDA graph capture failed ({type(error).__name__}: {error}); using 'static'"
+            logger.warning("%s model: %s", role, self._graph_failures[role])
+            return 0.0
