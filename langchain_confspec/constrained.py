@@ -292,13 +292,10 @@ class JsonWriter:
 
     def _choose(self, allowed: torch.Tensor | Sequence[int] | None) -> int:
         """The model's choice among `allowed` tokens, or any token for None (not appended)."""
-        logits = self.session.next_logits().float().cpu()
+        logits = self.session.next_logits()
         if allowed is None:
             return self.chooser.choose(logits)
-        allowed = torch.as_tensor(allowed, dtype=torch.long)
-        masked = torch.full_like(logits, float("-inf"))
-        masked[allowed] = logits[allowed]
-        return self.chooser.choose(masked)
+        return self.chooser.choose_among(logits, allowed)
 
     def _share(self) -> int:
         """Tokens one open string may still take: a quarter of what is left once the rest

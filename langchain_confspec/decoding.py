@@ -7,10 +7,13 @@ matched on the decoded text, so they are found even when they straddle token bou
 
 from __future__ import annotations
 
+import secrets
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from langchain_confspec.config import SpecConfig
 from langchain_confspec.records import StepEnd
@@ -18,41 +21,91 @@ from langchain_confspec.session import ModelSession
 
 
 class TokenChooser:
-    """Greedy choice, or temperature / top-p sampling from a seeded generator."""
+    """Greedy choice, or temperature / top-p sampling, on the device the logits are on.
+
+    Nothing vocabulary-sized crosses to the host: the choice is made on the device and only
+    the chosen id is read back (one synchronisation per token). Sampling works in buffers
+    allocated once per device, from a generator per device seeded with `seed`.
+    """
 
     def __init__(self, config: SpecConfig) -> None:
         self.temperature = config.temperature
         self.top_p = config.top_p
-        self._generator = torch.Generator()
-        if config.seed is not None:
-            self._generator.manual_seed(config.seed)
-        else:
-            self._generator.seed()
+        self.seed = config.seed if config.seed is not None else secrets.randbits(63)
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._work: dict[tuple[torch.device, int], _SamplingBuffers] = {}
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
     def choose(self, logits: torch.Tensor) -> int:
-        if self.greedy:
-            return int(torch.argmax(logits))
-        return self.sample(self.distribution(logits))
+        return int(self.pick(logits))
 
-    def distribution(self, logits: torch.Tensor) -> torch.Tensor:
-        """The sampling distribution: temperature, then top-p truncation, renormalised."""
-        probs = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """The chosen token as a 0-d tensor on the logits' device (not read back yet)."""
+        if self.greedy:
+            return torch.argmax(logits)
+        return self.draw(self.distribution(logits))
+
+    def choose_among(self, logits: torch.Tensor, allowed: torch.Tensor | Sequence[int]) -> int:
+        """The choice when only `allowed` token ids may be written."""
+        masked = self._buffers(logits).masked
+        masked.fill_(float("-inf"))
+        index = torch.as_tensor(allowed, dtype=torch.long).to(logits.device, non_blocking=True)
+        masked[index] = logits[index]
+        return self.choose(masked)
+
+    def distribution(self, logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The sampling distribution: temperature, then top-p truncation, renormalised. Written
+        into `out`, or into a buffer that the next call reuses."""
+        work = self._buffers(logits)
+        probs = work.probs if out is None else out
+        torch.div(logits, self.temperature, out=probs)
+        probs.sub_(probs.max()).exp_()
+        probs.div_(probs.sum())
         if self.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= self.top_p
-            sorted_probs[outside] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        return probs / probs.sum()
+            torch.sort(probs, descending=True, out=(work.sorted, work.order))
+            torch.cumsum(work.sorted, 0, out=work.before)
+            work.before.sub_(work.sorted)  # mass of the likelier tokens before each one
+            torch.ge(work.before, self.top_p, out=work.outside)
+            work.sorted.masked_fill_(work.outside, 0.0)
+            probs.scatter_(0, work.order, work.sorted)
+            probs.div_(probs.sum())
+        return probs
 
     def sample(self, probs: torch.Tensor) -> int:
-        return int(torch.multinomial(probs, 1, generator=self._generator))
+        return int(self.draw(probs))
 
     def uniform(self) -> float:
-        return float(torch.rand((), generator=self._generator))
+        return float(torch.rand((), generator=self._generator(torch.device("cpu"))))
+
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """A token drawn from `probs`, as a 0-d tensor on their device (not read back yet)."""
+        return torch.multinomial(probs, 1, generator=self._generator(probs.device))[0]
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
+
+    def _buffers(self, logits: torch.Tensor) -> _SamplingBuffers:
+        key = (logits.device, logits.shape[-1])
+        if key not in self._work:
+            self._work[key] = _SamplingBuffers(logits.shape[-1], logits.device)
+        return self._work[key]
+
+
+class _SamplingBuffers:
+    """Vocabulary-sized work space for one device, allocated once per generation."""
+
+    def __init__(self, vocab: int, device: torch.device) -> None:
+        self.probs = torch.empty(vocab, device=device)
+        self.masked = torch.empty(vocab, device=device)
+        self.sorted = torch.empty(vocab, device=device)
+        self.before = torch.empty(vocab, device=device)
+        self.order = torch.empty(vocab, dtype=torch.long, device=device)
+        self.outside = torch.empty(vocab, dtype=torch.bool, device=device)
 
 
 @dataclass(frozen=True)
@@ -93,8 +146,50 @@ def ends_step(text: str, delimiters: Sequence[str]) -> bool:
     return any(text.find(d, content_start) > content_start for d in delimiters)
 
 
+_TOKEN_TEXTS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, list[str]] = weakref.WeakKeyDictionary()
+_QUIET: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[frozenset[str], frozenset[int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def token_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Each token's text decoded on its own, once per tokenizer."""
+    if tokenizer not in _TOKEN_TEXTS:
+        ids = [[i] for i in range(len(tokenizer))]
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            _TOKEN_TEXTS[tokenizer] = backend.decode_batch(ids, skip_special_tokens=True)
+        else:
+            _TOKEN_TEXTS[tokenizer] = [tokenizer.decode(i, skip_special_tokens=True) for i in ids]
+    return _TOKEN_TEXTS[tokenizer]
+
+
+def quiet_tokens(tokenizer: PreTrainedTokenizerBase, needles: Sequence[str]) -> frozenset[int]:
+    """Tokens after which none of `needles` (delimiters, stop strings) can newly appear in
+    the text: a match ends in the token that brings its last character, so a token whose
+    own text lacks every needle's last character cannot complete one. Tokens whose text
+    cannot be read alone (empty, part of a character) are never quiet; nor is any token when
+    a needle ends in a space, which some tokenizers drop from a token decoded alone."""
+    last_chars = frozenset(needle[-1] for needle in needles if needle)
+    if " " in last_chars:
+        return frozenset()
+    by_needles = _QUIET.setdefault(tokenizer, {})
+    if last_chars not in by_needles:
+        by_needles[last_chars] = frozenset(
+            i
+            for i, text in enumerate(token_texts(tokenizer))
+            if text and "\ufffd" not in text and not any(c in text for c in last_chars)
+        )
+    return by_needles[last_chars]
+
+
 class StepBuilder:
-    """Grows a step token by token and says when, and why, it ends."""
+    """Grows a step token by token and says when, and why, it ends.
+
+    The step's text is decoded only after a token that could complete a delimiter or stop
+    string (and while the step is still blank, since leading blank lines belong to it), so
+    that per-token host work stays a set lookup for most tokens.
+    """
 
     def __init__(self, session: ModelSession, *, budget: int, delimiters: Sequence[str], stops: StopScanner) -> None:
         self.tokenizer = session.loaded.tokenizer
@@ -103,7 +198,17 @@ class StepBuilder:
         self.delimiters = delimiters
         self.stops = stops
         self.ids: list[int] = []
-        self.text = ""
+        self._quiet = quiet_tokens(self.tokenizer, [*delimiters, *stops.stops])
+        self._text = ""
+        self._decoded = 0  # how many of `ids` `_text` covers
+        self._blank = True
+
+    @property
+    def text(self) -> str:
+        if self._decoded != len(self.ids):
+            self._text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            self._decoded = len(self.ids)
+        return self._text
 
     def add(self, token: int) -> WrittenStep | None:
         """Take the next token; return the finished step if this token ends it.
@@ -113,12 +218,14 @@ class StepBuilder:
         if token in self.eos:
             return WrittenStep(self.ids, self.text, StepEnd.EOS)
         self.ids.append(token)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        stop_at = self.stops.find(self.text)
-        if stop_at is not None:
-            return WrittenStep(self.ids, self.text, StepEnd.STOP, stop_at)
-        if ends_step(self.text, self.delimiters):
-            return WrittenStep(self.ids, self.text, StepEnd.DELIMITER)
+        if self._blank or token not in self._quiet:
+            text = self.text
+            self._blank = not text.strip()
+            stop_at = self.stops.find(text)
+            if stop_at is not None:
+                return WrittenStep(self.ids, text, StepEnd.STOP, stop_at)
+            if ends_step(text, self.delimiters):
+                return WrittenStep(self.ids, text, StepEnd.DELIMITER)
         if len(self.ids) >= self.budget:
             return WrittenStep(self.ids, self.text, StepEnd.LENGTH)
         return None

@@ -19,6 +19,7 @@ import torch
 
 from langchain_confspec.config import FastPath, Mode, SpecConfig
 from langchain_confspec.constrained import Node, write_json
+from langchain_confspec.cuda_graphs import CudaGraphCapture, GraphCapture
 from langchain_confspec.decoding import (
     StopScanner,
     TokenChooser,
@@ -32,7 +33,6 @@ from langchain_confspec.errors import (
     GenerationError,
     ModelOutOfMemoryError,
 )
-from langchain_confspec.cuda_graphs import CudaGraphCapture, GraphCapture
 from langchain_confspec.fair_lock import FairLock
 from langchain_confspec.fast_path import FastPaths, ModelPath
 from langchain_confspec.gate import GateAction, gate, target_accepts

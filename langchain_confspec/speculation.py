@@ -34,11 +34,15 @@ TOP_K = 8
 
 def normalised_entropy(logits: torch.Tensor, top_k: int = TOP_K) -> float:
     """Entropy of the renormalised top-k probabilities, divided by log k: 0 sure, 1 unsure."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    top = torch.topk(probs, min(top_k, probs.shape[-1])).values
-    top = top / top.sum()
-    entropy = -(top * torch.log(top.clamp_min(1e-12))).sum()
-    return float(entropy) / math.log(top.shape[-1])
+    return float(entropy_tensor(logits, top_k))
+
+
+def entropy_tensor(logits: torch.Tensor, top_k: int = TOP_K) -> torch.Tensor:
+    """`normalised_entropy` as a 0-d tensor on the logits' device. The renormalised top-k
+    probabilities are the softmax of the top-k logits, so nothing vocabulary-sized is built."""
+    k = min(top_k, logits.shape[-1])
+    top = torch.log_softmax(torch.topk(logits.float(), k).values, dim=-1)
+    return -(top.exp() * top).sum() / math.log(k)
 
 
 @dataclass
@@ -89,27 +93,33 @@ class DepthPolicy:
 @dataclass
 class Proposal:
     tokens: list[int]
-    draft_probs: list[torch.Tensor]  # the draft's sampling distribution at each token (sampling only)
     entropies: list[float]
+    draft_probs: torch.Tensor | None = None  # (depth, vocab): the draft's sampling distribution at each token
 
 
 def propose(draft: ModelSession, chooser: TokenChooser, policy: DepthPolicy, limit: int) -> Proposal:
-    """Let the draft run ahead while the chance that the target keeps it all stays high."""
-    proposal = Proposal([], [], [])
+    """Let the draft run ahead while the chance that the target keeps it all stays high.
+
+    One host synchronisation per proposed token reads its id and entropy together.
+    """
+    proposal = Proposal([], [])
+    depth = min(policy.max_depth, limit)
     chance = 1.0
     eos = draft.loaded.eos_token_ids
-    while len(proposal.tokens) < min(policy.max_depth, limit):
+    while len(proposal.tokens) < depth:
         logits = draft.next_logits()
-        entropy = normalised_entropy(logits)
+        if chooser.greedy:
+            choice = torch.argmax(logits)
+        else:
+            if proposal.draft_probs is None:
+                proposal.draft_probs = torch.empty((depth, logits.shape[-1]), device=logits.device)
+            probs = chooser.distribution(logits, out=proposal.draft_probs[len(proposal.tokens)])
+            choice = chooser.draw(probs)
+        entropy, chosen = torch.stack([entropy_tensor(logits).double(), choice.double()]).tolist()
+        token = int(chosen)
         chance *= policy.expected_acceptance(entropy)
         if proposal.tokens and chance < policy.min_path_chance:
             break
-        if chooser.greedy:
-            token = int(torch.argmax(logits))
-        else:
-            probs = chooser.distribution(logits)
-            proposal.draft_probs.append(probs)
-            token = chooser.sample(probs)
         proposal.tokens.append(token)
         proposal.entropies.append(entropy)
         draft.append((token,))
@@ -126,12 +136,12 @@ def verify_proposal(
     `target_logits` holds the target's next-token logits before each proposed token and after
     the last one: (len(proposal.tokens) + 1, vocab).
     """
+    if chooser.greedy:  # one host synchronisation for the whole round
+        choices = torch.argmax(target_logits, dim=-1).tolist()
+        kept = next((i for i, token in enumerate(proposal.tokens) if choices[i] != token), len(proposal.tokens))
+        return kept, choices[kept]
+    assert proposal.draft_probs is not None
     for i, token in enumerate(proposal.tokens):
-        if chooser.greedy:
-            choice = int(torch.argmax(target_logits[i]))
-            if choice != token:
-                return i, choice
-            continue
         p = chooser.distribution(target_logits[i])
         q = proposal.draft_probs[i]
         if chooser.uniform() >= min(1.0, float(p[token] / q[token])):

@@ -58,8 +58,7 @@ class VerdictReader:
 
     def read(self, logits: torch.Tensor) -> Verdict:
         probs = torch.softmax(logits.float(), dim=-1)
-        accept = float(probs[self._accept].sum())
-        reject = float(probs[self._reject].sum())
+        accept, reject = torch.stack([probs[self._accept].sum(), probs[self._reject].sum()]).tolist()
         total = accept + reject
         return Verdict(p_accept=accept / total if total > 0 else 0.5)
 

@@ -95,9 +95,9 @@ def speculative_first_tokens(p: torch.Tensor, q: torch.Tensor, n: int, *, rule=v
     log_p, log_q = torch.log(p), torch.log(q)
     firsts = []
     for _ in range(n):
-        draft_probs = chooser.distribution(log_q)
+        draft_probs = chooser.distribution(log_q).clone()  # the chooser reuses its own buffer
         token = chooser.sample(draft_probs)
-        proposal = Proposal([token], [draft_probs], [0.0])
+        proposal = Proposal([token], [0.0], draft_probs=draft_probs[None])
         kept, extra = rule(torch.stack([log_p, log_p]), proposal, chooser)
         firsts.append(token if kept else extra)
     return firsts
