@@ -1,11 +1,13 @@
 """Per-token decode cost of the draft and the target, on the engine's own decode path.
 
     python benchmarks/token_cost.py [--draft ID --target ID] [--tokens 64] [--repeats 5]
+                                    [--fast-paths off,static]
 
 Step-level speculation pays only when a draft token is much cheaper than a target token, so
 this is the first number to know about a pair. It times `write_step` over a `ModelSession`
-(one forward pass per token, the CPU path the engine uses), after a warm-up, and reports the
-median milliseconds per token and the ratio.
+(one forward pass per token) on each fast path named, after a warm-up, and reports the
+median milliseconds per token and the target/draft ratio. The comparison of `off` and
+`static` on the CPU is what `fast_path="auto"` picks there by (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -17,19 +19,22 @@ import time
 import torch
 from transformers.utils import logging as hf_logging
 
-from langchain_confspec.config import build_config
+from langchain_confspec.config import FastPath, build_config
 from langchain_confspec.decoding import StopScanner, TokenChooser, write_step
-from langchain_confspec.loading import LoadedModel, load_model
+from langchain_confspec.engine import ConfSpecEngine
+from langchain_confspec.loading import load_model
 from langchain_confspec.session import ModelSession
 
 PROMPT = [{"role": "user", "content": "Mia has 27 shells. Mia finds 38 more. How many shells does Mia have now?"}]
 
 
-def ms_per_token(loaded: LoadedModel, tokens: int, repeats: int) -> float:
+def ms_per_token(engine: ConfSpecEngine, role: str, path: FastPath, tokens: int, repeats: int) -> float:
+    loaded = getattr(engine, role)
     chooser = TokenChooser(build_config())
     timings = []
     for repeat in range(repeats + 1):
-        session = ModelSession(loaded, loaded.render_prompt(PROMPT))
+        kv, _, _ = engine.fast_paths.backend(role, path)
+        session = ModelSession(loaded, loaded.render_prompt(PROMPT), kv=kv, context_length=engine.context[role])
         session.next_logits()  # prefill is not decode
         started = time.perf_counter()
         step = write_step(session, chooser, budget=tokens, delimiters=["\x00never"], stops=StopScanner([]))
@@ -45,17 +50,23 @@ def main() -> None:
     parser.add_argument("--target", default="confspec-demo-target")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fast-paths", default="off,static", help="comma-separated: off, static, graphs")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    costs = {}
-    for role, name in (("draft", args.draft), ("target", args.target)):
-        loaded = load_model(name, role=role)
+    engine = ConfSpecEngine(load_model(args.draft, role="draft"), load_model(args.target, role="target"))
+    paths = [FastPath(p) for p in args.fast_paths.split(",")]
+    costs: dict[str, dict[FastPath, float]] = {}
+    for role in ("draft", "target"):
+        loaded = getattr(engine, role)
         n_params = sum(p.numel() for p in loaded.model.parameters())
-        costs[role] = ms_per_token(loaded, args.tokens, args.repeats)
-        print(f"{role:6s} {name}: {n_params / 1e6:.2f}M parameters, {costs[role]:.2f} ms/token")
-    print(f"target/draft cost per token: {costs['target'] / costs['draft']:.2f}x")
-
+        costs[role] = {
+            p: ms_per_token(engine, role, engine.fast_paths.resolve(p, role).path, args.tokens, args.repeats) for p in paths
+        }
+        figures = ", ".join(f"{p.value} {ms:.2f}" for p, ms in costs[role].items())
+        print(f"{role:6s} {loaded.name}: {n_params / 1e6:.2f}M parameters, ms/token: {figures}")
+    for p in paths:
+        print(f"target/draft cost per token on {p.value}: {costs['target'][p] / costs['draft'][p]:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -1,9 +1,11 @@
-"""The invariants of docs/method.md, held on tiny random models."""
+"""The invariants of docs/method.md, held on tiny random models, on every fast path."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+from collections.abc import Callable
 
 from langchain_confspec import ConfSpecEngine, Decision, StepEnd, Writer, wrap_model
 from langchain_confspec.config import build_config
@@ -38,33 +40,50 @@ def greedy_reference(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> s
     return loaded.tokenizer.decode(output[0, len(prompt_ids) :], skip_special_tokens=True)
 
 
+EngineOn = Callable[[ConfSpecEngine, str], ConfSpecEngine]
+
+
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_target_only_equals_target_greedy(tiny_engine: ConfSpecEngine, prompt: str) -> None:
-    result = tiny_engine.generate(turns(prompt), build_config(mode="target_only", max_tokens=48, max_step_tokens=7))
+def test_target_only_equals_target_greedy(tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str, prompt: str) -> None:
+    engine = engine_on(tiny_engine, fast_path)
+    config = build_config(mode="target_only", max_tokens=48, max_step_tokens=7, fast_path=fast_path)
+    result = engine.generate(turns(prompt), config)
     assert result.text == greedy_reference(tiny_engine.target, prompt, 48)
     assert all(r.writer is Writer.TARGET for r in result.records)
+    assert result.summary.target.fast_path == fast_path
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_draft_only_equals_draft_greedy(tiny_engine: ConfSpecEngine, prompt: str) -> None:
-    result = tiny_engine.generate(turns(prompt), build_config(mode="draft_only", max_tokens=48, max_step_tokens=9))
+def test_draft_only_equals_draft_greedy(tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str, prompt: str) -> None:
+    engine = engine_on(tiny_engine, fast_path)
+    config = build_config(mode="draft_only", max_tokens=48, max_step_tokens=9, fast_path=fast_path)
+    result = engine.generate(turns(prompt), config)
     assert result.text == greedy_reference(tiny_engine.draft, prompt, 48)
     assert all(r.writer is Writer.DRAFT for r in result.records)
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_confspec_with_rejecting_target_equals_target_only(tiny_engine: ConfSpecEngine, prompt: str) -> None:
-    never = build_config(mode="confspec", max_tokens=48, max_step_tokens=6, accept_threshold=1.5, target_accept_threshold=2.0)
-    result = tiny_engine.generate(turns(prompt), never)
-    reference = tiny_engine.generate(turns(prompt), build_config(mode="target_only", max_tokens=48, max_step_tokens=6))
+def test_confspec_with_rejecting_target_equals_target_only(
+    tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str, prompt: str
+) -> None:
+    engine = engine_on(tiny_engine, fast_path)
+    never = build_config(
+        mode="confspec", max_tokens=48, max_step_tokens=6, accept_threshold=1.5, target_accept_threshold=2.0, fast_path=fast_path
+    )
+    result = engine.generate(turns(prompt), never)
+    reference = engine.generate(turns(prompt), build_config(mode="target_only", max_tokens=48, max_step_tokens=6, fast_path="off"))
     assert result.text == reference.text
     rejected = [r for r in result.records if r.decision in (Decision.REJECTED_BY_TARGET, Decision.REJECTED_BY_DRAFT)]
     assert rejected, "every step should have been rejected and rewritten"
     assert all(r.writer is Writer.TARGET and r.regenerated and r.rejected_text is not None for r in rejected)
 
 
-def test_escalated_steps_accepted_by_target_keep_the_draft_text(tiny_engine: ConfSpecEngine) -> None:
+def test_escalated_steps_accepted_by_target_keep_the_draft_text(
+    tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str
+) -> None:
+    engine = engine_on(tiny_engine, fast_path)
     config = build_config(
+        fast_path=fast_path,
         mode="confspec",
         max_tokens=40,
         max_step_tokens=8,
@@ -72,16 +91,19 @@ def test_escalated_steps_accepted_by_target_keep_the_draft_text(tiny_engine: Con
         reject_threshold=1.5,
         target_accept_threshold=0.0,
     )
-    result = tiny_engine.generate(turns(PROMPTS[0]), config)
+    result = engine.generate(turns(PROMPTS[0]), config)
     assert {r.decision for r in result.records} == {Decision.ACCEPTED_BY_TARGET}
     assert all(r.escalated and r.target_confidence is not None for r in result.records)
-    draft_alone = tiny_engine.generate(turns(PROMPTS[0]), build_config(mode="draft_only", max_tokens=40, max_step_tokens=8))
+    draft_alone = engine.generate(turns(PROMPTS[0]), build_config(fast_path=fast_path, mode="draft_only", max_tokens=40, max_step_tokens=8))
     assert result.text == draft_alone.text
 
 
-def test_confident_draft_accepts_without_asking_the_target(tiny_engine: ConfSpecEngine) -> None:
-    config = build_config(mode="confspec", max_tokens=40, max_step_tokens=8, accept_threshold=0.0, reject_threshold=0.0)
-    result = tiny_engine.generate(turns(PROMPTS[1]), config)
+def test_confident_draft_accepts_without_asking_the_target(
+    tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str
+) -> None:
+    engine = engine_on(tiny_engine, fast_path)
+    config = build_config(fast_path=fast_path, mode="confspec", max_tokens=40, max_step_tokens=8, accept_threshold=0.0, reject_threshold=0.0)
+    result = engine.generate(turns(PROMPTS[1]), config)
     assert not any(r.escalated for r in result.records)
     assert all(r.draft_confidence is not None for r in result.records)
     assert result.summary.escalation_rate == 0.0
@@ -93,14 +115,20 @@ def test_confident_draft_accepts_without_asking_the_target(tiny_engine: ConfSpec
     )
 
 
-def test_always_verify_asks_the_target_about_every_step(tiny_engine: ConfSpecEngine) -> None:
-    result = tiny_engine.generate(turns(PROMPTS[2]), build_config(mode="always_verify", max_tokens=32, max_step_tokens=8))
+def test_always_verify_asks_the_target_about_every_step(
+    tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str
+) -> None:
+    engine = engine_on(tiny_engine, fast_path)
+    result = engine.generate(turns(PROMPTS[2]), build_config(fast_path=fast_path, mode="always_verify", max_tokens=32, max_step_tokens=8))
     assert result.records and all(r.escalated and r.draft_confidence is None for r in result.records)
     assert result.summary.escalation_rate == 1.0
 
 
 @pytest.mark.parametrize("mode", ["confspec", "always_verify", "target_only", "draft_only"])
-def test_forward_tokens_grow_linearly_with_answer_length(tiny_engine: ConfSpecEngine, mode: str) -> None:
+def test_forward_tokens_grow_linearly_with_answer_length(
+    tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str, mode: str
+) -> None:
+    engine = engine_on(tiny_engine, fast_path)
     """Each model reads every token once, plus verification suffixes and rejected steps."""
     suffix = {
         role: len(tiny_engine.__getattribute__(role).tokenizer.encode(build_config().verification_suffix))
@@ -108,7 +136,7 @@ def test_forward_tokens_grow_linearly_with_answer_length(tiny_engine: ConfSpecEn
     }
     totals = []
     for max_tokens in (16, 64, 160):
-        result = tiny_engine.generate(turns(PROMPTS[3]), build_config(mode=mode, max_tokens=max_tokens, max_step_tokens=8))
+        result = engine.generate(turns(PROMPTS[3]), build_config(fast_path=fast_path, mode=mode, max_tokens=max_tokens, max_step_tokens=8))
         s, records = result.summary, result.records
         assert sum(r.n_tokens for r in records) == max_tokens  # random models rarely stop early
         judged_by_draft = sum(r.draft_confidence is not None for r in records)
@@ -127,9 +155,12 @@ def test_forward_tokens_grow_linearly_with_answer_length(tiny_engine: ConfSpecEn
     assert totals[2] < 2.6 * totals[1]
 
 
-def test_stop_string_straddling_tokens_stops_generation(tiny_engine: ConfSpecEngine) -> None:
-    config = build_config(mode="target_only", max_tokens=60, max_step_tokens=60)
-    full = tiny_engine.generate(turns(PROMPTS[0]), config)
+def test_stop_string_straddling_tokens_stops_generation(
+    tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str
+) -> None:
+    engine = engine_on(tiny_engine, fast_path)
+    config = build_config(fast_path=fast_path, mode="target_only", max_tokens=60, max_step_tokens=60)
+    full = engine.generate(turns(PROMPTS[0]), config)
     tokenizer = tiny_engine.target.tokenizer
     # Choose a stop string that begins inside one token and ends inside a later one.
     answer_ids = tokenizer.encode(full.text, add_special_tokens=False)
@@ -139,36 +170,42 @@ def test_stop_string_straddling_tokens_stops_generation(tiny_engine: ConfSpecEng
     stop = full.text[offset + 1 : offset + len(pieces[boundary - 1]) + 1]
     assert stop not in pieces
     start = full.text.index(stop)
-    stopped = tiny_engine.generate(turns(PROMPTS[0]), build_config(mode="target_only", max_tokens=60, max_step_tokens=60, stop=[stop]))
+    stopped = engine.generate(turns(PROMPTS[0]), build_config(fast_path=fast_path, mode="target_only", max_tokens=60, max_step_tokens=60, stop=[stop]))
     assert stopped.text == full.text[:start]
     assert stopped.summary.finish_reason == "stop"
     assert stopped.records[-1].end is StepEnd.STOP
     assert stopped.summary.target.tokens_written < len(answer_ids)
 
 
-def test_mismatched_tokenizers_travel_as_text() -> None:
+def test_mismatched_tokenizers_travel_as_text(engine_on: EngineOn, fast_path: str) -> None:
     draft_tokenizer = build_tokenizer(vocab_size=200)
     target_tokenizer = build_tokenizer()
-    engine = ConfSpecEngine(
-        wrap_model(build_model(draft_tokenizer, seed=3), draft_tokenizer, role="draft", name="draft"),
-        wrap_model(build_model(target_tokenizer, hidden_size=64, num_layers=3, seed=4), target_tokenizer, role="target", name="target"),
+    engine = engine_on(
+        ConfSpecEngine(
+            wrap_model(build_model(draft_tokenizer, seed=3), draft_tokenizer, role="draft", name="draft"),
+            wrap_model(build_model(target_tokenizer, hidden_size=64, num_layers=3, seed=4), target_tokenizer, role="target", name="target"),
+        ),
+        fast_path,
     )
     assert not engine.shared_vocabulary
-    never = build_config(mode="confspec", max_tokens=40, max_step_tokens=8, accept_threshold=1.5, target_accept_threshold=2.0)
+    never = build_config(fast_path=fast_path, mode="confspec", max_tokens=40, max_step_tokens=8, accept_threshold=1.5, target_accept_threshold=2.0)
     result = engine.generate(turns(PROMPTS[1]), never)
-    reference = engine.generate(turns(PROMPTS[1]), build_config(mode="target_only", max_tokens=40, max_step_tokens=8))
+    reference = engine.generate(turns(PROMPTS[1]), build_config(fast_path=fast_path, mode="target_only", max_tokens=40, max_step_tokens=8))
     assert result.text == reference.text
-    accept_all = build_config(mode="confspec", max_tokens=40, max_step_tokens=8, accept_threshold=1.5, reject_threshold=1.5, target_accept_threshold=0.0)
+    accept_all = build_config(fast_path=fast_path, mode="confspec", max_tokens=40, max_step_tokens=8, accept_threshold=1.5, reject_threshold=1.5, target_accept_threshold=0.0)
     accepted = engine.generate(turns(PROMPTS[1]), accept_all)
-    assert accepted.text == engine.generate(turns(PROMPTS[1]), build_config(mode="draft_only", max_tokens=40, max_step_tokens=8)).text
+    assert accepted.text == engine.generate(turns(PROMPTS[1]), build_config(fast_path=fast_path, mode="draft_only", max_tokens=40, max_step_tokens=8)).text
     # The target read the draft's steps re-tokenised with its own vocabulary.
     assert accepted.summary.target.forward_tokens > accepted.summary.target.prompt_tokens
 
 
-def test_seeded_sampling_is_repeatable_and_differs_from_greedy(tiny_engine: ConfSpecEngine) -> None:
-    sampled = build_config(mode="confspec", max_tokens=40, temperature=1.0, top_p=0.9, seed=7)
-    first = tiny_engine.generate(turns(PROMPTS[4]), sampled)
-    again = tiny_engine.generate(turns(PROMPTS[4]), sampled)
-    greedy = tiny_engine.generate(turns(PROMPTS[4]), build_config(mode="confspec", max_tokens=40))
+def test_seeded_sampling_is_repeatable_and_differs_from_greedy(
+    tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str
+) -> None:
+    engine = engine_on(tiny_engine, fast_path)
+    sampled = build_config(fast_path=fast_path, mode="confspec", max_tokens=40, temperature=1.0, top_p=0.9, seed=7)
+    first = engine.generate(turns(PROMPTS[4]), sampled)
+    again = engine.generate(turns(PROMPTS[4]), sampled)
+    greedy = engine.generate(turns(PROMPTS[4]), build_config(fast_path=fast_path, mode="confspec", max_tokens=40))
     assert first.text == again.text
     assert first.text != greedy.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -42,11 +43,14 @@ def related_engine() -> ConfSpecEngine:
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 @pytest.mark.parametrize("engine_name", ["tiny_engine", "related_engine"])
-def test_greedy_speculation_gives_the_targets_own_text(prompt: str, engine_name: str, request: pytest.FixtureRequest) -> None:
-    engine: ConfSpecEngine = request.getfixturevalue(engine_name)
-    plain = engine.generate(turns(prompt), build_config(mode="target_only", max_tokens=48, max_step_tokens=11))
+def test_greedy_speculation_gives_the_targets_own_text(
+    prompt: str, engine_name: str, fast_path: str, engine_on: Callable[[ConfSpecEngine, str], ConfSpecEngine], request: pytest.FixtureRequest
+) -> None:
+    engine = engine_on(request.getfixturevalue(engine_name), fast_path)
+    plain = engine.generate(turns(prompt), build_config(mode="target_only", max_tokens=48, max_step_tokens=11, fast_path="off"))
     spec = engine.generate(
-        turns(prompt), build_config(mode="target_only", max_tokens=48, max_step_tokens=11, token_speculation=True)
+        turns(prompt),
+        build_config(mode="target_only", max_tokens=48, max_step_tokens=11, token_speculation=True, fast_path=fast_path),
     )
     assert spec.text == plain.text
     stats = [r.token_speculation for r in spec.records]
@@ -68,11 +72,14 @@ def test_a_related_draft_saves_target_passes(related_engine: ConfSpecEngine) -> 
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_confspec_rewrites_with_speculation_match_target_only(related_engine: ConfSpecEngine, seed: int) -> None:
+def test_confspec_rewrites_with_speculation_match_target_only(
+    related_engine: ConfSpecEngine, engine_on: Callable[[ConfSpecEngine, str], ConfSpecEngine], fast_path: str, seed: int
+) -> None:
+    engine = engine_on(related_engine, fast_path)
     prompt = PROMPTS[seed]
     never = {"accept_threshold": 2.0, "target_accept_threshold": 2.0, "max_tokens": 40, "max_step_tokens": 8}
-    reference = related_engine.generate(turns(prompt), build_config(mode="target_only", max_tokens=40, max_step_tokens=8))
-    spec = related_engine.generate(turns(prompt), build_config(mode="confspec", token_speculation=True, **never))
+    reference = engine.generate(turns(prompt), build_config(mode="target_only", max_tokens=40, max_step_tokens=8, fast_path="off"))
+    spec = engine.generate(turns(prompt), build_config(mode="confspec", token_speculation=True, fast_path=fast_path, **never))
     assert spec.text == reference.text
     assert all(r.writer is Writer.TARGET and r.token_speculation is not None for r in spec.records)
 
