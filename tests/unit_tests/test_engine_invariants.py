@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
-
-from collections.abc import Callable
 
 from langchain_confspec import ConfSpecEngine, Decision, StepEnd, Writer, wrap_model
 from langchain_confspec.config import build_config

@@ -9,7 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from langchain_confspec import ConfigurationError, ConfSpecChatModel, ConfSpecEngine, wrap_model
+from langchain_confspec import (
+    ConfigurationError,
+    ConfSpecChatModel,
+    ConfSpecEngine,
+    wrap_model,
+)
 from langchain_confspec.config import build_config
 from langchain_confspec.cuda_graphs import EagerRehearsal
 from langchain_confspec.engine import _Generation
