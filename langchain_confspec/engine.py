@@ -24,6 +24,7 @@ from langchain_confspec.decoding import (
     StopScanner,
     TokenChooser,
     WrittenStep,
+    token_texts,
     write_step,
 )
 from langchain_confspec.errors import (
@@ -121,9 +122,12 @@ class ConfSpecEngine:
         self._lock = FairLock()
 
     def warmup(self, fast_path: FastPath | str = FastPath.AUTO) -> list[WarmupReport]:
-        """Allocate static caches and capture graphs for `fast_path` now, so that no call pays
-        for them; one report per model. Waits for a generation in progress."""
+        """Allocate static caches and capture graphs for `fast_path` now, and build each
+        tokenizer's token-text table, so that no call pays for them; one report per model.
+        Waits for a generation in progress."""
         with self._lock, _model_failures():
+            for loaded in (self.draft, self.target):
+                token_texts(loaded.tokenizer)
             return self.fast_paths.warm_up(FastPath(fast_path))
 
     def run(

@@ -174,6 +174,15 @@ class StaticRunner:
         logger.info("%s: graphs captured for pass lengths %s in %.1f s", self.loaded.name, lengths, self.report.seconds)
         return self.report
 
+    def replay_decode(self, count: int) -> None:
+        """Replay the captured one-token step `count` times back to back from slot 0, with no
+        host work between: the floor under the engine's decode loop (for benchmarks)."""
+        with torch.inference_mode():
+            self.cache.lengths.zero_()
+            self._length = None
+            for _ in range(count):
+                self._replays[1]()
+
     def abandon_graphs(self) -> None:
         """Forget a warm-up that failed part way: eager passes only, cache position unknown."""
         self.graphs_ready = False

@@ -1,0 +1,35 @@
+"""`benchmarks/gpu.py --smoke`: the GPU benchmark's own code, on tiny CPU models, so it never rots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_gpu_benchmark_runs_every_section_in_smoke_mode(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"decode", "passes", "pair", "bundled", "warmup"} <= set(results)
+    for row in results["decode"]:
+        assert 0 < row["bare_graph_step_ms"] and 0 < row["engine_graphs_ms"] and 0 < row["engine_off_ms"]
+    assert {r["tokens"] for r in results["passes"]} == {8, 64, 300}
+    patterns = results["pair"]["patterns"]
+    for pattern in patterns:  # the scripted acceptance pattern is the one that ran
+        assert pattern["kept_by_draft"] + pattern["escalated"] == pattern["steps"]
+        assert abs(pattern["kept_by_draft"] / pattern["steps"] - pattern["draft_keeps"]) <= 1 / pattern["steps"]
+        assert pattern["predicted_seconds"] > 0 and pattern["seconds"] > 0
+    assert [p["kept_by_draft"] for p in patterns] == sorted(p["kept_by_draft"] for p in patterns)
+    bundled = results["bundled"]
+    for row in bundled["rows"]:  # the graph path (rehearsed) answers exactly as the dynamic one
+        assert row["identical_to_off"] == bundled["problems"], row
+    markdown = (tmp_path / "results.md").read_text()
+    for heading in ("## Decode", "## Multi-token passes", "fixed acceptance", "## The bundled pair", "## Warm-up"):
+        assert heading in markdown
