@@ -201,13 +201,18 @@ def bare_step_ms(plan: Plan, runner: StaticRunner, tokens: int) -> float:
     return 1000 * median_seconds(plan, lambda: runner.replay_decode(tokens), plan.repeats) / tokens
 
 
+def hf_cache_len(plan: Plan, ids: torch.Tensor) -> int:
+    """One static-cache length for every HF run, so its compiled forward is compiled once per model."""
+    return ids.shape[1] + max(plan.answer_tokens, 64) + 8
+
+
 def hf_ms_per_token(plan: Plan, loaded: LoadedModel, *, static: bool, new: int) -> float:
     """HF `generate` per token: (time for `new` tokens - time for 1) / (new - 1). With a static
     cache it compiles the forward itself on CUDA (auto-compile)."""
     ids = torch.tensor([loaded.render_prompt(prompt_turns(plan.prompt_words))], device=plan.device)
 
     def generate(n: int) -> None:
-        cache = StaticCache(config=loaded.model.config, max_cache_len=ids.shape[1] + new + 8) if static else None
+        cache = StaticCache(config=loaded.model.config, max_cache_len=hf_cache_len(plan, ids)) if static else None
         with torch.inference_mode():
             loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                                   do_sample=False, past_key_values=cache, pad_token_id=0)  # fmt: skip
@@ -367,7 +372,7 @@ def hf_answer_seconds(plan: Plan, engine: ConfSpecEngine, turns: list[dict[str, 
     ids = torch.tensor([target.render_prompt(turns)], device=plan.device)
 
     def generate() -> None:
-        cache = StaticCache(config=target.model.config, max_cache_len=ids.shape[1] + plan.answer_tokens + 8) if static else None
+        cache = StaticCache(config=target.model.config, max_cache_len=hf_cache_len(plan, ids)) if static else None
         with torch.inference_mode():
             target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=plan.answer_tokens,
                                   min_new_tokens=plan.answer_tokens, do_sample=False, pad_token_id=0,

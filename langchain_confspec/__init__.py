@@ -10,7 +10,8 @@ import logging
 from langchain_confspec.audit import AuditEntry, ConfSpecAuditHandler, read_audit_log
 from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT
 from langchain_confspec.chat_model import ChatConfSpec, ConfSpecChatModel
-from langchain_confspec.config import Mode, SpecConfig, VerificationStyle
+from langchain_confspec.config import FastPath, Mode, SpecConfig, VerificationStyle
+from langchain_confspec.cuda_graphs import CudaGraphCapture
 from langchain_confspec.engine import ConfSpecEngine, RunResult
 from langchain_confspec.errors import (
     ConfigurationError,
@@ -31,6 +32,7 @@ from langchain_confspec.records import (
     StepRecord,
     Writer,
 )
+from langchain_confspec.static_runner import WarmupReport
 
 # Library convention: log through per-module loggers, print nothing unless the application
 # configures logging (e.g. logging.basicConfig(level=logging.DEBUG) shows every step).
@@ -47,7 +49,9 @@ __all__ = [
     "ConfSpecError",
     "ConfigurationError",
     "ContextLengthError",
+    "CudaGraphCapture",
     "Decision",
+    "FastPath",
     "InvalidMessagesError",
     "LoadedModel",
     "Mode",
@@ -62,6 +66,7 @@ __all__ = [
     "TokenizerMismatchError",
     "UnsupportedSchemaError",
     "VerificationStyle",
+    "WarmupReport",
     "Writer",
     "load_model",
     "read_audit_log",

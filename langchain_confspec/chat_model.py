@@ -145,6 +145,13 @@ class ConfSpecChatModel(BaseChatModel):
         # Answer(value=30, unit='mph')
         ```
 
+    GPU fast path (static KV caches and CUDA graphs, `fast_path="auto"` by default):
+        ```python
+        model = ConfSpecChatModel(..., device_map="cuda", max_context=4096)
+        model.warmup()  # compile and capture now, not in the first call
+        message.response_metadata["confspec"]["summary"]["target"]["fast_path"]  # "graphs"
+        ```
+
     Token usage:
         ```python
         message.usage_metadata

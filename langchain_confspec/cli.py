@@ -84,6 +84,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-map", default=None, help='e.g. "auto" to use GPUs')
     parser.add_argument("--dtype", default=None, help='e.g. "bfloat16"')
     parser.add_argument(
+        "--max-context", type=int, default=None, help="context window to use, in tokens (sizes the static KV caches)"
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. --set accept_threshold=0.9"
     )
 
@@ -91,7 +94,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 def _engine(args: argparse.Namespace) -> ConfSpecEngine:
     draft = load_model(args.draft, role="draft", device_map=args.device_map, torch_dtype=args.dtype)
     target = load_model(args.target, role="target", device_map=args.device_map, torch_dtype=args.dtype)
-    return ConfSpecEngine(draft, target)
+    return ConfSpecEngine(draft, target, max_context=args.max_context)
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -163,12 +166,13 @@ def _eval(args: argparse.Namespace) -> int:
             plans.insert(0, RunPlan(Mode.TARGET_ONLY))
         plans += [RunPlan(Mode.CONFSPEC, {swept[0]: value}) for value in swept[1]]
     engine = _engine(args)
-    engine.generate([{"role": "user", "content": "warm up"}], build_config(max_tokens=2))
+    settings = _settings(args)
+    engine.generate([{"role": "user", "content": "warm up"}], build_config(**{**settings, "max_tokens": 2}))
     report = evaluate(
         engine,
         items,
         plans,
-        base=_settings(args),
+        base=settings,
         check_step=None if args.data else check_step,
         progress=not args.no_progress,
     )

@@ -82,7 +82,8 @@ class ModeReport:
         return self.correct / self.n if self.n else 0.0
 
     def add(self, result: RunResult, correct: bool) -> None:
-        self.add_answer(result.summary.wall_time - result.summary.lock_wait, correct)
+        summary = result.summary
+        self.add_answer(summary.wall_time - summary.lock_wait - summary.warmup_time, correct)
         for writer, count in result.output_tokens_by_writer.items():
             self.tokens[writer] += count
         self.forward_passes["draft"] += result.summary.draft.forward_passes
