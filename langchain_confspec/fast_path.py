@@ -94,12 +94,11 @@ class FastPaths:
         """Get every model ready for `requested` now, so that no call pays for it."""
         reports = []
         for role, loaded in self.models.items():
-            path = self.resolve(requested, role).path
-            self.backend(role, path)
-            if role in self._runners:
-                reports.append(self._runners[role].report)
-            else:
+            _, path, _ = self.backend(role, self.resolve(requested, role).path)
+            if path is FastPath.OFF:
                 reports.append(WarmupReport(model=loaded.name, fast_path=path.value, cache_tokens=0, cache_mib=0.0))
+            else:
+                reports.append(self._runners[role].report)
         return reports
 
     def runner(self, role: str) -> StaticRunner | None:

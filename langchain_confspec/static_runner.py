@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from langchain_confspec.cuda_graphs import GraphCapture, Replay, timed
 from langchain_confspec.loading import LoadedModel
@@ -43,8 +43,10 @@ class WarmupReport(BaseModel):
     graph_mib: float = Field(default=0.0, description="Device memory the captured graphs keep (CUDA only).")
     captured_lengths: list[int] = Field(default_factory=list)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def seconds(self) -> float:
+        """All of it."""
         return self.allocate_seconds + self.decode_capture_seconds + self.passes_capture_seconds
 
 
