@@ -21,13 +21,11 @@ Replay = Callable[[], None]
 class GraphCapture(Protocol):
     """How a `StaticRunner` turns its pass functions into replayable ones."""
 
-    name: str
-
     def available(self, device: torch.device) -> bool: ...
 
     def compile(self, module: torch.nn.Module) -> Callable[..., object]: ...
 
-    def capture(self, fn: Callable[[], None], pool: object, *, reset: Callable[[], object]) -> Replay: ...
+    def capture(self, fn: Callable[[], None], pool: object, *, reset: Callable[[], object], device: torch.device) -> Replay: ...
 
     def new_pool(self, device: torch.device) -> object: ...
 
@@ -37,8 +35,6 @@ class CudaGraphCapture:
     static shapes) before the one-token step is captured: 31-35 s once per model on the H100,
     for 1.67 instead of 3.0 ms/token at 0.5B and 7.52 instead of 8.9 at 7B
     (docs/performance.md). Multi-token passes are captured uncompiled (about a second)."""
-
-    name = "cuda"
 
     def __init__(self, *, compile_decode: bool = True, warmup_runs: int = 3) -> None:
         self.compile_decode = compile_decode
@@ -50,22 +46,29 @@ class CudaGraphCapture:
     def compile(self, module: torch.nn.Module) -> Callable[..., object]:
         return torch.compile(module, dynamic=False) if self.compile_decode else module
 
-    def capture(self, fn: Callable[[], None], pool: object, *, reset: Callable[[], object]) -> Replay:
+    def capture(self, fn: Callable[[], None], pool: object, *, reset: Callable[[], object], device: torch.device) -> Replay:
         # Warm up on a side stream (compilation and lazy initialisation happen here, not in
         # the graph), then record one run; replays rerun exactly those kernels. `reset` puts
-        # the state `fn` advances back before each run; it is never recorded.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup_runs):
-                reset()
+        # the state `fn` advances back before each run; it is never recorded. Everything,
+        # replays included, runs on the model's device, whichever device is current.
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup_runs):
+                    reset()
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            reset()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
                 fn()
-        torch.cuda.current_stream().wait_stream(side)
-        reset()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            fn()
-        return graph.replay
+
+        def replay() -> None:
+            with torch.cuda.device(device):
+                graph.replay()
+
+        return replay
 
     def new_pool(self, device: torch.device) -> object:
         with torch.cuda.device(device):
@@ -75,15 +78,13 @@ class CudaGraphCapture:
 class EagerRehearsal:
     """Runs pass functions as they are: the graph path without CUDA graphs."""
 
-    name = "eager-rehearsal"
-
     def available(self, device: torch.device) -> bool:
         return True
 
     def compile(self, module: torch.nn.Module) -> Callable[..., object]:
         return module
 
-    def capture(self, fn: Callable[[], None], pool: object, *, reset: Callable[[], object]) -> Replay:
+    def capture(self, fn: Callable[[], None], pool: object, *, reset: Callable[[], object], device: torch.device) -> Replay:
         return fn
 
     def new_pool(self, device: torch.device) -> object:

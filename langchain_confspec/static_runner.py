@@ -200,7 +200,7 @@ class StaticRunner:
         def run() -> None:
             rows[:length].copy_(self._pass(forward, inputs, self.max_len, length))
 
-        self._replays[length] = self.capture.capture(run, pool, reset=self.cache.lengths.zero_)
+        self._replays[length] = self.capture.capture(run, pool, reset=self.cache.lengths.zero_, device=self.device)
 
     def _device_memory(self) -> int:
         return torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
