@@ -106,6 +106,7 @@ class FastPaths:
 
     def _warm_up_graphs(self, role: str, runner: StaticRunner) -> float:
         device = self.models[role].device
+        logger.info("%s model: capturing CUDA graphs once (model.warmup() does this ahead of the first call)", role)
         try:
             return timed(device, runner.warm_up_graphs)
         except (RuntimeError, AssertionError) as error:  # capture refused this model: stay eager

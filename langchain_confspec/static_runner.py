@@ -42,6 +42,7 @@ class WarmupReport(BaseModel):
     passes_capture_seconds: float = Field(default=0.0, description="Capturing the multi-token passes.")
     graph_mib: float = Field(default=0.0, description="Device memory the captured graphs keep (CUDA only).")
     captured_lengths: list[int] = Field(default_factory=list)
+    decode_compiled: bool = Field(default=False, description="Whether the captured one-token step was compiled first.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -154,13 +155,17 @@ class StaticRunner:
             lengths = [1, *(b for b in PASS_BUCKETS if b <= self.max_len)]
             for length in lengths:
                 self._inputs[length] = torch.zeros((1, length), dtype=torch.long, device=self.device)
-            decode = self.capture.compile(self.model)
-            seconds = {}
-            for length in lengths:
-                forward = decode if length == 1 else self.model
-                seconds[length] = timed(
-                    self.device, lambda length=length, forward=forward: self._capture(length, forward, pool)
-                )
+            seconds = {
+                length: timed(self.device, lambda length=length: self._capture(length, self.model, pool))
+                for length in lengths[1:]
+            }
+            compiled = self.capture.compile(self.model)
+            try:
+                seconds[1] = timed(self.device, lambda: self._capture(1, compiled, pool))
+            except RuntimeError as error:  # no compiler here (e.g. no Triton): capture it as it is
+                logger.warning("%s: compiling the decode step failed (%s); capturing it uncompiled", self.loaded.name, error)
+                compiled = self.model
+                seconds[1] = timed(self.device, lambda: self._capture(1, self.model, pool))
             self.cache.lengths.zero_()
             self._length = 0
         self.graphs_ready = True
@@ -171,6 +176,7 @@ class StaticRunner:
                 "passes_capture_seconds": sum(s for n, s in seconds.items() if n > 1),
                 "graph_mib": (self._device_memory() - memory_before) / 2**20,
                 "captured_lengths": lengths,
+                "decode_compiled": compiled is not self.model,
             }
         )
         logger.info("%s: graphs captured for pass lengths %s in %.1f s", self.loaded.name, lengths, self.report.seconds)
