@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -37,7 +37,7 @@ from langchain_confspec.errors import (
 from langchain_confspec.fair_lock import FairLock
 from langchain_confspec.fast_path import FastPaths, ModelPath
 from langchain_confspec.gate import GateAction, gate, target_accepts
-from langchain_confspec.loading import LoadedModel, same_vocabulary
+from langchain_confspec.loading import LoadedModel, rollback_problem, same_vocabulary
 from langchain_confspec.records import (
     Decision,
     ModelCounters,
@@ -65,6 +65,13 @@ class Constraint:
 
     plan: Node
     span: Span
+
+
+class StepBudget(NamedTuple):
+    """How many tokens the next step may take, and whether filling them ends the answer."""
+
+    tokens: int
+    ends_answer: bool
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,9 @@ class ConfSpecEngine:
             role: min(loaded.context_length, max_context or loaded.context_length)
             for role, loaded in (("draft", draft), ("target", target))
         }
+        for role, loaded in (("draft", draft), ("target", target)):
+            if (problem := rollback_problem(loaded.model, self.context[role])) is not None:
+                raise ConfigurationError(f"The {role} model {loaded.name!r} cannot be used: {problem}.")
         self.fast_paths = FastPaths({"draft": draft, "target": target}, self.context, graph_capture or CudaGraphCapture())
         self._lock = FairLock()
 
@@ -216,12 +226,19 @@ class _Generation:
             )
         uses_draft = config.mode is not Mode.TARGET_ONLY or config.token_speculation
         uses_target = config.mode is not Mode.DRAFT_ONLY
-        self._prompts = {
-            role: self._prompt(engine, role, turns, tools)
-            for role, used in (("draft", uses_draft), ("target", uses_target))
-            if used
+        self._used = [role for role, used in (("draft", uses_draft), ("target", uses_target)) if used]
+        self._prompts: dict[str, list[int]] = {}  # every model whose window holds the prompt
+        for role in ("draft", "target"):
+            try:
+                self._prompts[role] = self._prompt(engine, role, turns, tools)
+            except ContextLengthError:
+                if role in self._used:
+                    raise
+        self._reserve = {  # room kept for a verification suffix in every mode: one budget rule
+            role: len(getattr(engine, role).tokenizer.encode(config.verification_suffix, add_special_tokens=False))
+            for role in self._prompts
         }
-        self._paths = {role: engine.fast_paths.resolve(config.fast_path, role) for role in self._prompts}
+        self._paths = {role: engine.fast_paths.resolve(config.fast_path, role) for role in self._used}
         self.draft: ModelSession | None = None
         self.target: ModelSession | None = None
         steps_are_judged = config.mode in (Mode.CONFSPEC, Mode.ALWAYS_VERIFY)
@@ -232,7 +249,7 @@ class _Generation:
         self.records: list[StepRecord] = []
         self.tokens_used = 0
         self.finish_reason: str | None = None
-        self._write_step: Callable[[int, _PhaseClock], StepRecord] = {
+        self._write_step: Callable[[StepBudget, _PhaseClock], StepRecord] = {
             Mode.TARGET_ONLY: self._target_only_step,
             Mode.DRAFT_ONLY: self._draft_only_step,
             Mode.CONFSPEC: self._speculative_step,
@@ -257,8 +274,8 @@ class _Generation:
     def open_sessions(self) -> None:
         """Open each model's session on its path, warming the path up if this call is the
         first to need it. Runs under the engine's lock: static caches are shared."""
-        for role, prompt in self._prompts.items():
-            setattr(self, role, self._open(role, prompt, self._paths[role]))
+        for role in self._used:
+            setattr(self, role, self._open(role, self._prompts[role], self._paths[role]))
 
     def _open(self, role: str, prompt: list[int], path: ModelPath) -> ModelSession:
         kv, resolved, warmup_seconds = self.engine.fast_paths.backend(role, path.path)
@@ -276,7 +293,7 @@ class _Generation:
     def steps(self) -> Iterator[StepRecord]:
         while self.finish_reason is None:
             budget = self._step_budget()
-            if budget <= 0:
+            if budget.tokens <= 0:
                 self.finish_reason = "length"
                 break
             clock = _PhaseClock()
@@ -313,28 +330,36 @@ class _Generation:
 
     # -- budgets -------------------------------------------------------------------------
 
-    def _step_budget(self) -> int:
-        """Tokens the next step may use: the answer budget, the step cap (not for a constrained
-        span, which is the whole answer), and context room."""
-        budget = self.config.max_tokens - self.tokens_used
-        if self.constraint is None:
-            budget = min(budget, self.config.max_step_tokens)
-        for session, reader in ((self.draft, self.draft_reader), (self.target, self.target_reader)):
-            if session is not None:
-                reserve = len(reader.suffix_ids) if reader else 0
-                budget = min(budget, session.room - reserve)
-        return budget
+    def _step_budget(self) -> StepBudget:
+        """Tokens the next step may use, by one rule for every mode: the answer's budget, each
+        model's room with a verification suffix to spare (estimated for a model this mode does
+        not use), and the step cap (not for a constrained span, which is the whole answer). A
+        step that fills a limit other than the step cap ends the answer."""
+        limits = [self.config.max_tokens - self.tokens_used]
+        for role, prompt in self._prompts.items():
+            session: ModelSession | None = getattr(self, role)
+            room = session.room if session is not None else self.engine.context[role] - len(prompt) - self.tokens_used
+            limits.append(room - self._reserve[role])
+        answer_limit = min(limits)
+        if self.constraint is not None:
+            return StepBudget(answer_limit, ends_answer=True)
+        return StepBudget(min(answer_limit, self.config.max_step_tokens), ends_answer=answer_limit <= self.config.max_step_tokens)
 
     # -- one step per mode ---------------------------------------------------------------
 
-    def _write(self, session: ModelSession, budget: int) -> WrittenStep:
+    def _write(self, session: ModelSession, budget: StepBudget) -> WrittenStep:
         if self.constraint is not None:
-            return write_json(session, self.chooser, self.constraint.plan, budget=budget)
+            return write_json(session, self.chooser, self.constraint.plan, budget=budget.tokens)
         return write_step(
-            session, self.chooser, budget=budget, delimiters=self.config.step_delimiters, stops=self.stops
+            session,
+            self.chooser,
+            budget=budget.tokens,
+            delimiters=self.config.step_delimiters,
+            stops=self.stops,
+            final=budget.ends_answer,
         )
 
-    def _write_as_target(self, budget: int) -> tuple[WrittenStep, TokenSpeculation | None]:
+    def _write_as_target(self, budget: StepBudget) -> tuple[WrittenStep, TokenSpeculation | None]:
         """The target writes a step; with token speculation the draft proposes ahead of it and
         both sessions end holding the step."""
         assert self.target is not None
@@ -346,24 +371,25 @@ class _Generation:
             self.draft,
             self.chooser,
             self.engine.depth_policy,
-            budget=budget,
+            budget=budget.tokens,
             delimiters=self.config.step_delimiters,
             stops=self.stops,
+            final=budget.ends_answer,
             samples=self.engine.depth_samples,
         )
 
-    def _target_only_step(self, budget: int, clock: _PhaseClock) -> StepRecord:
+    def _target_only_step(self, budget: StepBudget, clock: _PhaseClock) -> StepRecord:
         with clock.phase("target_write"):
             step, speculation = self._write_as_target(budget)
         return self._record(step, Writer.TARGET, Decision.UNVERIFIED, token_speculation=speculation)
 
-    def _draft_only_step(self, budget: int, clock: _PhaseClock) -> StepRecord:
+    def _draft_only_step(self, budget: StepBudget, clock: _PhaseClock) -> StepRecord:
         assert self.draft is not None
         with clock.phase("draft_write"):
             step = self._write(self.draft, budget)
         return self._record(step, Writer.DRAFT, Decision.UNVERIFIED)
 
-    def _speculative_step(self, budget: int, clock: _PhaseClock) -> StepRecord:
+    def _speculative_step(self, budget: StepBudget, clock: _PhaseClock) -> StepRecord:
         """Draft proposes; the gate (or, in always_verify, the target) decides its fate."""
         draft, target = self.draft, self.target
         assert draft is not None and target is not None and self.target_reader is not None
@@ -442,7 +468,7 @@ class _Generation:
         return StepRecord(
             index=len(self.records),
             text=text,
-            n_tokens=len(step.ids),
+            n_tokens=step.n_tokens,
             writer=writer,
             decision=decision,
             end=step.end,

@@ -56,7 +56,7 @@ class FastPaths:
             return ModelPath(FastPath.OFF)
         loaded = self.models[role]
         try:
-            check_static_support(loaded.model)
+            check_static_support(loaded.model, self.context[role])
         except ConfigurationError as unsupported:
             if requested is FastPath.AUTO:
                 return ModelPath(FastPath.OFF, str(unsupported))

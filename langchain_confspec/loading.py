@@ -51,6 +51,11 @@ class LoadedModel:
         return path if str(path) and path.is_dir() else None
 
     @property
+    def vocab_size(self) -> int:
+        """Tokens the tokenizer can produce; embedding rows past them are padding."""
+        return len(self.tokenizer)
+
+    @property
     def context_length(self) -> int:
         """Longest sequence the model's position embeddings cover."""
         config = self.model.config.get_text_config()
@@ -137,6 +142,35 @@ def _check_local_path(name_or_path: str, *, role: str) -> None:
     looks_local = expanded.startswith((os.sep, ".")) or name_or_path.startswith("~") or expanded.count("/") > 1
     if looks_local and not os.path.exists(expanded):
         raise ModelLoadError(f"The {role} model path {name_or_path!r} does not exist.")
+
+
+def attention_layers(model: PreTrainedModel) -> tuple[set[str], int | None]:
+    """The kinds of attention layers a model has (`full_attention`, `sliding_attention`, ...)
+    and its sliding window, if any layer slides."""
+    config = model.config.get_text_config(decoder=True)
+    window = getattr(config, "sliding_window", None)
+    if getattr(config, "layer_types", None):
+        kinds = set(config.layer_types)
+    elif window and getattr(config, "use_sliding_window", True):
+        kinds = {"sliding_attention"}
+    else:
+        kinds = {"full_attention"}
+    return kinds, (window if "sliding_attention" in kinds else None)
+
+
+def rollback_problem(model: PreTrainedModel, context_length: int) -> str | None:
+    """Why this model's KV cache could not roll back a rejected step within `context_length`
+    tokens, or None. A sliding window that the context never fills holds every token."""
+    kinds, window = attention_layers(model)
+    others = sorted(kinds - {"full_attention", "sliding_attention"})
+    if others:
+        return f"it has {', '.join(others)} layers, whose state cannot be rolled back to an earlier position"
+    if window is not None and context_length >= window:
+        return (
+            f"it uses sliding-window attention (a {window}-token window): once an answer fills the window, "
+            f"its cache no longer holds what a rollback needs. Set max_context below {window} to use it"
+        )
+    return None
 
 
 def same_vocabulary(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:

@@ -178,7 +178,8 @@ class ModelSession:
         # Rows needed: one per kept length inside this pass, plus the last one.
         kept_inside = [k for k in keep if start < k <= len(self.ids)]
         n_rows = len(self.ids) - min(kept_inside, default=len(self.ids)) + 1
-        rows = self._kv.forward(pending, start, n_rows)  # (n_rows, vocab)
+        # Padded embedding rows are cut before anything chooses, samples or compares: they never win.
+        rows = self._kv.forward(pending, start, n_rows)[:, : self.loaded.vocab_size]  # (n_rows, vocab)
         self.forward_passes += 1
         self.forward_tokens += len(pending)
         self._n_read = len(self.ids)

@@ -160,6 +160,7 @@ def speculative_write_step(
     budget: int,
     delimiters: Sequence[str],
     stops: StopScanner,
+    final: bool = False,
     samples: list[tuple[float, bool]] | None = None,
 ) -> tuple[WrittenStep, TokenSpeculation]:
     """The target writes one step, with the draft proposing tokens ahead of it.
@@ -168,7 +169,7 @@ def speculative_write_step(
     written step when it returns. `samples` collects (entropy, kept) pairs for fitting a
     `DepthPolicy`.
     """
-    step = StepBuilder(target, budget=budget, delimiters=delimiters, stops=stops)
+    step = StepBuilder(target, budget=budget, delimiters=delimiters, stops=stops, final=final)
     stats = TokenSpeculation()
     while True:
         target_base, draft_base = len(target), len(draft)
@@ -176,7 +177,6 @@ def speculative_write_step(
         target.append(proposal.tokens)
         kept, extra = verify_proposal(target.logits_from(target_base), proposal, chooser)
         stats.proposed += len(proposal.tokens)
-        stats.accepted += kept
         stats.target_passes += 1
         stats.depths.append(len(proposal.tokens))
         draft.tokens_written += len(proposal.tokens)
@@ -184,13 +184,16 @@ def speculative_write_step(
             samples.extend((h, i < kept) for i, h in enumerate(proposal.entropies[: kept + 1]))
 
         consumed: list[int] = []  # tokens that join the step, in order
+        taken = 0  # tokens the step took, the one that ended it included
         done = None
         for token in [*proposal.tokens[:kept], extra]:
+            taken += 1
             done = step.add(token)
             if token not in step.eos:
                 consumed.append(token)
             if done is not None:
                 break
+        stats.accepted += min(kept, taken)  # kept proposals past the step's end were never used
         target.tokens_written += len(consumed)
         for session, base in ((target, target_base), (draft, draft_base)):
             session.truncate(base + min(kept, len(consumed)))

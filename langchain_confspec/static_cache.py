@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from langchain_confspec.errors import ConfigurationError
+from langchain_confspec.loading import rollback_problem
 
 # Attention implementations whose masks this cache knows how to build: `sdpa` takes a boolean
 # mask (True attends), `eager` an additive one (0 or the dtype's minimum).
@@ -79,7 +80,7 @@ class StaticKVCache(Cache):
 
     def __init__(self, model: PreTrainedModel, max_len: int, batch_size: int = 1) -> None:
         config = model.config.get_text_config(decoder=True)
-        check_static_support(model)
+        check_static_support(model, max_len)
         self.max_len = max_len
         self.rows = batch_size
         self.attention = config._attn_implementation
@@ -119,8 +120,12 @@ class StaticKVCache(Cache):
         self.write_positions = None
 
 
-def check_static_support(model: PreTrainedModel) -> None:
-    """Refuse models this cache cannot serve, saying why (the engine then uses dynamic caches)."""
+def check_static_support(model: PreTrainedModel, max_len: int) -> None:
+    """Refuse models this cache cannot serve, saying why (the engine then uses dynamic caches).
+
+    Sliding-window layers are served as full attention, which they are while the context
+    (`max_len`) stays below their window; the engine refuses longer contexts for them.
+    """
     config = model.config.get_text_config(decoder=True)
     attention = config._attn_implementation
     if attention not in SUPPORTED_ATTENTION:
@@ -128,20 +133,12 @@ def check_static_support(model: PreTrainedModel) -> None:
             f"The static KV cache supports attn_implementation {' or '.join(SUPPORTED_ATTENTION)}; "
             f"{type(model).__name__} uses {attention!r}. Load it with attn_implementation='sdpa' or use fast_path='off'."
         )
-    if getattr(config, "layer_types", None):
-        layer_types = set(config.layer_types)
-    elif getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        layer_types = {"sliding_attention"}
-    else:
-        layer_types = {"full_attention"}
-    if layer_types != {"full_attention"}:
-        raise ConfigurationError(
-            f"The static KV cache needs full attention in every layer; {type(model).__name__} has "
-            f"{sorted(layer_types)} layers (sliding window or hybrid). Use fast_path='off'."
-        )
+    problem = rollback_problem(model, max_len)
+    if problem is not None:
+        raise ConfigurationError(f"The static KV cache cannot serve {type(model).__name__}: {problem}.")
     devices = {p.device for p in model.parameters()}
     if len(devices) != 1 or next(iter(devices)).type == "meta":
         raise ConfigurationError(
             f"The static KV cache needs the whole model on one device; {type(model).__name__} is spread over "
-            f"{sorted(str(d) for d in devices)}. Use fast_path='off'."
+            f"{sorted(str(d) for d in devices)}. Use fast_path='off', or load it on one device (device_map={{'': 0}})."
         )

@@ -4,6 +4,7 @@ passes (rehearsed eagerly), how `fast_path` resolves, warm-up, and clean state b
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from langchain_confspec.config import build_config
 from langchain_confspec.cuda_graphs import EagerRehearsal
 from langchain_confspec.engine import _Generation
 from langchain_confspec.errors import ContextLengthError, GenerationError
+from langchain_confspec.loading import rollback_problem
 from langchain_confspec.session import DynamicKV, ModelSession, StaticKV
 from langchain_confspec.static_cache import StaticKVCache
 from langchain_confspec.static_runner import PASS_BUCKETS, StaticRunner
@@ -155,25 +157,32 @@ def test_auto_takes_the_measured_cpu_choice_and_static_is_reported(tiny_engine: 
     assert target_only.draft.fast_path is None  # an unused model reports no path
 
 
-def sliding_window_pair() -> ConfSpecEngine:
+def sliding_window_model(window: int) -> LoadedModel:
     tokenizer = build_tokenizer()
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, use_sliding_window=True, sliding_window=16, max_window_layers=0,
+        num_key_value_heads=2, max_position_embeddings=512, use_sliding_window=True, sliding_window=window, max_window_layers=0,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).eval()
-    loaded = wrap_model(model, tokenizer, role="target", name="sliding")
-    return ConfSpecEngine(loaded, loaded)
+    return wrap_model(Qwen2ForCausalLM(config).eval(), tokenizer, role="target", name="sliding")
 
 
-def test_sliding_window_models_stay_on_dynamic_caches() -> None:
-    engine = sliding_window_pair()
-    summary = engine.generate(QUESTION, build_config(max_tokens=6, mode="target_only")).summary
-    assert summary.target.fast_path == "off"
-    with pytest.raises(ConfigurationError, match=r"fast_path='static' for the target model: .*sliding window"):
-        engine.generate(QUESTION, build_config(max_tokens=6, mode="target_only", fast_path="static"))
+def test_sliding_window_models_need_a_context_inside_the_window() -> None:
+    loaded = sliding_window_model(64)
+    with pytest.raises(ConfigurationError, match=r"sliding-window attention \(a 64-token window\).*max_context below 64"):
+        ConfSpecEngine(loaded, loaded)
+    engine = ConfSpecEngine(loaded, loaded, max_context=63)  # the window never fills: rollback is exact
+    turns = [{"role": "user", "content": "Hello world"}]
+    off = engine.generate(turns, build_config(max_tokens=30, max_step_tokens=5, accept_threshold=2.0, target_accept_threshold=2.0))
+    static = engine.generate(turns, build_config(max_tokens=30, max_step_tokens=5, accept_threshold=2.0, target_accept_threshold=2.0, fast_path="static"))
+    assert off.summary.target.fast_path == "off" and static.summary.target.fast_path == "static"
+    assert static.text == off.text and any(r.regenerated for r in off.records)
+
+
+def test_hybrid_models_with_linear_attention_are_refused() -> None:
+    config = Qwen2Config(num_hidden_layers=2, layer_types=["full_attention", "linear_attention"])
+    assert "linear_attention layers" in (rollback_problem(SimpleNamespace(config=config), 512) or "")  # type: ignore[arg-type]
 
 
 def test_eager_attention_gets_an_additive_mask_and_the_same_answer(tiny_engine: ConfSpecEngine, tiny_pair_paths) -> None:  # type: ignore[no-untyped-def]
