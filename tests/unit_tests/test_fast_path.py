@@ -20,7 +20,7 @@ from langchain_confspec.config import build_config
 from langchain_confspec.cuda_graphs import EagerRehearsal
 from langchain_confspec.engine import _Generation
 from langchain_confspec.errors import ContextLengthError, GenerationError
-from langchain_confspec.loading import rollback_problem
+from langchain_confspec.loading import LoadedModel, rollback_problem
 from langchain_confspec.session import DynamicKV, ModelSession, StaticKV
 from langchain_confspec.static_cache import StaticKVCache
 from langchain_confspec.static_runner import PASS_BUCKETS, StaticRunner
