@@ -279,10 +279,10 @@ class ScriptedVerdicts:
         self.keep, self.rewrite_share = keep, rewrite_share
         self.step = self.unsure = self._readers = 0
 
-    def reader(self, tokenizer: Any, config: Any) -> VerdictReader:
+    def reader(self, tokenizer: Any, config: Any, *, role: str) -> VerdictReader:
         """Stands in for `VerdictReader` in confspec mode, where each answer makes the draft's
         reader, then the target's."""
-        real = VerdictReader(tokenizer, config)
+        real = VerdictReader(tokenizer, config, role=role)
         is_draft = self._readers % 2 == 0
         self._readers += 1
         if is_draft:  # a new answer: the pattern starts again

@@ -210,6 +210,9 @@ class ConfSpecChatModel(BaseChatModel):
     """Draft confidence at which its own reject verdict stands (above 1: never)."""
     target_accept_threshold: float = 0.5
     """Target acceptance probability needed to keep an escalated step."""
+    verdict_mass_floor: float = 0.5
+    """Least probability a model must put on the verdict tokens for its verdict to count: below
+    it the draft's verdict is uncertain (the step escalates) and the target's a rejection."""
     token_speculation: bool = False
     """Let the draft propose tokens inside the target's own steps (same output, fewer target passes)."""
     temperature: float = 0.0

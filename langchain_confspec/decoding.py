@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from langchain_confspec.answer_text import UNFINISHED, AnswerText
 from langchain_confspec.config import SpecConfig
 from langchain_confspec.records import StepEnd
 from langchain_confspec.session import ModelSession
@@ -152,9 +153,6 @@ def ends_step(text: str, delimiters: Sequence[str]) -> bool:
     return any(text.find(d, content_start) > content_start for d in delimiters)
 
 
-UNFINISHED = "\ufffd"
-"""What a decoder shows for the first bytes of a character whose last bytes are still to come."""
-
 _TOKEN_TEXTS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, list[str]] = weakref.WeakKeyDictionary()
 _QUIET: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[frozenset[str], frozenset[int]]] = (
     weakref.WeakKeyDictionary()
@@ -192,17 +190,13 @@ def quiet_tokens(tokenizer: PreTrainedTokenizerBase, needles: Sequence[str]) -> 
     return by_needles[last_chars]
 
 
-CONTEXT_TOKENS = 6
-"""Answer tokens before a step that are decoded with it, so that its text reads as it does in
-the whole answer: enough for a character split over up to four byte tokens, and for the
-leading space a SentencePiece-style decoder drops at the start of what it decodes."""
 class StepBuilder:
     """Grows a step token by token and says when, and why, it ends.
 
-    The step's text is what its ids add to the answer as `tokenizer.decode` of all the answer's
-    ids reads: it is decoded after the last few answer tokens before it. An unfinished
-    character at its end is held back for the next step to complete, unless the step ends the
-    answer (`final`), and delimiters and stop strings are matched on whole characters.
+    The step's text is what its ids add to the answer (`AnswerText`): as `tokenizer.decode`
+    of all the answer's ids reads, with an unfinished last character held back for the next
+    step unless this one ends the answer (`final`). Delimiters and stop strings are matched
+    on whole characters.
 
     The text is decoded only after a token that could complete a delimiter or stop string
     (and while the step is still blank, since leading blank lines belong to it), so that
@@ -210,28 +204,33 @@ class StepBuilder:
     """
 
     def __init__(
-        self, session: ModelSession, *, budget: int, delimiters: Sequence[str], stops: StopScanner, final: bool = False
+        self,
+        session: ModelSession,
+        *,
+        budget: int,
+        delimiters: Sequence[str],
+        stops: StopScanner,
+        answer: AnswerText | None = None,
+        final: bool = False,
     ) -> None:
         self.tokenizer = session.loaded.tokenizer
         self.eos = session.loaded.eos_token_ids
         self.budget = budget
         self.delimiters = delimiters
         self.stops = stops
+        self.answer = answer or AnswerText(self.tokenizer)
         self.final = final
         self.ids: list[int] = []
         self._quiet = quiet_tokens(self.tokenizer, [*delimiters, *stops.stops])
-        start = len(session)
-        self._context = session.ids[max(session.prompt_tokens, start - CONTEXT_TOKENS) : start]
-        self._released = self._decode(self._context).rstrip(UNFINISHED)  # what earlier steps gave the answer
         self._text = ""
         self._decoded = 0  # how many of `ids` `_text` covers
         self._blank = True
 
     @property
     def text(self) -> str:
-        """The step's text so far, an unfinished last character included."""
+        """The step's settled text so far."""
         if self._decoded != len(self.ids):
-            self._text = self._text_of(self.ids)
+            self._text = self.answer.settled(self.ids)
             self._decoded = len(self.ids)
         return self._text
 
@@ -244,7 +243,7 @@ class StepBuilder:
             return self._finish(StepEnd.EOS)
         self.ids.append(token)
         if self._blank or token not in self._quiet:
-            text = self.text.rstrip(UNFINISHED)
+            text = self.text
             self._blank = not text.strip()
             stop_at = self.stops.find(text)
             if stop_at is not None:
@@ -257,22 +256,13 @@ class StepBuilder:
 
     def _finish(self, end: StepEnd, stop_at: int | None = None) -> WrittenStep:
         ends_answer = end in (StepEnd.EOS, StepEnd.STOP) or (end is StepEnd.LENGTH and self.final)
-        text = self.text if ends_answer else self.text.rstrip(UNFINISHED)
+        text = self.answer.final(self.ids) if ends_answer else self.text
         if stop_at is None:
             return WrittenStep(self.ids, text, end)
         before = 0
-        while before < len(self.ids) and len(self._text_of(self.ids[:before]).rstrip(UNFINISHED)) < stop_at:
+        while before < len(self.ids) and len(self.answer.settled(self.ids[:before])) < stop_at:
             before += 1
         return WrittenStep(self.ids, text, end, stop_at, tokens_before_stop=before)
-
-    def _text_of(self, ids: list[int]) -> str:
-        full = self._decode(self._context + ids)
-        if full.startswith(self._released):
-            return full[len(self._released) :]
-        return self._decode(ids)  # a decoder that rewrites earlier text: the step on its own
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def write_step(
@@ -282,11 +272,12 @@ def write_step(
     budget: int,
     delimiters: Sequence[str],
     stops: StopScanner,
+    answer: AnswerText | None = None,
     final: bool = False,
 ) -> WrittenStep:
-    """Decode one step of at most `budget` tokens, appending it to `session` (`final`: a
-    step that fills its budget ends the answer)."""
-    step = StepBuilder(session, budget=budget, delimiters=delimiters, stops=stops, final=final)
+    """Decode one step of at most `budget` tokens, appending it to `session`: its text is
+    what it adds to `answer`, and `final` says that filling the budget ends the answer."""
+    step = StepBuilder(session, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)
     while True:
         token = chooser.choose(session.next_logits())
         done = step.add(token)

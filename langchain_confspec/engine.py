@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from langchain_confspec.answer_text import AnswerText
 from langchain_confspec.config import FastPath, Mode, SpecConfig
 from langchain_confspec.constrained import Node, write_json
 from langchain_confspec.cuda_graphs import CudaGraphCapture, GraphCapture
@@ -172,6 +173,11 @@ class ConfSpecEngine:
         raise AssertionError("run() ended without a result")
 
 
+def _retokenized(step: WrittenStep, receiver: LoadedModel) -> list[int]:
+    """A step's text in the receiver's vocabulary (the tokenizers differ)."""
+    return receiver.tokenizer.encode(step.text, add_special_tokens=False)
+
+
 @contextmanager
 def _model_failures() -> Iterator[None]:
     """Turn an exception from inside a model into a `GenerationError` that says so.
@@ -242,10 +248,12 @@ class _Generation:
         self.draft: ModelSession | None = None
         self.target: ModelSession | None = None
         steps_are_judged = config.mode in (Mode.CONFSPEC, Mode.ALWAYS_VERIFY)
-        self.draft_reader = VerdictReader(engine.draft.tokenizer, config) if config.mode is Mode.CONFSPEC else None
-        self.target_reader = VerdictReader(engine.target.tokenizer, config) if steps_are_judged else None
+        self.draft_reader = VerdictReader(engine.draft.tokenizer, config, role="draft") if config.mode is Mode.CONFSPEC else None
+        self.target_reader = VerdictReader(engine.target.tokenizer, config, role="target") if steps_are_judged else None
         self.chooser = TokenChooser(config)
         self.stops = StopScanner(config.stop)
+        draft_text = AnswerText(engine.draft.tokenizer)  # the answer's text as each vocabulary reads it
+        self.texts = {"draft": draft_text, "target": draft_text if engine.shared_vocabulary else AnswerText(engine.target.tokenizer)}
         self.records: list[StepRecord] = []
         self.tokens_used = 0
         self.finish_reason: str | None = None
@@ -356,6 +364,7 @@ class _Generation:
             budget=budget.tokens,
             delimiters=self.config.step_delimiters,
             stops=self.stops,
+            answer=self.texts["draft" if session is self.draft else "target"],
             final=budget.ends_answer,
         )
 
@@ -374,6 +383,7 @@ class _Generation:
             budget=budget.tokens,
             delimiters=self.config.step_delimiters,
             stops=self.stops,
+            answer=self.texts["target"],
             final=budget.ends_answer,
             samples=self.engine.depth_samples,
         )
@@ -418,10 +428,10 @@ class _Generation:
         verdicts = {
             "draft_verdict": draft_verdict.accepts if draft_verdict else None,
             "draft_confidence": draft_verdict.confidence if draft_verdict else None,
-            "target_verdict": target_verdict.p_accept >= self.config.target_accept_threshold
-            if target_verdict
-            else None,
+            "target_verdict": target_accepts(target_verdict, self.config) if target_verdict else None,
             "target_confidence": target_verdict.confidence if target_verdict else None,
+            "draft_verdict_mass": draft_verdict.mass if draft_verdict else None,
+            "target_verdict_mass": target_verdict.mass if target_verdict else None,
             "escalated": escalated,
         }
         if accepted:
@@ -450,17 +460,18 @@ class _Generation:
 
     def _hand_over(self, step: WrittenStep, receiver: ModelSession) -> None:
         """Append a step written by the other model: as ids when the vocabularies match,
-        else as text re-tokenised by the receiver."""
-        if self.engine.shared_vocabulary:
-            receiver.append(step.ids)
-        else:
-            receiver.append(receiver.loaded.tokenizer.encode(step.text, add_special_tokens=False))
+        else as its (whole-character) text re-tokenised by the receiver."""
+        receiver.append(step.ids if self.engine.shared_vocabulary else _retokenized(step, receiver.loaded))
 
     def _record(self, step: WrittenStep, writer: Writer, decision: Decision, **details: Any) -> StepRecord:
         text = step.text
         if step.stop_at is not None:
             text = text[: max(step.stop_at, 0)]
         self.stops.advance(text)
+        self.texts[writer.value].release(step.ids, text)
+        if not self.engine.shared_vocabulary:
+            reader = "draft" if writer is Writer.TARGET else "target"
+            self.texts[reader].receive(_retokenized(step, getattr(self.engine, reader)), text)
         if self.constraint is not None:
             span = self.constraint.span
         else:

@@ -49,7 +49,8 @@ class Span(str, Enum):
 class Verdict(BaseModel):
     """A model's judgement of a step, read from its next-token distribution."""
 
-    p_accept: float = Field(ge=0.0, le=1.0, description="Probability mass on the accepting answers.")
+    p_accept: float = Field(ge=0.0, le=1.0, description="Share of the verdict mass on the accepting answers.")
+    mass: float = Field(default=1.0, ge=0.0, le=1.0, description="Probability the verdict tokens received at all.")
 
     @property
     def accepts(self) -> bool:
@@ -102,6 +103,8 @@ class StepRecord(BaseModel):
     draft_confidence: float | None = None
     target_verdict: bool | None = None
     target_confidence: float | None = None
+    draft_verdict_mass: float | None = Field(default=None, description="Probability the draft put on verdict tokens.")
+    target_verdict_mass: float | None = Field(default=None, description="Probability the target put on verdict tokens.")
     escalated: bool = False
     regenerated: bool = False
     rejected_text: str | None = Field(default=None, description="The draft's step that the target rewrote.")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from langchain_confspec.answer_text import AnswerText
 from langchain_confspec.decoding import (
     StepBuilder,
     StopScanner,
@@ -160,6 +161,7 @@ def speculative_write_step(
     budget: int,
     delimiters: Sequence[str],
     stops: StopScanner,
+    answer: AnswerText | None = None,
     final: bool = False,
     samples: list[tuple[float, bool]] | None = None,
 ) -> tuple[WrittenStep, TokenSpeculation]:
@@ -169,7 +171,7 @@ def speculative_write_step(
     written step when it returns. `samples` collects (entropy, kept) pairs for fitting a
     `DepthPolicy`.
     """
-    step = StepBuilder(target, budget=budget, delimiters=delimiters, stops=stops, final=final)
+    step = StepBuilder(target, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)
     stats = TokenSpeculation()
     while True:
         target_base, draft_base = len(target), len(draft)

@@ -26,13 +26,15 @@ def _first_token_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -
     """First token of each word, with and without a leading space (how answers start).
 
     A first token must carry at least two letters of a longer word: a tokenizer that spells
-    "no" as "n" + "o" would otherwise count every word starting with "n" as a verdict.
+    "no" as "n" + "o" would otherwise count every word starting with "n" as a verdict. The
+    unknown token and other special tokens never count: they stand for anything.
     """
+    special = set(tokenizer.all_special_ids)
     ids: set[int] = set()
     for word in words:
         for variant in (word, " " + word):
             encoded = tokenizer.encode(variant, add_special_tokens=False)
-            if encoded and len(tokenizer.decode(encoded[:1]).strip()) >= min(2, len(word)):
+            if encoded and encoded[0] not in special and len(tokenizer.decode(encoded[:1]).strip()) >= min(2, len(word)):
                 ids.add(encoded[0])
     return ids
 
@@ -40,27 +42,39 @@ def _first_token_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -
 class VerdictReader:
     """Knows a tokenizer's answer tokens and the suffix that asks the question."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: SpecConfig) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: SpecConfig, *, role: str = "model") -> None:
         self.suffix_ids: list[int] = tokenizer.encode(config.verification_suffix, add_special_tokens=False)
         if config.verification is VerificationStyle.SCORE:
+            words = (", ".join(str(d) for d in range(config.score_pass_mark, 10)), ", ".join(str(d) for d in range(config.score_pass_mark)))
             digits = [_first_token_ids(tokenizer, [str(d)]) for d in range(10)]
             self._accept = sorted(set().union(*digits[config.score_pass_mark :]))
             self._reject = sorted(set().union(*digits[: config.score_pass_mark]))
+            fix = "Use verification='binary' (Yes/No) instead."
         else:
+            words = ("/".join(_YES_WORDS), "/".join(_NO_WORDS))
             self._accept = sorted(_first_token_ids(tokenizer, _YES_WORDS))
             self._reject = sorted(_first_token_ids(tokenizer, _NO_WORDS))
-        overlap = set(self._accept) & set(self._reject)
-        if not self._accept or not self._reject or overlap:
+            fix = "Use verification='score' (a 0-9 score; set verification_prompt if the default question does not suit the model)."
+        if not self._accept or not self._reject:
+            missing = words[0] if not self._accept else words[1]
             raise ConfigurationError(
-                f"The tokenizer cannot tell accepting from rejecting answers for verification="
-                f"{config.verification.value!r} (shared first tokens: {sorted(overlap)})."
+                f"The {role} tokenizer cannot write the verdict words {missing} as tokens of their own, so its "
+                f"verdicts cannot be read. {fix}"
+            )
+        overlap = set(self._accept) & set(self._reject)
+        if overlap:
+            shared = ", ".join(repr(tokenizer.decode([i])) for i in sorted(overlap))
+            raise ConfigurationError(
+                f"In the {role} tokenizer, accepting answers ({words[0]}) and rejecting ones ({words[1]}) begin with "
+                f"the same token ({shared}), so its verdicts cannot be read. {fix}"
             )
 
     def read(self, logits: torch.Tensor) -> Verdict:
+        """The verdict in a next-token distribution, and how much probability it got at all."""
         probs = torch.softmax(logits.float(), dim=-1)
         accept, reject = torch.stack([probs[self._accept].sum(), probs[self._reject].sum()]).tolist()
         total = accept + reject
-        return Verdict(p_accept=accept / total if total > 0 else 0.5)
+        return Verdict(p_accept=accept / total if total > 0 else 0.5, mass=min(total, 1.0))
 
 
 def judge(session: ModelSession, reader: VerdictReader, *, keep: Sequence[int] = ()) -> Verdict:

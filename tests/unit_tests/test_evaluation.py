@@ -77,7 +77,7 @@ def test_sweep_specs_parse_and_bad_ones_are_refused() -> None:
 
 def test_evaluate_counts_every_mode_on_the_same_problems(tiny_engine: ConfSpecEngine) -> None:
     items = [EvalItem(p.question, str(p.answer)) for p in make_problems(3, seed=5)]
-    plans = [RunPlan(Mode.TARGET_ONLY), RunPlan(Mode.CONFSPEC), RunPlan(Mode.CONFSPEC, {"accept_threshold": 0.0})]
+    plans = [RunPlan(Mode.TARGET_ONLY), RunPlan(Mode.CONFSPEC), RunPlan(Mode.CONFSPEC, {"accept_threshold": 0.0, "verdict_mass_floor": 0.0})]
     report = evaluate(tiny_engine, items, plans, base={"max_tokens": 16, "max_step_tokens": 8}, progress=False)
     assert [m.n for m in report.modes] == [3, 3, 3]
     target_only, confspec, trusting = report.modes

@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 
 from langchain_confspec import ConfigurationError, ConfSpecEngine
 from langchain_confspec.config import build_config
+from langchain_confspec.gate import GateAction, gate, target_accepts
 from langchain_confspec.loading import DEMO_PAIR_DIR
 from langchain_confspec.tiny import build_tokenizer
 from langchain_confspec.verification import VerdictReader
@@ -49,15 +50,43 @@ def test_score_verdict_passes_at_the_pass_mark(score: str, passes: bool) -> None
     assert verdict.accepts is passes and verdict.confidence > 0.99
 
 
-def test_verdict_tokens_that_cannot_be_told_apart_are_refused() -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def word_tokenizer(words: dict[str, int], *, no_reads_as_yes: bool = False):  # type: ignore[no-untyped-def]
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = Tokenizer(models.WordLevel({"[UNK]": 0, "step": 1}, unk_token="[UNK]"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    blind = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]")  # Yes and No both [UNK]
-    with pytest.raises(ConfigurationError, match="cannot tell accepting from rejecting"):
-        VerdictReader(blind, build_config())
+    backend = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if no_reads_as_yes:
+        backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace("no", "yes")])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+
+
+def test_a_tokenizer_that_cannot_spell_the_verdict_words_gets_the_words_and_the_fix() -> None:
+    blind = word_tokenizer({"[UNK]": 0, "step": 1})  # Yes and No are both [UNK], which is no verdict
+    with pytest.raises(ConfigurationError, match=r"draft tokenizer cannot write the verdict words Yes/yes/YES.*verification='score'"):
+        VerdictReader(blind, build_config(), role="draft")
+    with pytest.raises(ConfigurationError, match=r"verdict words 7, 8, 9.*verification='binary'"):
+        VerdictReader(blind, build_config(verification="score"))
+
+
+def test_words_that_begin_alike_are_refused_naming_the_token() -> None:
+    merged = word_tokenizer({"[UNK]": 0, "yes": 1}, no_reads_as_yes=True)
+    with pytest.raises(ConfigurationError, match=r"begin with the same token \('yes'\)"):
+        VerdictReader(merged, build_config())
+
+
+def test_the_verdict_mass_is_read_and_a_low_one_is_no_confident_verdict(tiny_engine: ConfSpecEngine) -> None:
+    reader = VerdictReader(tiny_engine.draft.tokenizer, build_config())
+    logits = torch.full((len(tiny_engine.draft.tokenizer),), -30.0)
+    logits[reader._accept[0]] = 0.0
+    assert reader.read(logits).mass == pytest.approx(1.0) and reader.read(logits).p_accept == pytest.approx(1.0)
+    logits[5] = 3.0  # most of the probability goes to an answer that is no verdict
+    verdict = reader.read(logits)
+    assert verdict.p_accept == pytest.approx(1.0) and verdict.mass < 0.1
+    config = build_config(accept_threshold=0.5, verdict_mass_floor=0.5)
+    assert gate(verdict, config) is GateAction.ESCALATE
+    assert gate(verdict, build_config(accept_threshold=0.5, verdict_mass_floor=0.0)) is GateAction.ACCEPT
+    assert not target_accepts(verdict, config) and target_accepts(verdict, build_config(verdict_mass_floor=0.0))
 
 
 def test_score_style_runs_end_to_end(tiny_engine: ConfSpecEngine) -> None:
