@@ -69,13 +69,14 @@ class ModeReport:
     accepted_by_draft: int = 0
     proposed: int = 0
     spec_accepted: int = 0
+    spec_tokens: int = 0
     spec_passes: int = 0
     speedup: float | None = None
 
     @property
     def accepted_per_target_pass(self) -> float | None:
         """Token speculation: tokens the target gained per verifying pass."""
-        return (self.spec_accepted + self.spec_passes) / self.spec_passes if self.spec_passes else None
+        return self.spec_tokens / self.spec_passes if self.spec_passes else None
 
     @property
     def accuracy(self) -> float:
@@ -96,6 +97,7 @@ class ModeReport:
             if record.token_speculation is not None:
                 self.proposed += record.token_speculation.proposed
                 self.spec_accepted += record.token_speculation.accepted
+                self.spec_tokens += record.token_speculation.tokens
                 self.spec_passes += record.token_speculation.target_passes
 
     def add_answer(self, wall_time: float, correct: bool) -> None:

@@ -78,15 +78,16 @@ class TokenSpeculation(BaseModel):
     """What token-level speculation did while the target wrote one step."""
 
     proposed: int = Field(default=0, description="Draft tokens proposed to the target.")
-    accepted: int = Field(default=0, description="Proposed tokens the target kept.")
+    accepted: int = Field(default=0, description="Proposed tokens the target kept and the step used.")
+    tokens: int = Field(default=0, description="Tokens these passes gave the step: kept proposals and the target's own.")
     target_passes: int = Field(default=0, description="Target forward passes while writing the step.")
     depths: list[int] = Field(default_factory=list, description="Proposal length of each pass.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def mean_accepted_per_pass(self) -> float:
-        """Tokens the target gained per forward pass: kept proposals plus its own token."""
-        return (self.accepted + self.target_passes) / self.target_passes if self.target_passes else 0.0
+        """Tokens the step gained per target forward pass."""
+        return self.tokens / self.target_passes if self.target_passes else 0.0
 
 
 class StepRecord(BaseModel):

@@ -196,6 +196,7 @@ def speculative_write_step(
             if done is not None:
                 break
         stats.accepted += min(kept, taken)  # kept proposals past the step's end were never used
+        stats.tokens += taken
         target.tokens_written += len(consumed)
         for session, base in ((target, target_base), (draft, draft_base)):
             session.truncate(base + min(kept, len(consumed)))

@@ -311,8 +311,11 @@ def test_missing_models_are_refused_at_construction() -> None:
 
 
 def test_standard_extras_are_ignored(tiny_model_params: dict[str, str]) -> None:
-    model = ConfSpecChatModel(**tiny_model_params, timeout=60, max_retries=2, api_key="unused")
-    assert model.max_tokens == 512
+    with_extras = ConfSpecChatModel(**tiny_model_params, max_tokens=12, timeout=60, max_retries=2, api_key="unused")
+    plain = ConfSpecChatModel(**tiny_model_params, max_tokens=12)
+    assert with_extras._identifying_params == plain._identifying_params  # no setting came from them
+    assert not {"timeout", "max_retries", "api_key"} & set(with_extras.model_dump())
+    assert with_extras.invoke(QUESTION).content == plain.invoke(QUESTION).content
 
 
 @pytest.mark.parametrize(

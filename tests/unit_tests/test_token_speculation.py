@@ -67,7 +67,10 @@ def test_a_related_draft_saves_target_passes(related_engine: ConfSpecEngine) -> 
     assert accepted > 0
     assert spec.summary.target.forward_passes < 60
     record = spec.records[0].token_speculation
-    assert record is not None and record.mean_accepted_per_pass == pytest.approx((record.accepted + record.target_passes) / record.target_passes)
+    assert record is not None and record.mean_accepted_per_pass == pytest.approx(record.tokens / record.target_passes)
+    # every token of a target-written step came from a pass: kept proposals or the target's own
+    assert sum(r.token_speculation.tokens for r in spec.records) >= sum(r.n_tokens for r in spec.records)  # type: ignore[union-attr]
+    assert all(r.token_speculation.accepted <= r.token_speculation.tokens <= r.token_speculation.accepted + r.token_speculation.target_passes for r in spec.records)  # type: ignore[union-attr]
     assert passes == sum(len(r.token_speculation.depths) for r in spec.records)  # type: ignore[union-attr]
 
 
