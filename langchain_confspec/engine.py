@@ -118,6 +118,7 @@ class ConfSpecEngine:
             raise ConfigurationError(f"max_context must be at least 2 tokens, not {max_context}.")
         self.draft = draft
         self.target = target
+        self.max_context = max_context
         self.shared_vocabulary = same_vocabulary(draft.tokenizer, target.tokenizer)
         self.depth_policy = depth_policy or DepthPolicy.for_model(target.directory)
         self.depth_samples: list[tuple[float, bool]] | None = None

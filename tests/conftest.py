@@ -29,7 +29,7 @@ def on_path(engine: ConfSpecEngine, fast_path: str) -> ConfSpecEngine:
         return engine
     if engine not in _REHEARSALS:
         _REHEARSALS[engine] = ConfSpecEngine(
-            engine.draft, engine.target, engine.depth_policy, graph_capture=EagerRehearsal()
+            engine.draft, engine.target, engine.depth_policy, max_context=engine.max_context, graph_capture=EagerRehearsal()
         )
     return _REHEARSALS[engine]
 

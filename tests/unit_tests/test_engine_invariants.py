@@ -210,3 +210,21 @@ def test_seeded_sampling_is_repeatable_and_differs_from_greedy(
     greedy = engine.generate(turns(PROMPTS[4]), build_config(fast_path=fast_path, mode="confspec", max_tokens=40))
     assert first.text == again.text
     assert first.text != greedy.text
+
+
+@pytest.mark.parametrize("window", [70, 83])
+def test_every_mode_cuts_steps_at_the_same_places_near_the_context_limit(
+    tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str, window: int
+) -> None:
+    engine = engine_on(ConfSpecEngine(tiny_engine.draft, tiny_engine.target, max_context=window), fast_path)
+    common = {"max_tokens": 200, "max_step_tokens": 9, "fast_path": fast_path}
+    reference = engine.generate(turns(PROMPTS[5]), build_config(mode="target_only", **common))
+    assert reference.summary.finish_reason == "length" and sum(r.n_tokens for r in reference.records) < 200
+    for settings in (
+        {"mode": "confspec", "accept_threshold": 1.5, "target_accept_threshold": 2.0},
+        {"mode": "always_verify", "target_accept_threshold": 2.0},
+        {"mode": "target_only", "token_speculation": True},
+    ):
+        result = engine.generate(turns(PROMPTS[5]), build_config(**common, **settings))
+        assert result.text == reference.text, settings
+        assert [r.n_tokens for r in result.records] == [r.n_tokens for r in reference.records], settings

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from langchain_confspec import ConfSpecEngine, Mode
-from langchain_confspec.config import build_config
 from langchain_confspec.cli import main as cli_main
+from langchain_confspec.config import build_config
 from langchain_confspec.demo.problems import (
     check_step,
     corrupt_step,

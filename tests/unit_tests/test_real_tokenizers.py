@@ -162,3 +162,16 @@ def test_a_stop_string_cuts_the_text_and_the_tokens_it_wrote(pair: tuple[ConfSpe
     assert len(tokenizer.decode(script[: counted - 1], skip_special_tokens=True)) < len(result.text)
     assert len(tokenizer.decode(script[:counted], skip_special_tokens=True)) >= len(result.text)
     assert counted < len(tokenizer.encode(expected[: expected.index("is 12") + 5], add_special_tokens=False))
+
+
+def test_kept_proposals_past_a_steps_end_are_not_counted(pair: tuple[ConfSpecEngine, str, list[int]]) -> None:
+    engine, expected, _ = pair
+    result = engine.generate(TURNS, build_config(mode="target_only", token_speculation=True, max_tokens=80, max_step_tokens=40))
+    assert result.text == expected and len(result.records) == 2  # the blank line ends the first step
+    first = result.records[0].token_speculation
+    assert result.records[0].end is StepEnd.DELIMITER
+    assert first is not None and first.proposed > first.accepted  # the draft ran past the delimiter
+    for record in result.records:
+        speculation = record.token_speculation
+        assert speculation is not None
+        assert speculation.accepted <= speculation.tokens <= record.n_tokens + 1  # + the end-of-sequence token
