@@ -175,3 +175,15 @@ def test_kept_proposals_past_a_steps_end_are_not_counted(pair: tuple[ConfSpecEng
         speculation = record.token_speculation
         assert speculation is not None
         assert speculation.accepted <= speculation.tokens <= record.n_tokens + 1  # + the end-of-sequence token
+
+
+def test_sampling_with_speculation_never_writes_a_padding_row(pair: tuple[ConfSpecEngine, str, list[int]]) -> None:
+    """The issue's failure: a target whose padding rows could win hands the draft an id its
+    smaller embedding does not have (IndexError)."""
+    engine, expected, _ = pair
+    for seed in range(5):
+        config = build_config(mode="target_only", token_speculation=True, temperature=1.0, seed=seed, max_tokens=40)
+        result = engine.generate(TURNS, config)
+        assert result.text and all(r.token_speculation is not None for r in result.records)
+    greedy = engine.generate(TURNS, build_config(mode="target_only", token_speculation=True, max_tokens=40))
+    assert greedy.text == expected
