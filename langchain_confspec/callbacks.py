@@ -23,6 +23,9 @@ from langchain_core.runnables import RunnableConfig
 
 STEP_EVENT = "confspec_step"
 SUMMARY_EVENT = "confspec_summary"
+DRAFT_TOKEN_EVENT = "confspec_draft_token"
+"""Draft text still awaiting its verdict, as it is written: `{"step", "text"}`; the step's
+`confspec_step` event, with its decision, follows."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,12 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT, EventEmitter
+from langchain_confspec.callbacks import (
+    DRAFT_TOKEN_EVENT,
+    STEP_EVENT,
+    SUMMARY_EVENT,
+    EventEmitter,
+)
 from langchain_confspec.config import (
     FastPath,
     Mode,
@@ -46,7 +51,7 @@ from langchain_confspec.config import (
 )
 from langchain_confspec.decoding import StopHoldback
 from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
-from langchain_confspec.engine import ConfSpecEngine, Constraint, RunResult
+from langchain_confspec.engine import ConfSpecEngine, Constraint, RunResult, TextDelta
 from langchain_confspec.errors import ConfigurationError
 from langchain_confspec.loading import (
     LoadedModel,
@@ -70,6 +75,8 @@ from langchain_confspec.tool_calls import ToolCallHoldback, parse_tool_calls
 
 # Call option through which stream()/astream() hand `_stream` the run's event emitter.
 _EMITTER_KWARG = "_confspec_emitter"
+# Call option through which invoke() tells `_stream` whether anyone wants text before the end.
+_TOKENS_KWARG = "_confspec_stream_text"
 
 
 class ConfSpecChatModel(BaseChatModel):
@@ -390,7 +397,7 @@ class ConfSpecChatModel(BaseChatModel):
             async_api=False, run_manager=run_manager, **kwargs
         )
         chunks = []
-        for chunk in self._stream(messages, stop, run_manager, **kwargs):
+        for chunk in self._stream(messages, stop, run_manager, **{_TOKENS_KWARG: stream_tokens, **kwargs}):
             if stream_tokens:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)  # type: ignore[union-attr]
             chunks.append(chunk)
@@ -407,7 +414,7 @@ class ConfSpecChatModel(BaseChatModel):
             async_api=True, run_manager=run_manager, **kwargs
         )
         chunks = []
-        async for chunk in self._astream(messages, stop, run_manager, **kwargs):
+        async for chunk in self._astream(messages, stop, run_manager, **{_TOKENS_KWARG: stream_tokens, **kwargs}):
             if stream_tokens:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)  # type: ignore[union-attr]
             chunks.append(chunk)
@@ -420,13 +427,15 @@ class ConfSpecChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        """One chunk per decided step, as soon as it is decided, then a last chunk with metadata."""
+        """Text as it becomes final (token by token where it is final as it is written), then a
+        last chunk with metadata; events for provisional draft text and each decided step."""
         emitter = kwargs.pop(_EMITTER_KWARG, None) or (EventEmitter.for_run(run_manager) if run_manager else None)
+        stream_text = kwargs.pop(_TOKENS_KWARG, True)
         request = self._prepare(messages, stop, kwargs)
         chunker = _Chunker(self, request)
-        for item in request.run(self._get_engine()):
-            if emitter:
-                emitter.emit(*_event(item))
+        for item in request.run(self._get_engine(), stream_text=stream_text):
+            if emitter and (event := _event(item)):
+                emitter.emit(*event)
             chunk = chunker.chunk(item)
             if chunk is not None:
                 yield chunk
@@ -439,11 +448,12 @@ class ConfSpecChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         emitter = kwargs.pop(_EMITTER_KWARG, None) or (EventEmitter.for_run(run_manager) if run_manager else None)
+        stream_text = kwargs.pop(_TOKENS_KWARG, True)
         request = self._prepare(messages, stop, kwargs)
         chunker = _Chunker(self, request)
-        async for item in iterate_in_thread(lambda: request.run(self._get_engine())):
-            if emitter:
-                await emitter.aemit(*_event(item))
+        async for item in iterate_in_thread(lambda: request.run(self._get_engine(), stream_text=stream_text)):
+            if emitter and (event := _event(item)):
+                await emitter.aemit(*event)
             chunk = chunker.chunk(item)
             if chunk is not None:
                 yield chunk
@@ -539,10 +549,12 @@ class ConfSpecChatModel(BaseChatModel):
         return self._tokenizer
 
 
-def _event(item: StepRecord | RunResult) -> tuple[str, dict[str, Any]]:
-    """The custom event announcing a step record or the run's summary."""
+def _event(item: StepRecord | TextDelta | RunResult) -> tuple[str, dict[str, Any]] | None:
+    """The custom event announcing a step record, provisional draft text, or the run's summary."""
     if isinstance(item, RunResult):
         return SUMMARY_EVENT, item.summary.model_dump(mode="json")
+    if isinstance(item, TextDelta):
+        return (DRAFT_TOKEN_EVENT, {"step": item.step, "text": item.text}) if item.provisional else None
     return STEP_EVENT, item.model_dump(mode="json")
 
 
@@ -555,8 +567,8 @@ class _Request:
     tools: list[dict[str, Any]] | None
     constraint: Constraint | None
 
-    def run(self, engine: ConfSpecEngine) -> Iterator[StepRecord | RunResult]:
-        return engine.run(self.turns, self.config, tools=self.tools, constraint=self.constraint)
+    def run(self, engine: ConfSpecEngine, *, stream_text: bool) -> Iterator[StepRecord | TextDelta | RunResult]:
+        return engine.run(self.turns, self.config, tools=self.tools, constraint=self.constraint, stream_text=stream_text)
 
 
 class _Chunker:
@@ -570,11 +582,20 @@ class _Chunker:
         self.model = model
         self.holdback = StopHoldback(request.config.stop)
         self.tool_holdback = ToolCallHoldback() if request.tools else None
+        self._streamed: dict[int, int] = {}  # step index -> characters of it already streamed
 
-    def chunk(self, item: StepRecord | RunResult) -> ChatGenerationChunk | None:
+    def chunk(self, item: StepRecord | TextDelta | RunResult) -> ChatGenerationChunk | None:
         if isinstance(item, RunResult):
             return self._last_chunk(item)
-        text = self.holdback.feed(item.text)
+        if isinstance(item, TextDelta):
+            if item.provisional:  # a draft step awaiting its verdict: announced by an event only
+                return None
+            self._streamed[item.step] = self._streamed.get(item.step, 0) + len(item.text)
+            return self._text_chunk(item.text)
+        return self._text_chunk(item.text[self._streamed.pop(item.index, 0) :])  # what was not streamed yet
+
+    def _text_chunk(self, text: str) -> ChatGenerationChunk | None:
+        text = self.holdback.feed(text)
         if self.tool_holdback is not None:
             text = self.tool_holdback.feed(text)
         return ChatGenerationChunk(message=AIMessageChunk(content=text)) if text else None

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import secrets
 import weakref
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -19,6 +20,8 @@ from langchain_confspec.answer_text import UNFINISHED, AnswerText
 from langchain_confspec.config import SpecConfig
 from langchain_confspec.records import StepEnd
 from langchain_confspec.session import ModelSession
+
+T = TypeVar("T")
 
 
 class TokenChooser:
@@ -225,6 +228,16 @@ class StepBuilder:
         self._text = ""
         self._decoded = 0  # how many of `ids` `_text` covers
         self._blank = True
+        self._shown = 0  # characters of the text `new_text` has handed out
+
+    def new_text(self, done: WrittenStep | None = None) -> str:
+        """Settled text added since the last call (for streaming: decodes after every token),
+        or, given the finished step, the rest of its kept text (up to a stop string). The
+        settled text only ever grows, except while a byte run reopens; then nothing new."""
+        text = self.text if done is None else done.text[: len(done.text) if done.stop_at is None else max(done.stop_at, 0)]
+        new = text[self._shown :]
+        self._shown = max(self._shown, len(text))
+        return new
 
     @property
     def text(self) -> str:
@@ -265,7 +278,7 @@ class StepBuilder:
         return WrittenStep(self.ids, text, end, stop_at, tokens_before_stop=before)
 
 
-def write_step(
+def write_step_texts(
     session: ModelSession,
     chooser: TokenChooser,
     *,
@@ -274,9 +287,11 @@ def write_step(
     stops: StopScanner,
     answer: AnswerText | None = None,
     final: bool = False,
-) -> WrittenStep:
-    """Decode one step of at most `budget` tokens, appending it to `session`: its text is
-    what it adds to `answer`, and `final` says that filling the budget ends the answer."""
+    stream: bool = False,
+) -> Generator[str, None, WrittenStep]:
+    """Decode one step of at most `budget` tokens, appending it to `session`; with `stream`,
+    yield its settled text as it grows. Returns the step: its text is what it adds to
+    `answer`, and `final` says that filling the budget ends the answer."""
     step = StepBuilder(session, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)
     while True:
         token = chooser.choose(session.next_logits())
@@ -284,8 +299,24 @@ def write_step(
         if token not in step.eos:  # an end-of-sequence token never enters the context
             session.append((token,))
             session.tokens_written += 1
+        if stream and (text := step.new_text(done)):
+            yield text
         if done is not None:
             return done
+
+
+def write_step(session: ModelSession, chooser: TokenChooser, **step: Any) -> WrittenStep:
+    """`write_step_texts` run to its end: the written step."""
+    return drain(write_step_texts(session, chooser, **step))
+
+
+def drain(texts: Generator[Any, None, T]) -> T:
+    """Run a text-yielding writer to its end and return what it returns."""
+    while True:
+        try:
+            next(texts)
+        except StopIteration as finished:
+            return finished.value  # type: ignore[no-any-return]
 
 
 class StopHoldback:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
@@ -26,7 +26,7 @@ from langchain_confspec.decoding import (
     TokenChooser,
     WrittenStep,
     token_texts,
-    write_step,
+    write_step_texts,
 )
 from langchain_confspec.errors import (
     ConfigurationError,
@@ -52,7 +52,7 @@ from langchain_confspec.records import (
     summarize,
 )
 from langchain_confspec.session import ModelSession
-from langchain_confspec.speculation import DepthPolicy, speculative_write_step
+from langchain_confspec.speculation import DepthPolicy, speculative_step_texts
 from langchain_confspec.static_runner import WarmupReport
 from langchain_confspec.tool_calls import OPEN_TAG
 from langchain_confspec.verification import VerdictReader, judge
@@ -66,6 +66,20 @@ class Constraint:
 
     plan: Node
     span: Span
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """Text a step settled while it was being written (streaming only). `provisional` text is
+    a draft step still awaiting its verdict; the rest is final as soon as it is settled."""
+
+    text: str
+    step: int
+    writer: Writer
+    provisional: bool
 
 
 class StepBudget(NamedTuple):
@@ -149,15 +163,18 @@ class ConfSpecEngine:
         *,
         tools: list[dict[str, Any]] | None = None,
         constraint: Constraint | None = None,
-    ) -> Iterator[StepRecord | RunResult]:
+        stream_text: bool = False,
+    ) -> Iterator[StepRecord | TextDelta | RunResult]:
         """Yield each step's record as it is decided, then the `RunResult`.
 
         `tools` (OpenAI-style definitions) are shown to both models; with a `constraint`
         the whole answer is one span written to that plan (a forced tool call, a JSON
-        document), drafted, judged and rewritten under the same rules as any step.
+        document), drafted, judged and rewritten under the same rules as any step. With
+        `stream_text`, each piece of a step's text is also yielded (`TextDelta`) as soon as it
+        settles, before the step's record.
         """
         started = time.perf_counter()
-        generation = _Generation(self, turns, config, tools, constraint)
+        generation = _Generation(self, turns, config, tools, constraint, stream_text)
         with self._lock:
             lock_wait = time.perf_counter() - started
             logger.debug("generation starts (%s) after waiting %.3f s for the models", config.mode.value, lock_wait)
@@ -199,18 +216,21 @@ def _model_failures() -> Iterator[None]:
 
 
 class _PhaseClock:
-    """Accumulates wall time per phase for one step."""
+    """Accumulates wall time per phase for one step, less the time the caller spent between
+    streamed pieces of text (`away`)."""
 
     def __init__(self) -> None:
         self.times = PhaseTimes()
+        self.away = 0.0
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, away = time.perf_counter(), self.away
         try:
             yield
         finally:
-            setattr(self.times, name, getattr(self.times, name) + time.perf_counter() - start)
+            spent = time.perf_counter() - start - (self.away - away)
+            setattr(self.times, name, getattr(self.times, name) + spent)
 
 
 class _Generation:
@@ -223,8 +243,10 @@ class _Generation:
         config: SpecConfig,
         tools: list[dict[str, Any]] | None,
         constraint: Constraint | None,
+        stream_text: bool = False,
     ) -> None:
         self.engine = engine
+        self.stream_text = stream_text
         self.config = config
         self.constraint = constraint
         if config.token_speculation and not engine.shared_vocabulary:
@@ -258,7 +280,7 @@ class _Generation:
         self.records: list[StepRecord] = []
         self.tokens_used = 0
         self.finish_reason: str | None = None
-        self._write_step: Callable[[StepBudget, _PhaseClock], StepRecord] = {
+        self._write_step: Callable[[StepBudget, _PhaseClock], Generator[TextDelta, None, StepRecord]] = {
             Mode.TARGET_ONLY: self._target_only_step,
             Mode.DRAFT_ONLY: self._draft_only_step,
             Mode.CONFSPEC: self._speculative_step,
@@ -299,14 +321,23 @@ class _Generation:
             warmup_seconds=warmup_seconds,
         )
 
-    def steps(self) -> Iterator[StepRecord]:
+    def steps(self) -> Iterator[StepRecord | TextDelta]:
         while self.finish_reason is None:
             budget = self._step_budget()
             if budget.tokens <= 0:
                 self.finish_reason = "length"
                 break
             clock = _PhaseClock()
-            record = self._write_step(budget, clock)
+            writing = self._write_step(budget, clock)
+            while True:
+                try:
+                    delta = next(writing)
+                except StopIteration as written:
+                    record: StepRecord = written.value
+                    break
+                left = time.perf_counter()
+                yield delta
+                clock.away += time.perf_counter() - left
             record.times = clock.times
             self.records.append(record)
             self.tokens_used += record.n_tokens
@@ -356,27 +387,32 @@ class _Generation:
 
     # -- one step per mode ---------------------------------------------------------------
 
-    def _write(self, session: ModelSession, budget: StepBudget) -> WrittenStep:
+    def _write(self, session: ModelSession, budget: StepBudget) -> Generator[TextDelta, None, WrittenStep]:
+        writer = Writer.DRAFT if session is self.draft else Writer.TARGET
         if self.constraint is not None:
             return write_json(session, self.chooser, self.constraint.plan, budget=budget.tokens)
-        return write_step(
+        texts = write_step_texts(
             session,
             self.chooser,
             budget=budget.tokens,
             delimiters=self.config.step_delimiters,
             stops=self.stops,
-            answer=self.texts["draft" if session is self.draft else "target"],
+            answer=self.texts[writer.value],
             final=budget.ends_answer,
+            stream=self.stream_text,
         )
+        return (yield from self._deltas(texts, writer))
 
-    def _write_as_target(self, budget: StepBudget) -> tuple[WrittenStep, TokenSpeculation | None]:
+    def _write_as_target(
+        self, budget: StepBudget
+    ) -> Generator[TextDelta, None, tuple[WrittenStep, TokenSpeculation | None]]:
         """The target writes a step; with token speculation the draft proposes ahead of it and
         both sessions end holding the step."""
         assert self.target is not None
         if not self.config.token_speculation or self.constraint is not None:
-            return self._write(self.target, budget), None
+            return (yield from self._write(self.target, budget)), None
         assert self.draft is not None
-        return speculative_write_step(
+        texts = speculative_step_texts(
             self.target,
             self.draft,
             self.chooser,
@@ -386,28 +422,41 @@ class _Generation:
             stops=self.stops,
             answer=self.texts["target"],
             final=budget.ends_answer,
+            stream=self.stream_text,
             samples=self.engine.depth_samples,
         )
+        return (yield from self._deltas(texts, Writer.TARGET))
 
-    def _target_only_step(self, budget: StepBudget, clock: _PhaseClock) -> StepRecord:
+    def _deltas(self, texts: Generator[str, None, T], writer: Writer) -> Generator[TextDelta, None, T]:
+        """A writer's settled text as `TextDelta`s of the step being written; returns what the
+        writer returns. Draft text is provisional where a verdict on it is still to come."""
+        provisional = writer is Writer.DRAFT and self.config.mode in (Mode.CONFSPEC, Mode.ALWAYS_VERIFY)
+        while True:
+            try:
+                text = next(texts)
+            except StopIteration as written:
+                return written.value  # type: ignore[no-any-return]
+            yield TextDelta(text, step=len(self.records), writer=writer, provisional=provisional)
+
+    def _target_only_step(self, budget: StepBudget, clock: _PhaseClock) -> Generator[TextDelta, None, StepRecord]:
         with clock.phase("target_write"):
-            step, speculation = self._write_as_target(budget)
+            step, speculation = yield from self._write_as_target(budget)
         return self._record(step, Writer.TARGET, Decision.UNVERIFIED, token_speculation=speculation)
 
-    def _draft_only_step(self, budget: StepBudget, clock: _PhaseClock) -> StepRecord:
+    def _draft_only_step(self, budget: StepBudget, clock: _PhaseClock) -> Generator[TextDelta, None, StepRecord]:
         assert self.draft is not None
         with clock.phase("draft_write"):
-            step = self._write(self.draft, budget)
+            step = yield from self._write(self.draft, budget)
         return self._record(step, Writer.DRAFT, Decision.UNVERIFIED)
 
-    def _speculative_step(self, budget: StepBudget, clock: _PhaseClock) -> StepRecord:
+    def _speculative_step(self, budget: StepBudget, clock: _PhaseClock) -> Generator[TextDelta, None, StepRecord]:
         """Draft proposes; the gate (or, in always_verify, the target) decides its fate."""
         draft, target = self.draft, self.target
         assert draft is not None and target is not None and self.target_reader is not None
         draft_start, target_start = len(draft), len(target)
         with clock.phase("draft_write"):
             draft.next_logits(keep=(draft_start,))  # so a rejection rewinds without re-reading
-            proposal = self._write(draft, budget)
+            proposal = yield from self._write(draft, budget)
 
         draft_verdict = None
         action = GateAction.ESCALATE
@@ -444,7 +493,7 @@ class _Generation:
         draft.truncate(draft_start)
         target.truncate(target_start)
         with clock.phase("target_write"):
-            rewrite, speculation = self._write_as_target(budget)
+            rewrite, speculation = yield from self._write_as_target(budget)
         if speculation is None:  # with token speculation the draft already holds the step
             self._hand_over(rewrite, draft)
         decision = Decision.REJECTED_BY_TARGET if escalated else Decision.REJECTED_BY_DRAFT

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +26,7 @@ from langchain_confspec.decoding import (
     StopScanner,
     TokenChooser,
     WrittenStep,
+    drain,
 )
 from langchain_confspec.records import TokenSpeculation
 from langchain_confspec.session import ModelSession
@@ -152,7 +154,7 @@ def verify_proposal(
     return len(proposal.tokens), chooser.choose(target_logits[-1])
 
 
-def speculative_write_step(
+def speculative_step_texts(
     target: ModelSession,
     draft: ModelSession,
     chooser: TokenChooser,
@@ -163,9 +165,11 @@ def speculative_write_step(
     stops: StopScanner,
     answer: AnswerText | None = None,
     final: bool = False,
+    stream: bool = False,
     samples: list[tuple[float, bool]] | None = None,
-) -> tuple[WrittenStep, TokenSpeculation]:
-    """The target writes one step, with the draft proposing tokens ahead of it.
+) -> Generator[str, None, tuple[WrittenStep, TokenSpeculation]]:
+    """The target writes one step, with the draft proposing tokens ahead of it; with `stream`,
+    the step's settled text is yielded as the target's passes settle it.
 
     Both sessions must hold the same text (same vocabulary) when this starts, and hold the
     written step when it returns. `samples` collects (entropy, kept) pairs for fitting a
@@ -201,5 +205,14 @@ def speculative_write_step(
         for session, base in ((target, target_base), (draft, draft_base)):
             session.truncate(base + min(kept, len(consumed)))
             session.append(consumed[kept:])
+        if stream and (text := step.new_text(done)):
+            yield text
         if done is not None:
             return done, stats
+
+
+def speculative_write_step(
+    target: ModelSession, draft: ModelSession, chooser: TokenChooser, policy: DepthPolicy, **step: Any
+) -> tuple[WrittenStep, TokenSpeculation]:
+    """`speculative_step_texts` run to its end."""
+    return drain(speculative_step_texts(target, draft, chooser, policy, **step))
