@@ -7,7 +7,7 @@ This module holds no algorithm. It turns messages into chat turns, call options 
 
 from __future__ import annotations
 
-import threading
+import difflib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,15 +53,16 @@ from langchain_confspec.decoding import StopHoldback
 from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
 from langchain_confspec.engine import ConfSpecEngine, Constraint, RunResult, TextDelta
 from langchain_confspec.errors import ConfigurationError
-from langchain_confspec.loading import (
-    LoadedModel,
-    load_model,
-    load_tokenizer,
-    wrap_model,
-)
+from langchain_confspec.loading import LoadedModel
 from langchain_confspec.messages import to_chat_turns
 from langchain_confspec.prompting import render_prompt
 from langchain_confspec.records import StepRecord
+from langchain_confspec.sharing import (
+    engine_for,
+    model_by_name,
+    model_object,
+    tokenizer_by_name,
+)
 from langchain_confspec.static_runner import WarmupReport
 from langchain_confspec.structured import (
     SCHEMA_KWARG,
@@ -241,9 +242,7 @@ class ConfSpecChatModel(BaseChatModel):
     """Step records in `response_metadata`: all of them, only ids and numbers (no texts,
     for tracing back ends that should stay small), or none (the summary only)."""
 
-    _config: SpecConfig = PrivateAttr()
     _engine: ConfSpecEngine | None = PrivateAttr(default=None)
-    _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _tokenizer: Any = PrivateAttr(default=None)
 
     def __init__(self, **kwargs: Any) -> None:
@@ -256,7 +255,7 @@ class ConfSpecChatModel(BaseChatModel):
             raise ConfigurationError("No draft model: set draft_model (an id or path) or pass draft=.")
         if self.target_model is None and self.target is None:
             raise ConfigurationError("No target model: set target_model (an id or path) or pass target=.")
-        self._config = self._spec_config()
+        self._spec_config()  # an impossible setting fails here, naming itself
 
     @classmethod
     def demo(cls, **kwargs: Any) -> ConfSpecChatModel:
@@ -268,6 +267,34 @@ class ConfSpecChatModel(BaseChatModel):
         compiled and captured), so that no call pays for it. `fast_path` defaults to the
         model's own; returns one report per model, with what each part cost."""
         return self._get_engine().warmup(FastPath(fast_path or self.fast_path))
+
+    # -- copies across processes ------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the settings, not the loaded weights: they load again, lazily, where the
+        model is unpickled. A model holding preloaded objects has no names to load them from."""
+        if held := self._preloaded():
+            raise TypeError(
+                f"This ConfSpecChatModel holds preloaded objects ({', '.join(held)}), which it cannot pickle: "
+                "build it from draft_model= and target_model= (ids or paths) to send it to another process."
+            )
+        return {**super().__getstate__(), "__pydantic_private__": {"_engine": None, "_tokenizer": None}}
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_confspec", "chat_model"]
+
+    def to_json(self) -> Any:
+        """`dumpd`/`dumps` as a constructor with the model's settings (names or paths of the
+        models, not weights); not serializable when it holds preloaded objects."""
+        return self.to_json_not_implemented() if self._preloaded() else super().to_json()
+
+    def _preloaded(self) -> list[str]:
+        return [name for name in ("draft", "target", "draft_tokenizer", "target_tokenizer") if getattr(self, name) is not None]
 
     # -- LangChain plumbing -----------------------------------------------------------------
 
@@ -283,7 +310,7 @@ class ConfSpecChatModel(BaseChatModel):
             "device_map": self.device_map,
             "torch_dtype": str(self.torch_dtype) if self.torch_dtype is not None else None,
             "max_context": self.max_context,
-            **self._config.model_dump(mode="json"),
+            **self._spec_config().model_dump(mode="json"),
         }
 
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -321,6 +348,11 @@ class ConfSpecChatModel(BaseChatModel):
         return len(render_prompt(self._target_tokenizer(), to_chat_turns(messages), formatted))
 
     # -- tools and structured output ------------------------------------------------------------
+
+    def bind(self, **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind call options; an option this model does not know is refused here, not at the call."""
+        _check_options(kwargs, binding=True)
+        return super().bind(**kwargs)
 
     def bind_tools(
         self,
@@ -371,7 +403,7 @@ class ConfSpecChatModel(BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> Iterator[AIMessageChunk]:
-        config, emitter = self._with_emitter(config)
+        config, emitter = self._with_emitter(config, stop, kwargs)
         yield from super().stream(input, config, stop=stop, **{_EMITTER_KWARG: emitter, **kwargs})
 
     async def astream(
@@ -382,7 +414,7 @@ class ConfSpecChatModel(BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[AIMessageChunk]:
-        config, emitter = self._with_emitter(config)
+        config, emitter = self._with_emitter(config, stop, kwargs)
         async for chunk in super().astream(input, config, stop=stop, **{_EMITTER_KWARG: emitter, **kwargs}):
             yield chunk
 
@@ -460,15 +492,23 @@ class ConfSpecChatModel(BaseChatModel):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _with_emitter(self, config: RunnableConfig | None) -> tuple[RunnableConfig, EventEmitter]:
-        """Fix the run id of the coming model run, and an emitter for that run's handlers."""
+    def _with_emitter(
+        self, config: RunnableConfig | None, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[RunnableConfig, EventEmitter]:
+        """Fix the run id of the coming model run, and an emitter for that run's handlers, with
+        the run metadata (the `ls_*` keys included) that `invoke` gives its events."""
         config = ensure_config(config)
         run_id = config.get("run_id") or uuid.uuid4()
-        emitter = EventEmitter.for_config(config, run_id, callbacks=self.callbacks, tags=self.tags, metadata=self.metadata)
+        ls_params = getattr(self, "_get_ls_params_with_defaults", self._get_ls_params)  # as stream() gives the run
+        run_metadata = {**(config.get("metadata") or {}), **ls_params(stop=stop, **kwargs)}
+        emitter = EventEmitter.for_config(
+            {**config, "metadata": run_metadata}, run_id, callbacks=self.callbacks, tags=self.tags, metadata=self.metadata
+        )
         return {**config, "run_id": run_id}, emitter
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Request:
         """Validate the call before any model work: the turns, this call's settings, its tools."""
+        _check_options(kwargs)
         tools, constraint = answer_shape(
             kwargs.pop("tools", None),
             kwargs.pop("tool_choice", None),
@@ -489,7 +529,7 @@ class ConfSpecChatModel(BaseChatModel):
         overrides = {k: v for k, v in kwargs.items() if k in SpecConfig.model_fields}
         if stop is not None:
             overrides["stop"] = stop
-        return self._spec_config(**overrides) if overrides else self._config
+        return self._spec_config(**overrides)  # read from the fields on every call: copies behave
 
     def _response_metadata(self, result: RunResult) -> dict[str, Any]:
         return {
@@ -517,36 +557,56 @@ class ConfSpecChatModel(BaseChatModel):
         return str(getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__)
 
     def _get_engine(self) -> ConfSpecEngine:
-        """Load both models on first use; later calls share them."""
-        with self._load_lock:
-            if self._engine is None:
-                self._engine = ConfSpecEngine(self._load("draft"), self._load("target"), max_context=self.max_context)
-            return self._engine
+        """The engine over this model's pair: weights load the first time anything asks for
+        them and are shared by every model (copies included) asking for the same ones."""
+        self._engine = engine_for(self._load("draft"), self._load("target"), max_context=self.max_context)
+        return self._engine  # kept by this model, so its weights live as long as it does
 
     def _load(self, role: str) -> LoadedModel:
         preloaded = getattr(self, role)
-        name: str | None = getattr(self, f"{role}_model")
-        tokenizer = getattr(self, f"{role}_tokenizer")
+        tokenizer = getattr(self, f"{role}_tokenizer") or self._named_tokenizer(role)
         if preloaded is None:
-            assert name is not None
-            return load_model(name, role=role, device_map=self.device_map, torch_dtype=self.torch_dtype, tokenizer=tokenizer)
-        if tokenizer is None:
-            if name is None:
-                raise ConfigurationError(f"A preloaded {role} needs {role}_tokenizer= (or {role}_model= to load it from).")
-            tokenizer = load_tokenizer(name, role=role)
-        return wrap_model(preloaded, tokenizer, role=role, name=self._model_name(role))
+            return model_by_name(
+                getattr(self, f"{role}_model"),
+                role=role,
+                device_map=self.device_map,
+                torch_dtype=self.torch_dtype,
+                tokenizer=tokenizer,
+            )
+        return model_object(preloaded, tokenizer, role=role, name=self._model_name(role))
+
+    def _named_tokenizer(self, role: str) -> Any:
+        name = getattr(self, f"{role}_model")
+        if name is None:
+            raise ConfigurationError(f"A preloaded {role} needs {role}_tokenizer= (or {role}_model= to load it from).")
+        return tokenizer_by_name(name, role=role)
 
     def _target_tokenizer(self) -> Any:
         """The target's tokenizer, without loading any weights."""
-        if self._engine is not None:
-            return self._engine.target.tokenizer
-        if self.target_tokenizer is not None:
-            return self.target_tokenizer
-        if self._tokenizer is None:
-            if self.target_model is None:
-                raise ConfigurationError("A preloaded target needs target_tokenizer= to count tokens.")
-            self._tokenizer = load_tokenizer(self.target_model, role="target")
-        return self._tokenizer
+        if self.target_tokenizer is None and self.target_model is None:
+            raise ConfigurationError("A preloaded target needs target_tokenizer= to count tokens.")
+        self._tokenizer = self.target_tokenizer or self._named_tokenizer("target")
+        return self._tokenizer  # kept, so that counting tokens does not load it again
+
+
+# Call options besides the engine's settings: LangChain's own, tools and structured output, ours.
+_CALL_OPTIONS = {"stream", "tools", "tool_choice", "strict", SCHEMA_KWARG, _EMITTER_KWARG, _TOKENS_KWARG}
+_BIND_OPTIONS = {"ls_structured_output_format"}  # bound by with_structured_output, read by LangChain
+
+
+def _check_options(options: dict[str, Any], *, binding: bool = False) -> None:
+    """Refuse call (or bind) options this model does not know, naming the likely intended one."""
+    known = set(SpecConfig.model_fields) | _CALL_OPTIONS | (_BIND_OPTIONS if binding else set())
+    for name in options:
+        if name in known:
+            continue
+        if name in ConfSpecChatModel.model_fields:
+            raise ConfigurationError(
+                f"{name!r} is a setting of the model, not of a call: use model.model_copy(update={{{name!r}: ...}})."
+            )
+        nearest = difflib.get_close_matches(name, sorted(known - {_EMITTER_KWARG, _TOKENS_KWARG, SCHEMA_KWARG}), n=1)
+        hint = f" Did you mean {nearest[0]!r}?" if nearest else ""
+        raise ConfigurationError(f"Unknown call option {name!r}.{hint}")
 
 
 def _event(item: StepRecord | TextDelta | RunResult) -> tuple[str, dict[str, Any]] | None:

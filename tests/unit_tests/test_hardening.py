@@ -11,6 +11,7 @@ import gc
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ from langchain_confspec.errors import (
     ModelOutOfMemoryError,
 )
 from langchain_confspec.fair_lock import FairLock
+from langchain_confspec.tiny import build_tiny_pair
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 
@@ -129,10 +131,9 @@ async def test_cancelling_ainvoke_stops_within_a_step_and_frees_the_model(model:
 def _fail_once(model: ConfSpecChatModel, role: str, error: BaseException) -> None:
     """Make the next forward pass of `role`'s model raise `error`."""
     module = getattr(model._get_engine(), role).model
-    original = module.forward
 
     def failing(*args: Any, **kwargs: Any) -> Any:
-        module.forward = original
+        del module.forward  # the class's own forward again
         raise error
 
     module.forward = failing
@@ -261,11 +262,28 @@ def test_a_prompt_longer_than_the_context_is_refused_before_any_work(model: Conf
         model.invoke("word " * 3000)
 
 
-def test_dropping_the_model_releases_its_weights(tiny_model_params: dict[str, str]) -> None:
-    model = ConfSpecChatModel(**tiny_model_params, max_tokens=8)
+def test_dropping_the_model_releases_its_weights(tmp_path: Path) -> None:
+    draft, target = build_tiny_pair(tmp_path)  # a pair of its own: other models share the usual one
+    model = ConfSpecChatModel(draft_model=str(draft), target_model=str(target), max_tokens=8)
     model.invoke(QUESTION)
     engine = model._get_engine()
     refs = [weakref.ref(engine.draft.model), weakref.ref(engine.target.model)]
     del model, engine
     gc.collect()
     assert all(ref() is None for ref in refs)
+
+
+def test_models_naming_the_same_weights_share_them_until_the_last_is_dropped(tmp_path: Path) -> None:
+    draft, target = build_tiny_pair(tmp_path)
+    first = ConfSpecChatModel(draft_model=str(draft), target_model=str(target), max_tokens=8)
+    second = first.model_copy(update={"mode": "target_only"})
+    other = ConfSpecChatModel(draft_model=str(draft), target_model=str(target), max_tokens=8, max_context=256)
+    assert first._get_engine() is second._get_engine()  # same models, same limit: one engine, one lock
+    assert other._get_engine().target is first._get_engine().target  # another limit: the same weights
+    ref = weakref.ref(first._get_engine().target.model)
+    del first, second
+    gc.collect()
+    assert ref() is not None and other.invoke(QUESTION).content is not None
+    del other
+    gc.collect()
+    assert ref() is None

@@ -253,7 +253,7 @@ class _ScriptedEngine:
 
 
 def _scripted(model: ConfSpecChatModel, steps: list[str]) -> ConfSpecChatModel:
-    model._engine = _ScriptedEngine(steps)  # type: ignore[assignment]
+    object.__setattr__(model, "_get_engine", lambda: _ScriptedEngine(steps))  # this instance only
     return model
 
 

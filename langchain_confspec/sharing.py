@@ -1,0 +1,74 @@
+"""Loaded models and engines shared by every chat model that asks for the same ones.
+
+A `ConfSpecChatModel` reads its settings on every call, so copies (`model_copy`), configured
+variants (`configurable_fields` builds a new instance for each call) and subclasses behave as
+pydantic and LangChain users expect. What must not happen per instance is loading weights or
+capturing graphs again: models are kept here while anything uses them, keyed by what decides
+the load (name or object, device map, dtype, tokenizer), and engines (with their static caches,
+graphs and lock) by their two models and context limit. Both caches hold weak references, so
+dropping every chat model that uses a model frees its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from typing import Any
+
+from langchain_confspec.engine import ConfSpecEngine
+from langchain_confspec.loading import (
+    LoadedModel,
+    load_model,
+    load_tokenizer,
+    wrap_model,
+)
+
+_LOCK = threading.RLock()
+_TOKENIZERS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+_MODELS: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = weakref.WeakValueDictionary()
+_ENGINES: weakref.WeakValueDictionary[tuple[Any, ...], ConfSpecEngine] = weakref.WeakValueDictionary()
+
+
+def tokenizer_by_name(name: str, *, role: str) -> Any:
+    """`load_tokenizer`, once for every caller naming the same tokenizer."""
+    with _LOCK:
+        tokenizer = _TOKENIZERS.get(name)
+        if tokenizer is None:
+            tokenizer = _TOKENIZERS[name] = load_tokenizer(name, role=role)
+        return tokenizer
+
+
+def model_by_name(
+    name: str, *, role: str, device_map: Any, torch_dtype: Any, tokenizer: Any | None
+) -> LoadedModel:
+    """`load_model`, once for every caller asking for the same model the same way."""
+    key = ("name", name, json.dumps(device_map, sort_keys=True, default=str), str(torch_dtype), id(tokenizer))
+    with _LOCK:
+        loaded = _MODELS.get(key)
+        if loaded is None:
+            loaded = load_model(name, role=role, device_map=device_map, torch_dtype=torch_dtype, tokenizer=tokenizer)
+            _MODELS[key] = loaded
+        return loaded
+
+
+def model_object(model: Any, tokenizer: Any, *, role: str, name: str) -> LoadedModel:
+    """`wrap_model`, once for every caller passing the same model and tokenizer objects."""
+    key = ("object", id(model), id(tokenizer))
+    with _LOCK:
+        loaded = _MODELS.get(key)
+        if loaded is None or loaded.model is not model or loaded.tokenizer is not tokenizer:
+            loaded = wrap_model(model, tokenizer, role=role, name=name)
+            _MODELS[key] = loaded
+        return loaded
+
+
+def engine_for(draft: LoadedModel, target: LoadedModel, *, max_context: int | None) -> ConfSpecEngine:
+    """The engine over these two models with this context limit, made once."""
+    key = (id(draft), id(target), max_context)
+    with _LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None or engine.draft is not draft or engine.target is not target:
+            engine = ConfSpecEngine(draft, target, max_context=max_context)
+            _ENGINES[key] = engine
+        return engine
