@@ -113,7 +113,7 @@ class ConfSpecChatModel(BaseChatModel):
         print(message.content)
         ```
 
-    Stream (one chunk per accepted step):
+    Stream (text token by token as soon as it is final; a draft step once its verdict keeps it):
         ```python
         for chunk in model.stream("..."):
             print(chunk.content, end="")
