@@ -215,7 +215,7 @@ def hf_ms_per_token(plan: Plan, loaded: LoadedModel, *, static: bool, new: int) 
         cache = StaticCache(config=loaded.model.config, max_cache_len=hf_cache_len(plan, ids)) if static else None
         with torch.inference_mode():
             loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                                  do_sample=False, past_key_values=cache, pad_token_id=0)  # fmt: skip
+                                  do_sample=False, pad_token_id=0, **{loaded.cache_argument: cache})  # fmt: skip
 
     one = median_seconds(plan, lambda: generate(1), 2)
     many = median_seconds(plan, lambda: generate(new), 2)
@@ -376,7 +376,7 @@ def hf_answer_seconds(plan: Plan, engine: ConfSpecEngine, turns: list[dict[str, 
         with torch.inference_mode():
             target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=plan.answer_tokens,
                                   min_new_tokens=plan.answer_tokens, do_sample=False, pad_token_id=0,
-                                  past_key_values=cache, **kwargs)  # fmt: skip
+                                  **{target.cache_argument: cache}, **kwargs)  # fmt: skip
 
     return median_seconds(plan, generate, 1)
 

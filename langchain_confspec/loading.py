@@ -7,6 +7,8 @@ turned into `ModelLoadError` / `TokenizerMismatchError` here, once.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -51,6 +53,12 @@ class LoadedModel:
         return path if str(path) and path.is_dir() else None
 
     @property
+    def cache_argument(self) -> str:
+        """The name the model's forward pass takes its KV cache by (`cache` from transformers
+        5.24 on, `past_key_values` before)."""
+        return _cache_argument(type(self.model))
+
+    @property
     def vocab_size(self) -> int:
         """Tokens the tokenizer can produce; embedding rows past them are padding."""
         return len(self.tokenizer)
@@ -63,6 +71,18 @@ class LoadedModel:
 
     def render_prompt(self, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         return render_prompt(self.tokenizer, turns, tools)
+
+
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    for cls in model_class.__mro__:  # the nearest forward that names its cache argument
+        forward = cls.__dict__.get("forward")
+        if forward is not None:
+            parameters = inspect.signature(forward).parameters
+            for name in ("cache", "past_key_values"):
+                if name in parameters:
+                    return name
+    return "past_key_values"
 
 
 def load_tokenizer(name_or_path: str, *, role: str) -> PreTrainedTokenizerBase:

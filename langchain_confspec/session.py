@@ -51,7 +51,7 @@ class DynamicKV:
         input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.loaded.device)
         with torch.inference_mode():
             output = self.loaded.model(
-                input_ids=input_ids, past_key_values=self._cache, use_cache=True, logits_to_keep=n_rows
+                input_ids=input_ids, use_cache=True, logits_to_keep=n_rows, **{self.loaded.cache_argument: self._cache}
             )
         self._length += len(tokens)
         return output.logits[0].float()

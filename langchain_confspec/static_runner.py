@@ -126,7 +126,7 @@ class StaticRunner:
             input_ids=input_ids,
             position_ids=positions,
             attention_mask=mask,
-            past_key_values=self.cache,
+            **{self.loaded.cache_argument: self.cache},
             use_cache=True,
             logits_to_keep=n_rows,
         )

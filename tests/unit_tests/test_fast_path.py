@@ -278,7 +278,9 @@ def test_two_rows_at_different_lengths_and_one_rolling_back(tiny_engine: ConfSpe
     def read(tokens: list[list[int]]) -> torch.Tensor:
         positions, mask = cache.begin_pass(len(tokens[0]), 64)
         with torch.inference_mode():
-            logits = model(input_ids=torch.tensor(tokens), position_ids=positions, attention_mask=mask, past_key_values=cache).logits
+            logits = model(
+                input_ids=torch.tensor(tokens), position_ids=positions, attention_mask=mask, **{tiny_engine.target.cache_argument: cache}
+            ).logits
         cache.end_pass(len(tokens[0]))
         return logits[:, -1].float()
 

@@ -67,13 +67,14 @@ class ScriptedLlama(LlamaForCausalLM):
     start: int
     real_vocab: int
 
-    def forward(self, input_ids: torch.Tensor, past_key_values: Any = None, position_ids: Any = None, **kwargs: Any) -> Any:
-        if position_ids is not None:
-            positions = position_ids[0]
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        if kwargs.get("position_ids") is not None:
+            positions = kwargs["position_ids"][0]
         else:
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            past = cache.get_seq_length() if cache is not None else 0
             positions = torch.arange(past, past + input_ids.shape[1])
-        output = super().forward(input_ids=input_ids, past_key_values=past_key_values, position_ids=position_ids, **kwargs)
+        output = super().forward(input_ids=input_ids, **kwargs)
         logits = torch.zeros_like(output.logits)
         logits[..., self.real_vocab :] = 20.0
         for row, position in enumerate(positions[-logits.shape[1] :].tolist()):
