@@ -53,12 +53,13 @@ class _RowLayer(CacheLayerMixin):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         # key_states: (batch, kv_heads, L, head_dim); positions: (batch, L)
-        positions = self._owner.write_positions
+        positions = self._owner.write_positions  # (rows, L): the pass covers the first `rows` rows
         assert positions is not None, "StaticKVCache.begin_pass must run before a forward pass"
-        self.keys.scatter_(2, _expand_index(positions, key_states), key_states.to(self.dtype))
-        self.values.scatter_(2, _expand_index(positions, value_states), value_states.to(self.dtype))
-        attend = self._owner.attend_len
-        return self.keys[:, :, :attend], self.values[:, :, :attend]
+        rows, attend = positions.shape[0], self._owner.attend_len
+        keys, values = self.keys[:rows], self.values[:rows]
+        keys.scatter_(2, _expand_index(positions, key_states), key_states.to(self.dtype))
+        values.scatter_(2, _expand_index(positions, value_states), value_states.to(self.dtype))
+        return keys[:, :, :attend], values[:, :, :attend]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self._owner.attend_len, 0
@@ -104,10 +105,11 @@ class StaticKVCache(Cache):
     def nbytes(self) -> int:
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers)
 
-    def begin_pass(self, n_tokens: int, attend_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions (batch, n_tokens) and attention mask for a pass over `n_tokens` new tokens
-        per row that attends to the first `attend_len` slots; the layers then write there."""
-        positions = self.lengths[:, None] + self._slots[:n_tokens]
+    def begin_pass(self, n_tokens: int, attend_len: int, rows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (rows, n_tokens) and attention mask for a pass over `n_tokens` new tokens
+        in each of the first `rows` rows, attending to the first `attend_len` slots; the layers
+        then write there."""
+        positions = self.lengths[:rows, None] + self._slots[:n_tokens]
         visible = self._slots[None, None, None, :attend_len] <= positions[:, None, :, None]
         self.write_positions = positions
         self.attend_len = attend_len
@@ -115,8 +117,8 @@ class StaticKVCache(Cache):
             return positions, torch.where(visible, self._open, self._closed)
         return positions, visible
 
-    def end_pass(self, n_tokens: int) -> None:
-        self.lengths.add_(n_tokens)
+    def end_pass(self, n_tokens: int, rows: int = 1) -> None:
+        self.lengths[:rows].add_(n_tokens)
         self.write_positions = None
 
 

@@ -276,12 +276,12 @@ def test_two_rows_at_different_lengths_and_one_rolling_back(tiny_engine: ConfSpe
     a, b = [5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]
 
     def read(tokens: list[list[int]]) -> torch.Tensor:
-        positions, mask = cache.begin_pass(len(tokens[0]), 64)
+        positions, mask = cache.begin_pass(len(tokens[0]), 64, rows=2)
         with torch.inference_mode():
             logits = model(
                 input_ids=torch.tensor(tokens), position_ids=positions, attention_mask=mask, **{tiny_engine.target.cache_argument: cache}
             ).logits
-        cache.end_pass(len(tokens[0]))
+        cache.end_pass(len(tokens[0]), rows=2)
         return logits[:, -1].float()
 
     read([a[:3], b[:3]])

@@ -1,0 +1,181 @@
+"""Concurrent generations on one engine, their forward passes run together.
+
+Each generation runs its own step logic in its own thread (the caller's, or the async
+bridge's worker) and holds a slot: a row of every model's static cache. When its session
+needs a forward pass, it hands the pass to the `BatchScheduler` and waits. The scheduler runs
+the passes that are waiting for one model, of one kind (one-token decoding, or multi-token
+passes: verification suffixes, catch-up, proposal checks), as one batched forward over their
+rows, and hands each its rows of logits. Requests join and leave between passes: continuous
+batching, bounded by `max_batch` slots.
+
+A batch runs once no generation holding a slot is busy on the host (each is waiting for a
+pass, or has handed control to its caller), so requests advance together; a short timeout
+keeps a slow host step from holding the others up. If a batched pass fails, its passes are run
+again one by one, so that only the request that really fails sees the error.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+GATHER_TIMEOUT = 0.005
+"""Seconds a waiting pass gives busy requests to join its batch before it runs anyway."""
+
+
+@dataclass
+class PassJob:
+    """One request's forward pass over its row of a model's static cache."""
+
+    role: str
+    row: int
+    tokens: Sequence[int]
+    start: int
+    n_rows: int
+    graphs: bool = False
+    result: torch.Tensor | None = None
+    error: BaseException | None = None
+    batch_size: int = 0
+    done: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+
+    @property
+    def kind(self) -> tuple[str, bool]:
+        """What can share a forward: one-token decoding or longer passes, on graphs or not."""
+        return ("decode" if len(self.tokens) == 1 else "pass", self.graphs)
+
+
+BatchRunner = Callable[[str, list[PassJob]], list[torch.Tensor]]
+"""Runs one batched forward for a role's jobs, returning each job's rows of logits."""
+
+
+class BatchScheduler:
+    """Slots for concurrent generations, and their forward passes run as batches."""
+
+    def __init__(self, max_batch: int, run_batch: BatchRunner) -> None:
+        self.max_batch = max_batch
+        self._run_batch = run_batch
+        self._condition = threading.Condition()
+        self._free = list(range(max_batch))  # free rows, the lowest handed out first
+        self._tickets = 0  # first come, first served
+        self._serving = 0
+        self._active = 0  # generations holding a slot
+        self._busy = 0  # of those, the ones doing host work now
+        self._exclusive = False
+        self._pending: list[PassJob] = []
+        self._running = False
+
+    # -- slots ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def slot(self) -> Iterator[tuple[int, float]]:
+        """Hold a slot (a cache row) for one generation: (row, seconds waited for it)."""
+        started = time.perf_counter()
+        with self._condition:
+            ticket = self._tickets
+            self._tickets += 1
+            self._condition.wait_for(lambda: self._serving == ticket and self._free and not self._exclusive)
+            self._serving += 1
+            row = self._free.pop(0)
+            self._active += 1
+            self._busy += 1
+            self._condition.notify_all()
+        try:
+            yield row, time.perf_counter() - started
+        finally:
+            with self._condition:
+                self._free.append(row)
+                self._free.sort()
+                self._active -= 1
+                self._busy -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def away(self) -> Iterator[None]:
+        """The generation has handed control to its caller (a streamed piece, a record): it
+        does not hold up the batch others are waiting to run."""
+        with self._condition:
+            self._busy -= 1
+            self._condition.notify_all()
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._busy += 1
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No generation holds a slot while this runs (warm-up writes all over the caches)."""
+        with self._condition:
+            self._condition.wait_for(lambda: not self._exclusive)
+            self._exclusive = True
+            self._condition.wait_for(lambda: self._active == 0)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._exclusive = False
+                self._condition.notify_all()
+
+    # -- passes ---------------------------------------------------------------------------------
+
+    def forward(self, job: PassJob) -> torch.Tensor:
+        """Run `job` as part of a batch and return its logits (this thread may run the batch)."""
+        with self._condition:
+            self._pending.append(job)
+            self._busy -= 1
+            self._condition.notify_all()
+            try:
+                while not job.done:
+                    if self._running or not self._ready():
+                        self._condition.wait(GATHER_TIMEOUT)
+                        continue
+                    batch = self._take()
+                    self._running = True
+                    self._condition.release()
+                    try:
+                        self._execute(batch)
+                    finally:
+                        self._condition.acquire()
+                        self._running = False
+                        self._condition.notify_all()
+            finally:
+                self._busy += 1
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def _ready(self) -> bool:
+        if not self._pending:
+            return False
+        oldest = min(job.submitted for job in self._pending)
+        return self._busy <= 0 or time.perf_counter() - oldest >= GATHER_TIMEOUT
+
+    def _take(self) -> list[PassJob]:
+        """The largest group of waiting passes of one model and kind (decoding first on ties)."""
+        groups: dict[tuple[str, tuple[str, bool]], list[PassJob]] = {}
+        for job in self._pending:
+            groups.setdefault((job.role, job.kind), []).append(job)
+        batch = max(groups.values(), key=lambda jobs: (len(jobs), jobs[0].kind[0] == "decode"))
+        self._pending = [job for job in self._pending if job not in batch]
+        return batch
+
+    def _execute(self, batch: list[PassJob]) -> None:
+        """Run a batch; the outcome goes to each job (this thread may not be their requests')."""
+        try:
+            results = self._run_batch(batch[0].role, batch)
+        except Exception as error:  # noqa: BLE001 - handed to the job's own request
+            if len(batch) > 1:  # run them alone, so that only the failing request fails
+                for job in batch:
+                    self._execute([job])
+                return
+            batch[0].error, batch[0].done = error, True
+            return
+        for job, result in zip(batch, results):
+            job.result, job.batch_size, job.done = result, len(batch), True
