@@ -53,10 +53,10 @@ class _RowLayer(CacheLayerMixin):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         # key_states: (batch, kv_heads, L, head_dim); positions: (batch, L)
-        positions = self._owner.write_positions  # (rows, L): the pass covers the first `rows` rows
+        positions = self._owner.write_positions  # (rows, L) of the rows this pass covers
         assert positions is not None, "StaticKVCache.begin_pass must run before a forward pass"
-        rows, attend = positions.shape[0], self._owner.attend_len
-        keys, values = self.keys[:rows], self.values[:rows]
+        rows, attend = self._owner.write_rows, self._owner.attend_len
+        keys, values = self.keys[rows], self.values[rows]
         keys.scatter_(2, _expand_index(positions, key_states), key_states.to(self.dtype))
         values.scatter_(2, _expand_index(positions, value_states), value_states.to(self.dtype))
         return keys[:, :, :attend], values[:, :, :attend]
@@ -92,33 +92,36 @@ class StaticKVCache(Cache):
         super().__init__(layers=layers)
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        # One slot past the context: where rows without a token in a captured batched step
+        # write. No real position reaches it, so nothing ever attends to it.
+        self.scratch = max_len
         for layer in layers:
-            layer.allocate((batch_size, heads, max_len, head_dim), head_dim, self.dtype, device)
+            layer.allocate((batch_size, heads, max_len + 1, head_dim), head_dim, self.dtype, device)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self._slots = torch.arange(max_len, device=device)
+        self._slots = torch.arange(max_len + 1, device=device)
         self._open = torch.zeros((), dtype=self.dtype, device=device)  # additive mask values (eager attention)
         self._closed = torch.full((), torch.finfo(self.dtype).min, dtype=self.dtype, device=device)
         self.write_positions: torch.Tensor | None = None
+        self.write_rows = slice(0, batch_size)
         self.attend_len = max_len
 
     @property
     def nbytes(self) -> int:
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers)
 
-    def begin_pass(self, n_tokens: int, attend_len: int, rows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def begin_pass(self, n_tokens: int, attend_len: int, rows: slice = slice(0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions (rows, n_tokens) and attention mask for a pass over `n_tokens` new tokens
-        in each of the first `rows` rows, attending to the first `attend_len` slots; the layers
-        then write there."""
-        positions = self.lengths[:rows, None] + self._slots[:n_tokens]
+        in each of `rows`, attending to the first `attend_len` slots; the layers then write there."""
+        positions = self.lengths[rows, None] + self._slots[:n_tokens]
         visible = self._slots[None, None, None, :attend_len] <= positions[:, None, :, None]
-        self.write_positions = positions
+        self.write_positions, self.write_rows = positions, rows
         self.attend_len = attend_len
         if self.attention == "eager":
             return positions, torch.where(visible, self._open, self._closed)
         return positions, visible
 
-    def end_pass(self, n_tokens: int, rows: int = 1) -> None:
-        self.lengths[:rows].add_(n_tokens)
+    def end_pass(self, n_tokens: int, rows: slice = slice(0, 1)) -> None:
+        self.lengths[rows].add_(n_tokens)
         self.write_positions = None
 
 

@@ -205,7 +205,8 @@ def test_max_context_sizes_the_static_caches_and_bounds_prompts(tiny_engine: Con
     engine = ConfSpecEngine(tiny_engine.draft, tiny_engine.target, max_context=96)
     engine.generate(QUESTION, build_config(max_tokens=8, fast_path="static"))
     runner = engine.fast_paths.runner("target")
-    assert runner is not None and runner.cache.layers[0].keys.shape[2] == 96
+    assert runner is not None and runner.cache.max_len == 96
+    assert runner.cache.layers[0].keys.shape[2] == 97  # the context and one scratch slot
     long_question = [{"role": "user", "content": "apples " * 120}]
     for path in ("off", "static"):
         with pytest.raises(ContextLengthError, match=r"context window \(max_context\) is 96 tokens"):
@@ -276,12 +277,12 @@ def test_two_rows_at_different_lengths_and_one_rolling_back(tiny_engine: ConfSpe
     a, b = [5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]
 
     def read(tokens: list[list[int]]) -> torch.Tensor:
-        positions, mask = cache.begin_pass(len(tokens[0]), 64, rows=2)
+        positions, mask = cache.begin_pass(len(tokens[0]), 64, slice(0, 2))
         with torch.inference_mode():
             logits = model(
                 input_ids=torch.tensor(tokens), position_ids=positions, attention_mask=mask, **{tiny_engine.target.cache_argument: cache}
             ).logits
-        cache.end_pass(len(tokens[0]), rows=2)
+        cache.end_pass(len(tokens[0]), slice(0, 2))
         return logits[:, -1].float()
 
     read([a[:3], b[:3]])
@@ -298,10 +299,10 @@ def test_the_captured_pass_traces_as_one_graph_without_host_reads(tiny_engine: C
     (`fullgraph=True` fails on any `.item()`, data-dependent branch or graph break)."""
     runner = StaticRunner(tiny_engine.target, 128, EagerRehearsal())
     token = torch.tensor([[5]])
-    traced = torch.compile(lambda: runner._pass(runner.model, token, runner.max_len, 1), backend="eager", fullgraph=True)
+    traced = torch.compile(lambda: runner._pass(runner.model, token, runner.max_len, 1, slice(0, 1)), backend="eager", fullgraph=True)
     with torch.inference_mode():
         runner.cache.lengths.zero_()
-        expected = runner._pass(runner.model, token, runner.max_len, 1).clone()
+        expected = runner._pass(runner.model, token, runner.max_len, 1, slice(0, 1)).clone()
         runner.cache.lengths.zero_()
         torch.testing.assert_close(traced(), expected, rtol=1e-4, atol=1e-4)
     assert int(runner.cache.lengths[0]) == 1
