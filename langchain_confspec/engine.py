@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 
 from langchain_confspec.answer_text import AnswerText
+from langchain_confspec.batching import BatchScheduler, PassJob
 from langchain_confspec.config import FastPath, Mode, SpecConfig
 from langchain_confspec.constrained import Node, write_json
 from langchain_confspec.cuda_graphs import CudaGraphCapture, GraphCapture
@@ -35,13 +36,13 @@ from langchain_confspec.errors import (
     GenerationError,
     ModelOutOfMemoryError,
 )
-from langchain_confspec.fair_lock import FairLock
 from langchain_confspec.fast_path import FastPaths, ModelPath
 from langchain_confspec.gate import GateAction, gate, target_accepts
 from langchain_confspec.loading import LoadedModel, rollback_problem, same_vocabulary
 from langchain_confspec.records import (
     Decision,
     ModelCounters,
+    PhaseBatches,
     PhaseTimes,
     RunSummary,
     Span,
@@ -69,6 +70,8 @@ class Constraint:
 
 
 T = TypeVar("T")
+DEFAULT_MAX_BATCH = 8
+"""Generations one engine runs at once; each holds a row of every static cache."""
 
 
 @dataclass(frozen=True)
@@ -111,12 +114,12 @@ class RunResult:
 
 
 class ConfSpecEngine:
-    """A draft and a target model, their static caches, and the lock that serialises
-    generations over them.
+    """A draft and a target model, their static caches, and the scheduler that runs up to
+    `max_batch` generations at once, their forward passes batched together.
 
     `max_context` caps the context window the engine uses for both models (and so the size of
-    their static caches); `graph_capture` says how graphs are captured (CUDA graphs by
-    default; `EagerRehearsal` runs the graph path's passes eagerly on any device).
+    their static caches, one row per slot); `graph_capture` says how graphs are captured (CUDA
+    graphs by default; `EagerRehearsal` runs the graph path's passes eagerly on any device).
     """
 
     def __init__(
@@ -127,9 +130,12 @@ class ConfSpecEngine:
         *,
         max_context: int | None = None,
         graph_capture: GraphCapture | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         if max_context is not None and max_context < 2:
             raise ConfigurationError(f"max_context must be at least 2 tokens, not {max_context}.")
+        if max_batch < 1:
+            raise ConfigurationError(f"max_batch must be at least 1, not {max_batch}.")
         self.draft = draft
         self.target = target
         self.max_context = max_context
@@ -144,14 +150,17 @@ class ConfSpecEngine:
         for role, loaded in (("draft", draft), ("target", target)):
             if (problem := rollback_problem(loaded.model, self.context[role])) is not None:
                 raise ConfigurationError(f"The {role} model {loaded.name!r} cannot be used: {problem}.")
-        self.fast_paths = FastPaths({"draft": draft, "target": target}, self.context, graph_capture or CudaGraphCapture())
-        self._lock = FairLock()
+        self.max_batch = max_batch
+        self.fast_paths = FastPaths(
+            {"draft": draft, "target": target}, self.context, graph_capture or CudaGraphCapture(), rows=max_batch
+        )
+        self.scheduler = BatchScheduler(max_batch, self._run_batch)
 
     def warmup(self, fast_path: FastPath | str = FastPath.AUTO) -> list[WarmupReport]:
         """Allocate static caches and capture graphs for `fast_path` now, and build each
         tokenizer's token-text table, so that no call pays for them; one report per model.
-        Waits for a generation in progress."""
-        with self._lock, _model_failures():
+        Waits until no generation is running, and holds new ones back meanwhile."""
+        with self.scheduler.exclusive(), _model_failures():
             for loaded in (self.draft, self.target):
                 token_texts(loaded.tokenizer)
             return self.fast_paths.warm_up(FastPath(fast_path))
@@ -175,13 +184,24 @@ class ConfSpecEngine:
         """
         started = time.perf_counter()
         generation = _Generation(self, turns, config, tools, constraint, stream_text)
-        with self._lock:
-            lock_wait = time.perf_counter() - started
-            logger.debug("generation starts (%s) after waiting %.3f s for the models", config.mode.value, lock_wait)
+        if not generation.paths_ready():
+            with self.scheduler.exclusive(), _model_failures():
+                generation.prepare_paths()
+        with self.scheduler.slot() as (row, slot_wait):
+            logger.debug("generation starts (%s) in row %d after waiting %.3f s for a slot", config.mode.value, row, slot_wait)
             with _model_failures():
-                generation.open_sessions()
-                yield from generation.steps()
-            yield generation.result(wall_time=time.perf_counter() - started, lock_wait=lock_wait)
+                generation.open_sessions(row)
+                for item in generation.steps():
+                    with self.scheduler.away():  # the caller has the item: others may batch meanwhile
+                        yield item
+            result = generation.result(wall_time=time.perf_counter() - started, lock_wait=slot_wait)
+            with self.scheduler.away():
+                yield result
+
+    def _run_batch(self, role: str, jobs: list[PassJob]) -> list[torch.Tensor]:
+        runner = self.fast_paths.runner(role)
+        assert runner is not None, "a batched pass needs the model's static cache"
+        return runner.forward_rows(jobs)
 
     def generate(self, turns: list[dict[str, Any]], config: SpecConfig, **request: Any) -> RunResult:
         """Run to the end and return the result (`request`: as for `run`)."""
@@ -217,20 +237,27 @@ def _model_failures() -> Iterator[None]:
 
 class _PhaseClock:
     """Accumulates wall time per phase for one step, less the time the caller spent between
-    streamed pieces of text (`away`)."""
+    streamed pieces of text (`away`), and the mean size of the batches its passes ran in."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch_sizes: list[int]) -> None:
         self.times = PhaseTimes()
         self.away = 0.0
+        self._batch_sizes = batch_sizes  # every pass of the generation, as its sessions log them
+        self._batched: dict[str, list[int]] = {}
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        start, away = time.perf_counter(), self.away
+        start, away, passes = time.perf_counter(), self.away, len(self._batch_sizes)
         try:
             yield
         finally:
             spent = time.perf_counter() - start - (self.away - away)
             setattr(self.times, name, getattr(self.times, name) + spent)
+            self._batched.setdefault(name, []).extend(self._batch_sizes[passes:])
+
+    @property
+    def batches(self) -> PhaseBatches:
+        return PhaseBatches(**{name: sum(sizes) / len(sizes) for name, sizes in self._batched.items() if sizes})
 
 
 class _Generation:
@@ -268,6 +295,8 @@ class _Generation:
             for role in self._prompts
         }
         self._paths = {role: engine.fast_paths.resolve(config.fast_path, role) for role in self._used}
+        self._warmup: dict[str, float] = {}
+        self.batch_sizes: list[int] = []  # the batch size of every static-cache pass, in order
         self.draft: ModelSession | None = None
         self.target: ModelSession | None = None
         steps_are_judged = config.mode in (Mode.CONFSPEC, Mode.ALWAYS_VERIFY)
@@ -302,24 +331,33 @@ class _Generation:
             )
         return prompt
 
-    def open_sessions(self) -> None:
-        """Open each model's session on its path, warming the path up if this call is the
-        first to need it. Runs under the engine's lock: static caches are shared."""
-        for role in self._used:
-            setattr(self, role, self._open(role, self._prompts[role], self._paths[role]))
+    def paths_ready(self) -> bool:
+        return all(self.engine.fast_paths.ready(role, self._paths[role].path) for role in self._used)
 
-    def _open(self, role: str, prompt: list[int], path: ModelPath) -> ModelSession:
-        kv, resolved, warmup_seconds = self.engine.fast_paths.backend(role, path.path)
-        if path.reason:
-            logger.debug("%s model on fast_path=%r: %s", role, resolved.value, path.reason)
-        return ModelSession(
-            getattr(self.engine, role),
-            prompt,
-            kv=kv,
-            context_length=self.engine.context[role],
-            fast_path=resolved.value,
-            warmup_seconds=warmup_seconds,
-        )
+    def prepare_paths(self) -> None:
+        """Allocate static caches and capture graphs this call is the first to need (while no
+        other generation runs); the seconds go into this call's summary."""
+        for role in self._used:
+            path, seconds = self.engine.fast_paths.prepare(role, self._paths[role].path)
+            self._paths[role] = ModelPath(path, self._paths[role].reason)
+            self._warmup[role] = seconds
+
+    def open_sessions(self, row: int) -> None:
+        """Open each model's session on its prepared path, in cache row `row` (this call's slot)."""
+        for role in self._used:
+            path = self._paths[role]
+            if path.reason:
+                logger.debug("%s model on fast_path=%r: %s", role, path.path.value, path.reason)
+            kv = self.engine.fast_paths.kv(role, path.path, row=row, scheduler=self.engine.scheduler, batch_sizes=self.batch_sizes)
+            session = ModelSession(
+                getattr(self.engine, role),
+                self._prompts[role],
+                kv=kv,
+                context_length=self.engine.context[role],
+                fast_path=path.path.value,
+                warmup_seconds=self._warmup.get(role, 0.0),
+            )
+            setattr(self, role, session)
 
     def steps(self) -> Iterator[StepRecord | TextDelta]:
         while self.finish_reason is None:
@@ -327,7 +365,7 @@ class _Generation:
             if budget.tokens <= 0:
                 self.finish_reason = "length"
                 break
-            clock = _PhaseClock()
+            clock = _PhaseClock(self.batch_sizes)
             writing = self._write_step(budget, clock)
             while True:
                 try:
@@ -338,7 +376,7 @@ class _Generation:
                 left = time.perf_counter()
                 yield delta
                 clock.away += time.perf_counter() - left
-            record.times = clock.times
+            record.times, record.batch_sizes = clock.times, clock.batches
             self.records.append(record)
             self.tokens_used += record.n_tokens
             logger.debug(
@@ -365,6 +403,7 @@ class _Generation:
             target=self.target.counters() if self.target else ModelCounters(),
             wall_time=wall_time,
             lock_wait=lock_wait,
+            batch_sizes=self.batch_sizes,
         )
         return RunResult(text=text, records=self.records, summary=summary)
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from langchain_confspec.batching import BatchScheduler
 from langchain_confspec.config import FastPath
 from langchain_confspec.cuda_graphs import GraphCapture, timed
 from langchain_confspec.errors import ConfigurationError
 from langchain_confspec.loading import LoadedModel
-from langchain_confspec.session import KVBackend, StaticKV
+from langchain_confspec.session import DynamicKV, KVBackend, StaticKV
 from langchain_confspec.static_cache import check_static_support
 from langchain_confspec.static_runner import StaticRunner, WarmupReport
 
@@ -43,10 +44,13 @@ class ModelPath:
 class FastPaths:
     """The static runners of an engine's models and the rule resolving `fast_path` for them."""
 
-    def __init__(self, models: dict[str, LoadedModel], context: dict[str, int], capture: GraphCapture) -> None:
+    def __init__(
+        self, models: dict[str, LoadedModel], context: dict[str, int], capture: GraphCapture, *, rows: int = 1
+    ) -> None:
         self.models = models
         self.context = context
         self.capture = capture
+        self.rows = rows  # one static-cache row per generation that may run at once
         self._runners: dict[str, StaticRunner] = {}
         self._graph_failures: dict[str, str] = {}  # role -> why its graphs could not be captured
 
@@ -73,28 +77,53 @@ class FastPaths:
             return ModelPath(FastPath.STATIC, self._graph_failures[role])
         return ModelPath(requested)
 
-    def backend(self, role: str, path: FastPath) -> tuple[KVBackend | None, FastPath, float]:
-        """The KV backend for `role` on `path` (None: a dynamic cache), the path it really
-        takes (`static` where graphs could not be captured), and the seconds of one-time
-        warm-up spent getting it ready now."""
+    def ready(self, role: str, path: FastPath) -> bool:
+        """Whether `role` can take `path` with nothing to allocate or capture first."""
+        runner = self._runners.get(role)
         if path is FastPath.OFF:
-            return None, path, 0.0
+            return True
+        return runner is not None and (path is not FastPath.GRAPHS or runner.graphs_ready or role in self._graph_failures)
+
+    def prepare(self, role: str, path: FastPath) -> tuple[FastPath, float]:
+        """Allocate `role`'s static cache and capture its graphs if `path` needs them (while no
+        generation runs: warm-up writes all over the cache); the path it really takes
+        (`static` where graphs could not be captured) and the seconds spent now."""
+        if path is FastPath.OFF:
+            return path, 0.0
         seconds = 0.0
         if role not in self._runners:
-            self._runners[role] = StaticRunner(self.models[role], self.context[role], self.capture)
+            self._runners[role] = StaticRunner(self.models[role], self.context[role], self.capture, rows=self.rows)
             seconds += self._runners[role].allocate_seconds
         runner = self._runners[role]
-        if path is FastPath.GRAPHS and not runner.graphs_ready:
+        if path is FastPath.GRAPHS and not runner.graphs_ready and role not in self._graph_failures:
             seconds += self._warm_up_graphs(role, runner)
-            if not runner.graphs_ready:
-                path = FastPath.STATIC
-        return StaticKV(runner, graphs=path is FastPath.GRAPHS), path, seconds
+        if path is FastPath.GRAPHS and not runner.graphs_ready:
+            path = FastPath.STATIC
+        return path, seconds
+
+    def kv(
+        self, role: str, path: FastPath, *, row: int, scheduler: BatchScheduler, batch_sizes: list[int]
+    ) -> KVBackend:
+        """A generation's KV backend for `role` on a prepared `path`, in cache row `row`."""
+        if path is FastPath.OFF:
+            return DynamicKV(self.models[role], away=scheduler.away)
+        return StaticKV(
+            self._runners[role], graphs=path is FastPath.GRAPHS, row=row, scheduler=scheduler, role=role, batch_sizes=batch_sizes
+        )
+
+    def backend(self, role: str, path: FastPath) -> tuple[KVBackend | None, FastPath, float]:
+        """For single-threaded tools (benchmarks): `prepare`, then a backend in row 0 that runs
+        its passes directly (None: a dynamic cache)."""
+        path, seconds = self.prepare(role, path)
+        if path is FastPath.OFF:
+            return None, path, seconds
+        return StaticKV(self._runners[role], graphs=path is FastPath.GRAPHS), path, seconds
 
     def warm_up(self, requested: FastPath) -> list[WarmupReport]:
         """Get every model ready for `requested` now, so that no call pays for it."""
         reports = []
         for role, loaded in self.models.items():
-            _, path, _ = self.backend(role, self.resolve(requested, role).path)
+            path, _ = self.prepare(role, self.resolve(requested, role).path)
             if path is FastPath.OFF:
                 reports.append(WarmupReport(model=loaded.name, fast_path=path.value, cache_tokens=0, cache_mib=0.0))
             else:

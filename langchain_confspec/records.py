@@ -74,6 +74,16 @@ class PhaseTimes(BaseModel):
         return PhaseTimes(**{k: getattr(self, k) + getattr(other, k) for k in PhaseTimes.model_fields})
 
 
+class PhaseBatches(BaseModel):
+    """Mean number of concurrent generations whose forward passes ran together, per phase
+    (0 where a phase ran no pass over a static cache)."""
+
+    draft_write: float = 0.0
+    draft_verify: float = 0.0
+    target_verify: float = 0.0
+    target_write: float = 0.0
+
+
 class TokenSpeculation(BaseModel):
     """What token-level speculation did while the target wrote one step."""
 
@@ -114,6 +124,7 @@ class StepRecord(BaseModel):
         default=None, description="Set on target-written steps when token-level speculation ran."
     )
     times: PhaseTimes = Field(default_factory=PhaseTimes)
+    batch_sizes: PhaseBatches = Field(default_factory=PhaseBatches)
 
 
 class ModelCounters(BaseModel):
@@ -141,7 +152,10 @@ class RunSummary(BaseModel):
     target: ModelCounters
     times: PhaseTimes
     wall_time: float
-    lock_wait: float = Field(description="Seconds this call waited for the model pair to be free.")
+    lock_wait: float = Field(description="Seconds this call waited for a slot (at most max_batch calls run at once).")
+    mean_batch_size: float = Field(
+        default=0.0, description="Mean number of calls whose forward passes ran together with this one's (static caches)."
+    )
     warmup_time: float = Field(
         default=0.0, description="Seconds of `wall_time` spent on one-time fast-path warm-up (0 once warm)."
     )
@@ -156,6 +170,7 @@ def summarize(
     target: ModelCounters,
     wall_time: float,
     lock_wait: float,
+    batch_sizes: list[int] | None = None,
 ) -> RunSummary:
     """Aggregate step records and model counters into the run's summary."""
     by_decision = {d.value: 0 for d in Decision}
@@ -179,4 +194,5 @@ def summarize(
         wall_time=wall_time,
         lock_wait=lock_wait,
         warmup_time=draft.warmup_seconds + target.warmup_seconds,
+        mean_batch_size=sum(batch_sizes) / len(batch_sizes) if batch_sizes else 0.0,
     )

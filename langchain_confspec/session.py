@@ -14,12 +14,14 @@ sees no difference.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 import torch
 from transformers import DynamicCache
 
+from langchain_confspec.batching import BatchScheduler, PassJob
 from langchain_confspec.loading import LoadedModel
 from langchain_confspec.records import ModelCounters
 from langchain_confspec.static_runner import StaticRunner
@@ -39,17 +41,19 @@ class KVBackend(Protocol):
 
 
 class DynamicKV:
-    """A `DynamicCache` owned by one generation, cropped on rollback."""
+    """A `DynamicCache` owned by one generation, cropped on rollback. Its passes run alone, in
+    the generation's own thread, marked `away` so that they hold up no batch."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, *, away: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self.loaded = loaded
         self._cache = DynamicCache(config=loaded.model.config)
         self._length = 0
+        self._away = away
 
     def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
         assert start == self._length, "a dynamic cache reads on from where it ends"
         input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.loaded.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._away():
             output = self.loaded.model(
                 input_ids=input_ids, use_cache=True, logits_to_keep=n_rows, **{self.loaded.cache_argument: self._cache}
             )
@@ -63,14 +67,35 @@ class DynamicKV:
 
 
 class StaticKV:
-    """Row 0 of a model's static cache: rolling back is only remembering where to write next."""
+    """A generation's row of a model's static cache: rolling back is only remembering where to
+    write next. With a scheduler, its passes run in batches with other generations' rows; the
+    size of each batch is logged in `batch_sizes`."""
 
-    def __init__(self, runner: StaticRunner, *, graphs: bool) -> None:
+    def __init__(
+        self,
+        runner: StaticRunner,
+        *,
+        graphs: bool,
+        row: int = 0,
+        scheduler: BatchScheduler | None = None,
+        role: str = "",
+        batch_sizes: list[int] | None = None,
+    ) -> None:
         self.runner = runner
         self.graphs = graphs
+        self.row = row
+        self.scheduler = scheduler
+        self.role = role
+        self.batch_sizes = batch_sizes if batch_sizes is not None else []
 
     def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
-        return self.runner.forward(tokens, start, n_rows, graphs=self.graphs)
+        if self.scheduler is None:
+            self.batch_sizes.append(1)
+            return self.runner.forward(tokens, start, n_rows, graphs=self.graphs, row=self.row)
+        job = PassJob(self.role, self.row, tokens, start, n_rows, self.graphs)
+        logits = self.scheduler.forward(job)
+        self.batch_sizes.append(job.batch_size)
+        return logits
 
     def rewind(self, length: int) -> None:
         return None  # the next pass says where it starts

@@ -54,8 +54,9 @@ def test_draft_and_target_caches_hold_the_same_text_after_every_step(
 ) -> None:
     engine = engine_on(tiny_engine, fast_path)
     generation = _Generation(engine, QUESTION, build_config(max_tokens=40, max_step_tokens=6, fast_path=fast_path, **settings), None, None)
-    with engine._lock:
-        generation.open_sessions()
+    generation.prepare_paths()
+    with engine.scheduler.slot() as (row, _):
+        generation.open_sessions(row)
         steps = 0
         for _ in generation.steps():
             steps += 1
