@@ -2,11 +2,11 @@
 
 Each generation runs its own step logic in its own thread (the caller's, or the async
 bridge's worker) and holds a slot: a row of every model's static cache. When its session
-needs a forward pass, it hands the pass to the `BatchScheduler` and waits. The scheduler runs
-the passes that are waiting for one model, of one kind (one-token decoding, or multi-token
-passes: verification suffixes, catch-up, proposal checks), as one batched forward over their
-rows, and hands each its rows of logits. Requests join and leave between passes: continuous
-batching, bounded by `max_batch` slots.
+needs a forward pass, it hands the pass to the `BatchScheduler` and waits on it. An executor
+thread runs the passes that are waiting for one model, of one kind (one-token decoding, or
+multi-token passes: verification suffixes, catch-up, proposal checks), as one batched forward
+over their rows, and hands each its rows of logits. Requests join and leave between passes:
+continuous batching, bounded by `max_batch` slots.
 
 A batch runs once no generation holding a slot is busy on the host (each is waiting for a
 pass, or has handed control to its caller), so requests advance together; a short timeout
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ import torch
 
 GATHER_TIMEOUT = 0.005
 """Seconds a waiting pass gives busy requests to join its batch before it runs anyway."""
+IDLE_EXIT = 1.0
+"""Seconds without passes after which the executor thread ends (a new pass starts another)."""
 
 
 @dataclass
@@ -41,8 +44,8 @@ class PassJob:
     result: torch.Tensor | None = None
     error: BaseException | None = None
     batch_size: int = 0
-    done: bool = False
     submitted: float = field(default_factory=time.perf_counter)
+    finished: threading.Event = field(default_factory=threading.Event)
 
     @property
     def kind(self) -> tuple[str, bool]:
@@ -59,7 +62,9 @@ class BatchScheduler:
 
     def __init__(self, max_batch: int, run_batch: BatchRunner) -> None:
         self.max_batch = max_batch
-        self._run_batch = run_batch
+        # Held weakly: the executor thread must not keep an engine (and its weights) alive.
+        self._run_batch = weakref.WeakMethod(run_batch) if hasattr(run_batch, "__self__") else lambda: run_batch
+        self._executor: threading.Thread | None = None
         self._condition = threading.Condition()
         self._free = list(range(max_batch))  # free rows, the lowest handed out first
         self._tickets = 0  # first come, first served
@@ -68,7 +73,6 @@ class BatchScheduler:
         self._busy = 0  # of those, the ones doing host work now
         self._exclusive = False
         self._pending: list[PassJob] = []
-        self._running = False
 
     # -- slots ----------------------------------------------------------------------------------
 
@@ -125,33 +129,53 @@ class BatchScheduler:
     # -- passes ---------------------------------------------------------------------------------
 
     def forward(self, job: PassJob) -> torch.Tensor:
-        """Run `job` as part of a batch and return its logits (this thread may run the batch)."""
+        """Run `job` as part of a batch and return its logits."""
         with self._condition:
             self._pending.append(job)
             self._busy -= 1
+            if self._executor is None:  # started on demand, gone when idle
+                self._executor = threading.Thread(target=self._execute_batches, name="confspec-batches", daemon=True)
+                self._executor.start()
             self._condition.notify_all()
-            try:
-                while not job.done:
-                    if self._running or not self._ready():
-                        self._condition.wait(GATHER_TIMEOUT)
-                        continue
-                    batch = self._take()
-                    self._running = True
-                    self._condition.release()
-                    try:
-                        self._execute(batch)
-                    finally:
-                        self._condition.acquire()
-                        self._running = False
-                        self._condition.notify_all()
-            finally:
-                self._busy += 1
+        job.finished.wait()
+        with self._condition:
+            self._busy += 1
         if job.error is not None:
             raise job.error
         assert job.result is not None
         return job.result
 
+    def _execute_batches(self) -> None:
+        """The executor: runs a batch whenever one is ready, until there is nothing to do. Should
+        it ever die, every waiting pass fails rather than waits forever."""
+        try:
+            self._execute_loop()
+        except BaseException as error:
+            with self._condition:
+                self._executor = None
+                failed, self._pending = self._pending, []
+            for job in failed:
+                job.error = error
+                job.finished.set()
+            raise
+
+    def _execute_loop(self) -> None:
+        while True:
+            with self._condition:
+                while not self._ready():
+                    if not self._pending:
+                        if not self._condition.wait(IDLE_EXIT):
+                            self._executor = None  # idle: the next pass starts a new executor
+                            return
+                    else:
+                        oldest = min(job.submitted for job in self._pending)
+                        self._condition.wait(max(0.0, oldest + GATHER_TIMEOUT - time.perf_counter()))
+                batch = self._take()
+            self._execute(batch)
+
     def _ready(self) -> bool:
+        """A batch runs once no generation holding a slot is busy on the host, or once the
+        oldest waiting pass has waited long enough."""
         if not self._pending:
             return False
         oldest = min(job.submitted for job in self._pending)
@@ -167,15 +191,20 @@ class BatchScheduler:
         return batch
 
     def _execute(self, batch: list[PassJob]) -> None:
-        """Run a batch; the outcome goes to each job (this thread may not be their requests')."""
+        """Run a batch and hand each job its outcome."""
         try:
-            results = self._run_batch(batch[0].role, batch)
+            run_batch = self._run_batch()
+            if run_batch is None:
+                raise RuntimeError("the engine these passes belong to is gone")
+            results = run_batch(batch[0].role, batch)
         except Exception as error:  # noqa: BLE001 - handed to the job's own request
             if len(batch) > 1:  # run them alone, so that only the failing request fails
                 for job in batch:
                     self._execute([job])
                 return
-            batch[0].error, batch[0].done = error, True
+            batch[0].error = error
+            batch[0].finished.set()
             return
         for job, result in zip(batch, results):
-            job.result, job.batch_size, job.done = result, len(batch), True
+            job.result, job.batch_size = result, len(batch)
+            job.finished.set()

@@ -16,6 +16,7 @@ time by `warm_up`; the seconds a call spends on that are reported in its summary
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from langchain_confspec.batching import BatchScheduler
@@ -51,6 +52,7 @@ class FastPaths:
         self.context = context
         self.capture = capture
         self.rows = rows  # one static-cache row per generation that may run at once
+        self._turns = {role: threading.Lock() for role in models}  # dynamic-cache passes: one at a time
         self._runners: dict[str, StaticRunner] = {}
         self._graph_failures: dict[str, str] = {}  # role -> why its graphs could not be captured
 
@@ -106,7 +108,7 @@ class FastPaths:
     ) -> KVBackend:
         """A generation's KV backend for `role` on a prepared `path`, in cache row `row`."""
         if path is FastPath.OFF:
-            return DynamicKV(self.models[role], away=scheduler.away)
+            return DynamicKV(self.models[role], away=scheduler.away, turn=self._turns[role])
         return StaticKV(
             self._runners[role], graphs=path is FastPath.GRAPHS, row=row, scheduler=scheduler, role=role, batch_sizes=batch_sizes
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import DynamicCache
@@ -41,19 +41,27 @@ class KVBackend(Protocol):
 
 
 class DynamicKV:
-    """A `DynamicCache` owned by one generation, cropped on rollback. Its passes run alone, in
-    the generation's own thread, marked `away` so that they hold up no batch."""
+    """A `DynamicCache` owned by one generation, cropped on rollback. Its passes run in the
+    generation's own thread, one at a time per model (`turn`: concurrent passes would only
+    fight over the cores), marked `away` so that they hold up no batch."""
 
-    def __init__(self, loaded: LoadedModel, *, away: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        away: Callable[[], AbstractContextManager[None]] = nullcontext,
+        turn: AbstractContextManager[Any] | None = None,
+    ) -> None:
         self.loaded = loaded
         self._cache = DynamicCache(config=loaded.model.config)
         self._length = 0
         self._away = away
+        self._turn = turn or nullcontext()
 
     def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
         assert start == self._length, "a dynamic cache reads on from where it ends"
         input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.loaded.device)
-        with torch.inference_mode(), self._away():
+        with torch.inference_mode(), self._away(), self._turn:
             output = self.loaded.model(
                 input_ids=input_ids, use_cache=True, logits_to_keep=n_rows, **{self.loaded.cache_argument: self._cache}
             )

@@ -79,7 +79,7 @@ def _expand_index(positions: torch.Tensor, states: torch.Tensor) -> torch.Tensor
 class StaticKVCache(Cache):
     """Keys and values of `batch_size` rows of up to `max_len` tokens, on the model's device."""
 
-    def __init__(self, model: PreTrainedModel, max_len: int, batch_size: int = 1) -> None:
+    def __init__(self, model: PreTrainedModel, max_len: int, batch_size: int = 1, scratch_len: int = 1) -> None:
         config = model.config.get_text_config(decoder=True)
         check_static_support(model, max_len)
         self.max_len = max_len
@@ -92,13 +92,14 @@ class StaticKVCache(Cache):
         super().__init__(layers=layers)
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        # One slot past the context: where rows without a token in a captured batched step
-        # write. No real position reaches it, so nothing ever attends to it.
+        # Slots past the context: where rows that are not part of a batched pass write. No real
+        # position reaches them, so nothing ever attends to them.
         self.scratch = max_len
+        self.scratch_len = scratch_len if batch_size > 1 else 1
         for layer in layers:
-            layer.allocate((batch_size, heads, max_len + 1, head_dim), head_dim, self.dtype, device)
+            layer.allocate((batch_size, heads, max_len + self.scratch_len, head_dim), head_dim, self.dtype, device)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self._slots = torch.arange(max_len + 1, device=device)
+        self._slots = torch.arange(max_len + self.scratch_len, device=device)
         self._open = torch.zeros((), dtype=self.dtype, device=device)  # additive mask values (eager attention)
         self._closed = torch.full((), torch.finfo(self.dtype).min, dtype=self.dtype, device=device)
         self.write_positions: torch.Tensor | None = None

@@ -83,7 +83,7 @@ class StaticRunner:
         )
 
     def _allocate(self) -> None:
-        self.cache = StaticKVCache(self.model, self.max_len, batch_size=self.rows)
+        self.cache = StaticKVCache(self.model, self.max_len, batch_size=self.rows, scratch_len=PASS_BUCKETS[-1])
 
     # -- passes -------------------------------------------------------------------------------
 
@@ -105,12 +105,16 @@ class StaticRunner:
             shape = self._graph_shape(jobs) if jobs[0].graphs else None
             if shape is not None:
                 return self._replay(jobs, shape)
-            jobs = sorted(jobs, key=lambda job: job.row)
+            by_row = sorted(jobs, key=lambda job: job.row)
+            if max(len(job.tokens) for job in jobs) <= self.cache.scratch_len:  # one forward over the rows' span
+                runs = [by_row]
+            else:  # rows between the jobs' could not be parked in the scratch slots: runs of rows
+                runs = _contiguous(by_row)
             outputs: dict[int, torch.Tensor] = {}
-            for run in _contiguous(jobs):  # rows without a pass here are never written
+            for run in runs:
                 for job, output in zip(run, self._eager(run, attend_all=jobs[0].graphs)):
                     outputs[job.row] = output
-            return [outputs[job.row] for job in jobs]
+            return [outputs[job.row] for job in jobs]  # in the order asked
 
     def _graph_shape(self, jobs: list[PassJob]) -> tuple[int, int] | None:
         """The captured pass (rows, tokens) that can serve these jobs, if any: one-token steps
@@ -129,19 +133,27 @@ class StaticRunner:
         return (1, bucket)
 
     def _eager(self, jobs: list[PassJob], *, attend_all: bool) -> list[torch.Tensor]:
-        """One forward over consecutive rows, their tokens padded to the longest."""
+        """One forward over the rows from the first job's to the last's (sorted by row), their
+        tokens padded to the longest; rows between without a job write into the scratch slots."""
         length = max(len(job.tokens) for job in jobs)
-        rows = slice(jobs[0].row, jobs[-1].row + 1)
+        first = jobs[0].row
+        rows = slice(first, jobs[-1].row + 1)
         # With graphs on, every pass attends to the whole cache, as the captured ones do, so
         # that eager and replayed passes compute alike.
         end = max(job.start for job in jobs) + length
         attend = self.max_len if attend_all else min(self.max_len, -(-end // EAGER_ATTEND_STEP) * EAGER_ATTEND_STEP)
-        input_ids = torch.tensor([_padded(job.tokens, length) for job in jobs], dtype=torch.long, device=self.device)
-        self.cache.lengths[rows].copy_(torch.tensor([job.start for job in jobs]))
+        span = rows.stop - first
+        tokens, starts = [[0] * length for _ in range(span)], [self.cache.scratch] * span
+        for job in jobs:
+            tokens[job.row - first], starts[job.row - first] = _padded(job.tokens, length), job.start
+        input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        self.cache.lengths[rows].copy_(torch.tensor(starts))
         keep = length - min(len(job.tokens) - job.n_rows for job in jobs)  # last rows any job needs
-        logits = self._pass(self.model, input_ids, attend, keep, rows).float()  # (rows, keep, vocab)
+        logits = self._pass(self.model, input_ids, attend, keep, rows).float()  # (span, keep, vocab)
         skipped = length - keep
-        return [logits[i, len(job.tokens) - job.n_rows - skipped : len(job.tokens) - skipped] for i, job in enumerate(jobs)]
+        return [
+            logits[job.row - first, len(job.tokens) - job.n_rows - skipped : len(job.tokens) - skipped] for job in jobs
+        ]
 
     def _pass(self, forward: object, input_ids: torch.Tensor, attend: int, keep: int, rows: slice) -> torch.Tensor:
         """The one forward pass every path runs: (rows, L) ids at each row's length ->

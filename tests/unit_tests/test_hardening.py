@@ -34,7 +34,7 @@ from langchain_confspec.errors import (
     GenerationError,
     ModelOutOfMemoryError,
 )
-from langchain_confspec.fair_lock import FairLock
+from langchain_confspec.batching import BatchScheduler
 from langchain_confspec.tiny import build_tiny_pair
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
@@ -48,16 +48,16 @@ def model(tiny_model_params: dict[str, str]) -> ConfSpecChatModel:
 # -- load and fairness ----------------------------------------------------------------------------
 
 
-def test_fair_lock_serves_callers_in_arrival_order() -> None:
-    lock = FairLock()
+def test_slots_are_served_in_arrival_order() -> None:
+    scheduler = BatchScheduler(1, run_batch=lambda role, jobs: [])
     served: list[int] = []
     threads = []
-    with lock:
+    with scheduler.slot():
         for n in range(6):
-            thread = threading.Thread(target=lambda n=n: _take(lock, served, n))
+            thread = threading.Thread(target=lambda n=n: _take(scheduler, served, n))
             thread.start()
             deadline = time.monotonic() + 10
-            while lock._next_ticket < n + 2 and time.monotonic() < deadline:  # thread n is queued
+            while scheduler._tickets < n + 2 and time.monotonic() < deadline:  # thread n is queued
                 time.sleep(0.001)
             threads.append(thread)
     for thread in threads:
@@ -65,8 +65,8 @@ def test_fair_lock_serves_callers_in_arrival_order() -> None:
     assert served == list(range(6))
 
 
-def _take(lock: FairLock, served: list[int], n: int) -> None:
-    with lock:
+def _take(scheduler: BatchScheduler, served: list[int], n: int) -> None:
+    with scheduler.slot():
         served.append(n)
 
 
