@@ -207,7 +207,7 @@ def test_max_context_sizes_the_static_caches_and_bounds_prompts(tiny_engine: Con
     engine.generate(QUESTION, build_config(max_tokens=8, fast_path="static"))
     runner = engine.fast_paths.runner("target")
     assert runner is not None and runner.cache.max_len == 96
-    assert runner.cache.layers[0].keys.shape[2] == 97  # the context and one scratch slot
+    assert runner.cache.layers[0].keys.shape[2] == 96 + runner.cache.scratch_len  # the context, then scratch slots
     long_question = [{"role": "user", "content": "apples " * 120}]
     for path in ("off", "static"):
         with pytest.raises(ContextLengthError, match=r"context window \(max_context\) is 96 tokens"):
