@@ -23,6 +23,7 @@ import json
 import math
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -277,16 +278,23 @@ class ScriptedVerdicts:
 
     def __init__(self, keep: float, rewrite_share: float) -> None:
         self.keep, self.rewrite_share = keep, rewrite_share
-        self.step = self.unsure = self._readers = 0
+        self._counts = threading.local()  # each answer runs in one thread: its own pattern
+
+    @property
+    def step(self) -> int:
+        return getattr(self._counts, "step", 0)
+
+    @property
+    def unsure(self) -> int:
+        return getattr(self._counts, "unsure", 0)
 
     def reader(self, tokenizer: Any, config: Any, *, role: str) -> VerdictReader:
-        """Stands in for `VerdictReader` in confspec mode, where each answer makes the draft's
-        reader, then the target's."""
+        """Stands in for `VerdictReader` in confspec mode, where each answer makes its draft's
+        reader (the pattern starts again), then its target's."""
         real = VerdictReader(tokenizer, config, role=role)
-        is_draft = self._readers % 2 == 0
-        self._readers += 1
-        if is_draft:  # a new answer: the pattern starts again
-            self.step = self.unsure = 0
+        is_draft = role == "draft"
+        if is_draft:
+            self._counts.step = self._counts.unsure = 0
         script = self
 
         class Scripted(VerdictReader):
@@ -299,13 +307,15 @@ class ScriptedVerdicts:
         return Scripted()
 
     def draft_verdict(self) -> Verdict:
-        i, self.step = self.step, self.step + 1
+        i = self.step
+        self._counts.step = i + 1
         if math.floor((i + 1) * self.keep) > math.floor(i * self.keep):
             return Verdict(p_accept=1.0)
         return Verdict(p_accept=0.5)
 
     def target_verdict(self) -> Verdict:
-        j, self.unsure = self.unsure, self.unsure + 1
+        j = self.unsure
+        self._counts.unsure = j + 1
         rewrite = math.floor((j + 1) * self.rewrite_share) > math.floor(j * self.rewrite_share)
         return Verdict(p_accept=0.0 if rewrite else 1.0)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-GATHER_TIMEOUT = 0.005
+GATHER_TIMEOUT = 0.02
 """Seconds a waiting pass gives busy requests to join its batch before it runs anyway."""
 IDLE_EXIT = 1.0
 """Seconds without passes after which the executor thread ends (a new pass starts another)."""
@@ -73,6 +73,7 @@ class BatchScheduler:
         self._busy = 0  # of those, the ones doing host work now
         self._exclusive = False
         self._pending: list[PassJob] = []
+        self._executing = False  # a batch (or a lone generation's pass) is running
 
     # -- slots ----------------------------------------------------------------------------------
 
@@ -129,7 +130,20 @@ class BatchScheduler:
     # -- passes ---------------------------------------------------------------------------------
 
     def forward(self, job: PassJob) -> torch.Tensor:
-        """Run `job` as part of a batch and return its logits."""
+        """Run `job` as part of a batch and return its logits. A generation alone on the engine
+        runs its pass itself: no batch to gather, no thread to hand it to."""
+        with self._condition:
+            alone = self._active == 1 and not self._pending and not self._executing
+            if alone:
+                self._executing = True
+        if alone:
+            try:
+                self._execute([job])
+            finally:
+                with self._condition:
+                    self._executing = False
+                    self._condition.notify_all()
+            return self._outcome(job)
         with self._condition:
             self._pending.append(job)
             self._busy -= 1
@@ -140,6 +154,10 @@ class BatchScheduler:
         job.finished.wait()
         with self._condition:
             self._busy += 1
+        return self._outcome(job)
+
+    @staticmethod
+    def _outcome(job: PassJob) -> torch.Tensor:
         if job.error is not None:
             raise job.error
         assert job.result is not None
@@ -171,12 +189,18 @@ class BatchScheduler:
                         oldest = min(job.submitted for job in self._pending)
                         self._condition.wait(max(0.0, oldest + GATHER_TIMEOUT - time.perf_counter()))
                 batch = self._take()
-            self._execute(batch)
+                self._executing = True
+            try:
+                self._execute(batch)
+            finally:
+                with self._condition:
+                    self._executing = False
+                    self._condition.notify_all()
 
     def _ready(self) -> bool:
         """A batch runs once no generation holding a slot is busy on the host, or once the
         oldest waiting pass has waited long enough."""
-        if not self._pending:
+        if not self._pending or self._executing:
             return False
         oldest = min(job.submitted for job in self._pending)
         return self._busy <= 0 or time.perf_counter() - oldest >= GATHER_TIMEOUT

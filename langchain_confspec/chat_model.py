@@ -51,7 +51,13 @@ from langchain_confspec.config import (
 )
 from langchain_confspec.decoding import StopHoldback
 from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
-from langchain_confspec.engine import ConfSpecEngine, Constraint, RunResult, TextDelta
+from langchain_confspec.engine import (
+    DEFAULT_MAX_BATCH,
+    ConfSpecEngine,
+    Constraint,
+    RunResult,
+    TextDelta,
+)
 from langchain_confspec.errors import ConfigurationError
 from langchain_confspec.loading import LoadedModel
 from langchain_confspec.messages import to_chat_turns
@@ -236,6 +242,9 @@ class ConfSpecChatModel(BaseChatModel):
     max_context: int | None = Field(default=None, ge=2)
     """Context window the engine uses for each model, in tokens (default: the model's own).
     It sizes the static KV caches, so lower it to what your calls need on long-context models."""
+    max_batch: int = Field(default=DEFAULT_MAX_BATCH, ge=1)
+    """Calls answered at once: each holds a row of every static cache, and their forward passes
+    run together in batches (on `static` and `graphs`). More wait for a free slot."""
     streaming: bool = False
     """Whether `invoke` streams tokens to callbacks by default."""
     metadata_steps: Literal["full", "numbers", "none"] = "full"
@@ -310,6 +319,7 @@ class ConfSpecChatModel(BaseChatModel):
             "device_map": self.device_map,
             "torch_dtype": str(self.torch_dtype) if self.torch_dtype is not None else None,
             "max_context": self.max_context,
+            "max_batch": self.max_batch,
             **self._spec_config().model_dump(mode="json"),
         }
 
@@ -559,7 +569,9 @@ class ConfSpecChatModel(BaseChatModel):
     def _get_engine(self) -> ConfSpecEngine:
         """The engine over this model's pair: weights load the first time anything asks for
         them and are shared by every model (copies included) asking for the same ones."""
-        self._engine = engine_for(self._load("draft"), self._load("target"), max_context=self.max_context)
+        self._engine = engine_for(
+            self._load("draft"), self._load("target"), max_context=self.max_context, max_batch=self.max_batch
+        )
         return self._engine  # kept by this model, so its weights live as long as it does
 
     def _load(self, role: str) -> LoadedModel:

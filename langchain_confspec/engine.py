@@ -9,6 +9,7 @@ whole generation, so concurrent callers never interleave their work on the model
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
@@ -155,6 +156,7 @@ class ConfSpecEngine:
             {"draft": draft, "target": target}, self.context, graph_capture or CudaGraphCapture(), rows=max_batch
         )
         self.scheduler = BatchScheduler(max_batch, self._run_batch)
+        self._preparing = threading.Lock()
 
     def warmup(self, fast_path: FastPath | str = FastPath.AUTO) -> list[WarmupReport]:
         """Allocate static caches and capture graphs for `fast_path` now, and build each
@@ -185,8 +187,10 @@ class ConfSpecEngine:
         started = time.perf_counter()
         generation = _Generation(self, turns, config, tools, constraint, stream_text)
         if not generation.paths_ready():
-            with self.scheduler.exclusive(), _model_failures():
-                generation.prepare_paths()
+            with self._preparing:  # one call warms up; the others then find the paths ready
+                if not generation.paths_ready():
+                    with self.scheduler.exclusive(), _model_failures():
+                        generation.prepare_paths()
         with self.scheduler.slot() as (row, slot_wait):
             logger.debug("generation starts (%s) in row %d after waiting %.3f s for a slot", config.mode.value, row, slot_wait)
             with _model_failures():

@@ -63,12 +63,12 @@ def model_object(model: Any, tokenizer: Any, *, role: str, name: str) -> LoadedM
         return loaded
 
 
-def engine_for(draft: LoadedModel, target: LoadedModel, *, max_context: int | None) -> ConfSpecEngine:
-    """The engine over these two models with this context limit, made once."""
-    key = (id(draft), id(target), max_context)
+def engine_for(draft: LoadedModel, target: LoadedModel, *, max_context: int | None, max_batch: int) -> ConfSpecEngine:
+    """The engine over these two models with this context limit and batch size, made once."""
+    key = (id(draft), id(target), max_context, max_batch)
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None or engine.draft is not draft or engine.target is not target:
-            engine = ConfSpecEngine(draft, target, max_context=max_context)
+            engine = ConfSpecEngine(draft, target, max_context=max_context, max_batch=max_batch)
             _ENGINES[key] = engine
         return engine
