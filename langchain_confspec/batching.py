@@ -74,6 +74,7 @@ class BatchScheduler:
         self._exclusive = False
         self._pending: list[PassJob] = []
         self._executing = False  # a batch (or a lone generation's pass) is running
+        self._current: list[PassJob] = []  # the executor's batch in hand
 
     # -- slots ----------------------------------------------------------------------------------
 
@@ -171,10 +172,11 @@ class BatchScheduler:
         except BaseException as error:
             with self._condition:
                 self._executor = None
-                failed, self._pending = self._pending, []
+                failed, self._pending = [*self._current, *self._pending], []
             for job in failed:
-                job.error = error
-                job.finished.set()
+                if not job.finished.is_set():
+                    job.error = error
+                    job.finished.set()
             raise
 
     def _execute_loop(self) -> None:
@@ -188,7 +190,7 @@ class BatchScheduler:
                     else:
                         oldest = min(job.submitted for job in self._pending)
                         self._condition.wait(max(0.0, oldest + GATHER_TIMEOUT - time.perf_counter()))
-                batch = self._take()
+                batch = self._current = self._take()
                 self._executing = True
             try:
                 self._execute(batch)
