@@ -492,7 +492,7 @@ def model_roles(engines: dict[str, ConfSpecEngine]) -> dict[str, tuple[ConfSpecE
     return roles
 
 
-def build_engines(plan: Plan) -> tuple[dict[str, ConfSpecEngine], dict[str, Any]]:
+def build_engines(plan: Plan, max_batch: int = 1) -> tuple[dict[str, ConfSpecEngine], dict[str, Any]]:
     tokenizer = word_tokenizer(plan.vocab)
     engines, reports, loaded = {}, {}, {}
     for draft, target in plan.pairs:
@@ -502,7 +502,9 @@ def build_engines(plan: Plan) -> tuple[dict[str, ConfSpecEngine], dict[str, Any]
         for name in (draft, target):
             if name not in loaded:
                 loaded[name] = random_model(name, plan, tokenizer)
-        engine = ConfSpecEngine(loaded[draft], loaded[target], max_context=plan.context, graph_capture=plan.capture)
+        engine = ConfSpecEngine(
+            loaded[draft], loaded[target], max_context=plan.context, graph_capture=plan.capture, max_batch=max_batch
+        )
         for report in engine.warmup(FastPath.GRAPHS):
             reports.setdefault(report.model, report.model_dump())
             log(f"warm-up {report.model}: {report.seconds:.1f} s, cache {report.cache_mib:.0f} MiB, graphs {report.graph_mib:.0f} MiB")

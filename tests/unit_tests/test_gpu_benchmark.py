@@ -1,4 +1,4 @@
-"""`benchmarks/gpu.py --smoke`: the GPU benchmark's own code, on tiny CPU models, so it never rots."""
+"""The benchmarks' smoke modes: their own code, on tiny CPU models, so they never rot."""
 
 from __future__ import annotations
 
@@ -33,3 +33,16 @@ def test_the_gpu_benchmark_runs_every_section_in_smoke_mode(tmp_path: Path) -> N
     markdown = (tmp_path / "results.md").read_text()
     for heading in ("## Decode", "## Multi-token passes", "fixed acceptance", "## The bundled pair", "## Warm-up"):
         assert heading in markdown
+
+
+def test_the_batching_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "batching.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [row["concurrent"] for row in rows] == [1, 4]
+    assert all(row["same_answers"] for row in rows)  # batched answers are the answers one by one
+    assert rows[1]["mean_batch_size"] > 1 and rows[0]["mean_batch_size"] == 1
+    assert "| tiny pair | 4 |" in (tmp_path / "results.md").read_text()
