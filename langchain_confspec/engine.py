@@ -2,8 +2,9 @@
 
 `ConfSpecEngine` is plain Python and torch (no LangChain). `run` is a generator that yields
 one `StepRecord` as soon as each step is decided and a `RunResult` at the end, so callers can
-stream accepted steps. One generation runs at a time per engine: the lock is held for the
-whole generation, so concurrent callers never interleave their work on the models.
+stream accepted steps. Up to `max_batch` generations run at once per engine, each in its own
+slot (its own cache row), their forward passes batched by the `BatchScheduler`; each one's step
+logic runs in its caller's thread and never sees the others.
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def _model_failures() -> Iterator[None]:
     """Turn an exception from inside a model into a `GenerationError` that says so.
 
     Everything a generation holds (sessions, KV caches) belongs to that call and is dropped
-    with it, and the lock is released on the way out, so the next call starts clean.
+    with it, and its slot is freed on the way out, so the next call starts clean.
     """
     try:
         yield

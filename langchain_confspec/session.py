@@ -7,8 +7,8 @@ batched forward pass, so every token costs one forward position no matter how it
 `truncate` rolls suffixes and rejected steps back out.
 
 Where the keys and values live is a `KVBackend`: a `DynamicCache` of the call's own
-(`fast_path="off"`), or row 0 of the model's preallocated static cache, shared by every call
-under the engine's lock and rolled back by position (`static`, `graphs`). The step logic above
+(`fast_path="off"`), or the call's row of the model's preallocated static cache, shared by
+concurrent calls (a row each) and rolled back by position (`static`, `graphs`). The step logic above
 sees no difference.
 """
 

@@ -5,7 +5,7 @@ variants (`configurable_fields` builds a new instance for each call) and subclas
 pydantic and LangChain users expect. What must not happen per instance is loading weights or
 capturing graphs again: models are kept here while anything uses them, keyed by what decides
 the load (name or object, device map, dtype, tokenizer), and engines (with their static caches,
-graphs and lock) by their two models and context limit. Both caches hold weak references, so
+graphs and batch scheduler) by their two models, context limit and `max_batch`. Both caches hold weak references, so
 dropping every chat model that uses a model frees its weights.
 """
 

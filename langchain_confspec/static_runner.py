@@ -1,7 +1,8 @@
 """One model's static KV cache and every forward pass over it.
 
 A `StaticRunner` is created once per model (per role) by the engine and serves every call,
-one at a time under the engine's lock. A pass over `L` new tokens at context length `start`
+each in its own row (its slot in the engine's scheduler); `forward_rows` runs several calls'
+passes as one. A pass over `L` new tokens at context length `start`
 returns next-token logits for its last rows. Without graphs it runs eagerly, attending only
 to the slots in use. With graphs, the one-token decode step and passes of up to
 `PASS_BUCKETS[-1]` tokens replay graphs captured at warm-up: a pass is padded up to the

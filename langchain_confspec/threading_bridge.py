@@ -1,7 +1,7 @@
 """Running a blocking generator in a worker thread and consuming it from asyncio.
 
 The engine is synchronous torch code; async callers must not block the event loop while
-it runs. The worker thread owns the generator for its whole life (so the engine's lock is
+it runs. The worker thread owns the generator for its whole life (so the engine's slot is
 taken and released in one thread), and stops it at the next item when the consumer goes
 away.
 """

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from langchain_confspec import (
     ConfSpecChatModel,
     ConfSpecEngine,
+    ContextLengthError,
     GenerationError,
     RunResult,
     StepRecord,
@@ -159,6 +160,31 @@ def test_a_failing_request_fails_alone(tiny_engine: ConfSpecEngine, monkeypatch:
     results = together([*(lambda q=q: engine.generate(turns(q), settings) for q in questions), lambda: engine.generate(turns(QUESTIONS[0]), settings)])
     assert isinstance(results[-1], GenerationError) and "device-side assert" in str(results[-1])
     assert [r.text for r in results[:-1]] == alone
+
+
+def test_a_request_that_cannot_fit_is_refused_at_once_while_the_slots_are_full(tiny_engine: ConfSpecEngine) -> None:
+    engine = ConfSpecEngine(tiny_engine.draft, tiny_engine.target, max_batch=2, max_context=96)
+    settings = config("static", mode="target_only", max_tokens=40)
+    alone = [engine.generate(turns(q), settings).text for q in QUESTIONS[:2]]
+    running = [engine.run(turns(q), settings) for q in QUESTIONS[:2]]
+    for run in running:  # both slots taken, both answers under way
+        next(item for item in run if isinstance(item, StepRecord))
+    refused: list[BaseException] = []
+    caller = threading.Thread(target=lambda: refused.extend(_error_of(lambda: engine.generate(turns("word " * 200), settings))))
+    caller.start()
+    caller.join(timeout=30)  # a stall would wait here for a slot that never frees
+    assert not caller.is_alive() and isinstance(refused[0], ContextLengthError)
+    assert "max_context" in str(refused[0])
+    texts = [next(item for item in run if isinstance(item, RunResult)).text for run in running]
+    assert texts == alone
+
+
+def _error_of(call: Any) -> list[BaseException]:
+    try:
+        call()
+    except BaseException as error:  # noqa: BLE001 - compared by the test
+        return [error]
+    return []
 
 
 def test_max_batch_bounds_how_many_answer_at_once(tiny_engine: ConfSpecEngine) -> None:
