@@ -6,17 +6,23 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_gpu_benchmark_runs_every_section_in_smoke_mode(tmp_path: Path) -> None:
+def smoke_results(script: str, out: Path) -> dict[str, Any]:
+    """Run `benchmarks/<script> --smoke`; the results.json it wrote to `out`."""
     run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke", "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(out)],
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    return json.loads((out / "results.json").read_text())
+
+
+def test_the_gpu_benchmark_runs_every_section_in_smoke_mode(tmp_path: Path) -> None:
+    results = smoke_results("gpu.py", tmp_path)
     assert {"decode", "passes", "pair", "bundled", "warmup"} <= set(results)
     for row in results["decode"]:
         assert 0 < row["bare_graph_step_ms"] and 0 < row["engine_graphs_ms"] and 0 < row["engine_off_ms"]
@@ -36,12 +42,7 @@ def test_the_gpu_benchmark_runs_every_section_in_smoke_mode(tmp_path: Path) -> N
 
 
 def test_the_batching_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "batching.py"), "--smoke", "--out", str(tmp_path)],
-        capture_output=True, text=True, check=False, timeout=300,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    rows = smoke_results("batching.py", tmp_path)["rows"]
     assert [row["concurrent"] for row in rows] == [1, 4]
     assert all(row["same_answers"] for row in rows)  # batched answers are the answers one by one
     assert rows[1]["mean_batch_size"] > 1 and rows[0]["mean_batch_size"] == 1
