@@ -159,6 +159,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     items = load_jsonl(args.data) if args.data else builtin_items(args.problems, args.seed)
     plans = [RunPlan.parse(m) for m in args.modes.split(",") if m.strip()]
+    if not plans:
+        raise ValueError(f"--modes names no mode: {args.modes!r}")
     swept: tuple[str, list[float]] | None = None
     if args.sweep:
         swept = parse_sweep(args.sweep)
@@ -212,13 +214,13 @@ def _fit_depth(args: argparse.Namespace) -> int:
     from langchain_confspec.evaluation import builtin_items, load_jsonl
     from langchain_confspec.speculation import DEPTH_TABLE_FILE, DepthPolicy
 
+    items = load_jsonl(args.data) if args.data else builtin_items(args.problems, seed=30_000)
     engine = _engine(args)
     out = args.out or (engine.target.directory / DEPTH_TABLE_FILE if engine.target.directory else None)
     if out is None:
         raise ValueError("the target is not a local folder: name the table's path with --out")
     engine.depth_policy = DepthPolicy(acceptance=[1.0] * 8, max_depth=8, min_path_chance=0.0)  # explore: always draft deep
     engine.depth_samples = []
-    items = load_jsonl(args.data) if args.data else builtin_items(args.problems, seed=30_000)
     config = build_config(**{**_settings(args), "mode": Mode.TARGET_ONLY, "token_speculation": True})
     for item in items:
         engine.generate([{"role": "user", "content": item.question}], config)

@@ -34,21 +34,54 @@ class EvalItem:
 
 
 def load_jsonl(path: str | Path, extract: AnswerExtractor = extract_answer) -> list[EvalItem]:
-    """Read `{"question", "answer"}` lines; a GSM8K-style answer yields the number after `####`."""
+    """Read `{"question", "answer"}` lines; a GSM8K-style answer yields the number after `####`.
+
+    Refuses, naming the file and line, whatever would make the evaluation quietly wrong: a line
+    that is not a JSON object, a missing or empty question, an answer `extract` cannot read
+    (it could never match a model's answer), and a file with no problems at all.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     items = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if "question" not in row or "answer" not in row:
-            raise ValueError(f"{path}:{number}: each line needs 'question' and 'answer'")
-        answer = str(row["answer"])
-        items.append(EvalItem(row["question"], extract(answer) or answer.strip()))
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            items.append(_parse_item(line, f"{path}:{number}", extract))
+    if not items:
+        raise ValueError(f"{path}: no problems in it (one JSON object per line, with 'question' and 'answer')")
     return items
+
+
+def _parse_item(line: str, where: str, extract: AnswerExtractor) -> EvalItem:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(row, dict) or "question" not in row or "answer" not in row:
+        raise ValueError(f"{where}: each line needs a JSON object with 'question' and 'answer'")
+    question = row["question"]
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{where}: the question must be non-empty text, got {question!r}")
+    answer = expected_answer(str(row["answer"]), extract)
+    if answer is None:
+        raise ValueError(
+            f"{where}: cannot read a final answer from {row['answer']!r}: answers are compared as numbers "
+            "(write 14, or a solution ending in '#### 14'), or pass your own `extract`"
+        )
+    return EvalItem(question, answer)
+
+
+def expected_answer(answer: str, extract: AnswerExtractor = extract_answer) -> str | None:
+    """A data set's answer as `extract` reads a model's: from a solution (`... #### 42`) or
+    written bare (`42`, `1,200`). None when it reads nothing, so no model answer could match."""
+    return extract(answer) or extract(f"Answer: {answer.strip()}")
 
 
 def builtin_items(count: int = 500, seed: int = 10_000) -> list[EvalItem]:
     """Held-out demo problems (the demo pair trains on seeds below 10,000)."""
+    if count < 1:
+        raise ValueError(f"the number of problems must be at least 1, got {count}")
     return [EvalItem(p.question, str(p.answer)) for p in make_problems(count, seed)]
 
 
@@ -265,6 +298,10 @@ def evaluate(
     progress: bool = True,
 ) -> EvalReport:
     """Answer every item with every plan, plus a calibration pass; Ctrl-C keeps what is done."""
+    if not items:
+        raise ValueError("no problems to evaluate")
+    if not plans:
+        raise ValueError("no modes to evaluate")
     base = dict(base or {})
     reports = [ModeReport(plan.label, plan.settings) for plan in plans]
     configs = [build_config(**{**base, **plan.settings, "mode": plan.mode or Mode.TARGET_ONLY}) for plan in plans]

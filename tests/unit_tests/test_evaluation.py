@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from langchain_confspec.evaluation import (
     RunPlan,
     auroc,
     evaluate,
+    expected_answer,
     load_jsonl,
     parse_sweep,
 )
@@ -45,6 +47,66 @@ def test_jsonl_questions_and_gsm8k_answers_load(tmp_path: Path) -> None:
     path.write_text(json.dumps({"prompt": "x"}) + "\n")
     with pytest.raises(ValueError, match="question"):
         load_jsonl(path)
+
+
+def test_bare_answers_read_as_a_model_answer_would() -> None:
+    assert expected_answer("1,200") == "1200"
+    assert expected_answer("7.0") == "7"
+    assert expected_answer("fourteen") is None
+    assert expected_answer("The answer is yes", extract=lambda text: text.rsplit(" ", 1)[-1]) == "yes"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"question": "2+2?", "answer": 4}\n{"question": "q", "answer": }', r"set\.jsonl:2: not valid JSON: .*column 29"),
+        ('{"question": "2+2?", "answer": 4}\n\n{"question": "q", "answer": "fourteen"}', r"set\.jsonl:3: .*'fourteen'"),
+        ('["2+2?", 4]', r"set\.jsonl:1: .*JSON object"),
+        ('{"question": " ", "answer": 4}', r"set\.jsonl:1: the question must be non-empty"),
+        ("", r"set\.jsonl: no problems"),
+        ("\n  \n", r"set\.jsonl: no problems"),
+    ],
+)
+def test_data_that_would_score_silently_wrong_is_refused_by_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "set.jsonl"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_jsonl(path)
+
+
+def test_a_data_file_that_is_not_text_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "set.jsonl"
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match=r"set\.jsonl: not UTF-8"):
+        load_jsonl(path)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--problems", "0"], "at least 1, got 0"),
+        (["--data", "{data}"], r"bad\.jsonl:2: not valid JSON"),
+        (["--modes", " , "], "--modes names no mode"),
+    ],
+)
+def test_cli_eval_refuses_unusable_problem_sets_before_loading_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": "2+2?", "answer": 4}\n{"question": oops}\n')
+    arguments = [a.replace("{data}", str(data)) for a in arguments]
+    # A draft that does not exist: the data's error must come first, before any model loads.
+    code = cli_main(["eval", "--draft", "/nonexistent/draft", "--no-progress", "--out", str(tmp_path / "out"), *arguments])
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_refuses_no_problems_or_no_modes(tiny_engine: ConfSpecEngine) -> None:
+    with pytest.raises(ValueError, match="no problems"):
+        evaluate(tiny_engine, [], [RunPlan(Mode.TARGET_ONLY)], progress=False)
+    with pytest.raises(ValueError, match="no modes"):
+        evaluate(tiny_engine, [EvalItem("2+2?", "4")], [], progress=False)
 
 
 def test_demo_problems_are_consistent_and_checkable() -> None:
