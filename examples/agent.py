@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 
 from langchain_core.messages import AIMessage
-from transformers.utils import logging as hf_logging
 
 from langchain_confspec import ConfSpecChatModel, StepRecord
 from langchain_confspec.demo.agent import run_tool_loop
@@ -33,7 +32,6 @@ def main() -> None:
     parser.add_argument("--draft", default="confspec-demo-draft", help="draft model id or path")
     parser.add_argument("--target", default="confspec-demo-target", help="target model id or path")
     args = parser.parse_args()
-    hf_logging.disable_progress_bar()
 
     model = ConfSpecChatModel(draft_model=args.draft, target_model=args.target, max_tokens=160)
     for message in run_tool_loop(model, [calculator], args.question):

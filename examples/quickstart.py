@@ -16,7 +16,6 @@ from typing import Any
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from transformers.utils import logging as hf_logging
 
 from langchain_confspec import STEP_EVENT, SUMMARY_EVENT, ConfSpecChatModel, StepRecord
 from langchain_confspec.display import format_step_table
@@ -44,7 +43,6 @@ def main() -> None:
     parser.add_argument("--draft", default="confspec-demo-draft", help="draft model id or path")
     parser.add_argument("--target", default="confspec-demo-target", help="target model id or path")
     args = parser.parse_args()
-    hf_logging.disable_progress_bar()
 
     model = ConfSpecChatModel(draft_model=args.draft, target_model=args.target, max_tokens=128)
     prompt = ChatPromptTemplate.from_messages([("human", "{question}")])

@@ -19,7 +19,6 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
-from transformers.utils import logging as hf_logging
 
 from langchain_confspec import ConfSpecChatModel, StepRecord
 from langchain_confspec.display import format_step_table
@@ -66,7 +65,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--question", default=QUESTION)
     args = parser.parse_args()
-    hf_logging.disable_progress_bar()
 
     message = build_chain(ConfSpecChatModel.demo(max_tokens=128)).invoke(args.question)
     records = [StepRecord.model_validate(s) for s in message.response_metadata["confspec"]["steps"]]

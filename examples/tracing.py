@@ -15,7 +15,6 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from transformers.utils import logging as hf_logging
 
 from langchain_confspec import STEP_EVENT, SUMMARY_EVENT, ConfSpecChatModel
 
@@ -45,7 +44,6 @@ async def stream_events(chain: Any) -> None:
 
 
 def main() -> None:
-    hf_logging.disable_progress_bar()
     chain = ChatPromptTemplate.from_messages([("human", "{question}")]) | ConfSpecChatModel.demo(max_tokens=128) | StrOutputParser()
     print("Callback handler:")
     answer = chain.invoke({"question": QUESTION}, config={"callbacks": [PrintSteps()], "tags": ["demo"]})

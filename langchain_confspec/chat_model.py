@@ -348,7 +348,7 @@ class ConfSpecChatModel(BaseChatModel):
         return super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
 
     def get_token_ids(self, text: str) -> list[int]:
-        return self._target_tokenizer().encode(text, add_special_tokens=False)
+        return self._target_tokenizer().encode(text, add_special_tokens=False, verbose=False)  # lengths are ours to check
 
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[dict[str, Any] | type | Callable | BaseTool] | None = None

@@ -11,17 +11,23 @@ import functools
 import inspect
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import get_session, try_to_load_from_cache
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET
 from langchain_confspec.errors import ModelLoadError, TokenizerMismatchError
@@ -31,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_PAIR_DIR = Path(__file__).parent / "demo" / "pair"
 DEMO_MODELS = {DEMO_DRAFT: DEMO_PAIR_DIR / "draft", DEMO_TARGET: DEMO_PAIR_DIR / "target"}
+HUB_PROBE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -85,11 +92,22 @@ def _cache_argument(model_class: type) -> str:
     return "past_key_values"
 
 
-def load_tokenizer(name_or_path: str, *, role: str) -> PreTrainedTokenizerBase:
+@dataclass(frozen=True)
+class ModelSource:
+    """Where `from_pretrained` reads a model: `location` is a local folder or a hub id, and
+    `local_files_only` says no download can happen (a folder, or a cached id while the hub is
+    out of reach), so nothing waits on retries and no progress bars are drawn."""
+
+    location: str
+    local_files_only: bool
+
+
+def load_tokenizer(name_or_path: str, *, role: str, source: ModelSource | None = None) -> PreTrainedTokenizerBase:
     """Load a tokenizer by id or path, with an error that names the role and the path."""
-    source = resolve_model_name(name_or_path, role=role)
+    source = source or resolve_model_source(name_or_path, role=role)
     try:
-        return AutoTokenizer.from_pretrained(source)
+        with _quiet_loading(source):
+            return AutoTokenizer.from_pretrained(source.location, local_files_only=source.local_files_only)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load the {role} tokenizer {name_or_path!r}: {exc}") from exc
 
@@ -103,19 +121,40 @@ def load_model(
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> LoadedModel:
     """Load `name_or_path` with `AutoModelForCausalLM`, like any Hugging Face model."""
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name_or_path, role=role)
-    source = resolve_model_name(name_or_path, role=role)
-    kwargs: dict[str, Any] = {}
+    source = resolve_model_source(name_or_path, role=role)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name_or_path, role=role, source=source)
+    kwargs: dict[str, Any] = {"local_files_only": source.local_files_only}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
-    logger.info("loading the %s model from %s", role, source)
+    logger.info("loading the %s model from %s", role, source.location)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        with _quiet_loading(source):
+            model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load the {role} model {name_or_path!r}: {exc}") from exc
     return wrap_model(model, tokenizer, role=role, name=name_or_path)
+
+
+_PROGRESS_BARS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _quiet_loading(source: ModelSource) -> Iterator[None]:
+    """Hide transformers' progress bars ("Loading weights") while reading local files: they say
+    nothing a library user asked for. A download keeps its bars, which show real waiting."""
+    if not source.local_files_only:
+        yield
+        return
+    with _PROGRESS_BARS_LOCK:
+        was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if was_enabled:
+                hf_logging.enable_progress_bar()
 
 
 def wrap_model(
@@ -147,12 +186,40 @@ def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return frozenset(ids)
 
 
-def resolve_model_name(name_or_path: str, *, role: str) -> str:
-    """The bundled demo models by name, anything else as given; a missing local path fails here."""
+def resolve_model_source(name_or_path: str, *, role: str) -> ModelSource:
+    """The bundled demo models by name, local folders as given, hub ids checked against the hub.
+
+    A missing local path fails here. A hub id that is not in the local cache while the hub
+    cannot be reached fails here too, at once: left to `from_pretrained`, it spends a minute in
+    retries. A cached id is then read from the cache without asking the hub.
+    """
     if name_or_path in DEMO_MODELS:
-        return str(DEMO_MODELS[name_or_path])
+        return ModelSource(str(DEMO_MODELS[name_or_path]), local_files_only=True)
     _check_local_path(name_or_path, role=role)
-    return name_or_path
+    if os.path.isdir(os.path.expanduser(name_or_path)):
+        return ModelSource(os.path.expanduser(name_or_path), local_files_only=True)
+    unreachable = hub_unreachable()
+    if unreachable is None:
+        return ModelSource(name_or_path, local_files_only=False)
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return ModelSource(name_or_path, local_files_only=True)
+    raise ModelLoadError(
+        f"The {role} model {name_or_path!r} is not a local folder, not in the Hugging Face cache "
+        f"({hub_constants.HF_HUB_CACHE}), and the hub cannot be reached: {unreachable}. "
+        "Download it while online, or pass the path of a local copy."
+    )
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot answer now (offline mode, no network, refused), or None.
+
+    One request through the hub's own HTTP session (so proxies and HF_ENDPOINT apply), no retries.
+    """
+    try:
+        get_session().head(hub_constants.ENDPOINT, timeout=HUB_PROBE_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - whatever prevents an answer means the hub cannot serve a download
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _check_local_path(name_or_path: str, *, role: str) -> None:

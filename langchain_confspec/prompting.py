@@ -129,6 +129,10 @@ def prepare_turns(
 def render_prompt(
     tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
 ) -> list[int]:
-    """Token ids of the conversation through the tokenizer's chat template, ready to answer."""
+    """Token ids of the conversation through the tokenizer's chat template, ready to answer.
+
+    Quiet about prompts longer than the tokenizer's `model_max_length`: the engine measures
+    them against the context it uses and raises `ContextLengthError`, which says more.
+    """
     rendered, extra = prepare_turns(tokenizer, turns, tools)
-    return tokenizer.encode(_apply(tokenizer, rendered, **extra), add_special_tokens=False)
+    return tokenizer.encode(_apply(tokenizer, rendered, **extra), add_special_tokens=False, verbose=False)
