@@ -48,6 +48,11 @@ def to_chat_turns(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
                 previous["tool_calls"] = [*previous.get("tool_calls", []), *turn["tool_calls"]]
         else:
             turns.append(turn)
+    if turns[-1]["role"] == "user" and not turns[-1]["content"].strip():
+        raise InvalidMessagesError(
+            "The last human message is empty: there is no question to answer. Models given nothing "
+            "to answer write until max_tokens."
+        )
     return turns
 
 

@@ -325,6 +325,8 @@ def test_standard_extras_are_ignored(tiny_model_params: dict[str, str]) -> None:
         (lambda m: m.invoke("word " * 1500), ContextLengthError, "context window"),
         (lambda m: m.invoke(QUESTION, accept_threshold=-2), ConfigurationError, "accept_threshold"),
         (lambda m: list(m.stream([])), InvalidMessagesError, "empty"),
+        (lambda m: m.invoke(""), InvalidMessagesError, "last human message is empty"),
+        (lambda m: m.invoke([SystemMessage("Be brief."), HumanMessage(" \n"), HumanMessage("")]), InvalidMessagesError, "no question"),
         (lambda m: asyncio.run(m.ainvoke("word " * 1500)), ContextLengthError, "context window"),
     ],
 )

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from langchain_confspec import ConfSpecChatModel
+from langchain_confspec.demo.problems import extract_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 _RUNNABLE = re.compile(r"```python runnable\n(.*?)```", re.DOTALL)
 
 
@@ -52,3 +54,38 @@ def test_every_page_is_linked_from_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     unlinked = [p.name for p in PAGES if p.parent.name == "docs" and f"docs/{p.name}" not in readme]
     assert not unlinked, f"README.md does not link {unlinked}"
+
+
+# A demo question as the pair was trained on them: a start, operations, the question.
+_DEMO_QUESTION = re.compile(r"[A-Z][a-z]+ has \d+ [a-z]+\. [^\"'\n]*?How many [a-z]+ does [A-Z][a-z]+ have now\?")
+_OPERATION = re.compile(
+    r"(?:(?:gets|finds|buys) (?P<add>\d+) more|(?:gives away|loses|sells) (?P<sub>\d+)"
+    r"|has (?P<mul>twice|three times|\d+ times) as many)\."
+)
+
+
+def _solve(question: str) -> tuple[int, int]:
+    """The right answer to a demo question and how many operations it has."""
+    value = int(re.match(r"[A-Z][a-z]+ has (\d+)", question)[1])  # type: ignore[index]
+    operations = list(_OPERATION.finditer(question))
+    for op in operations:
+        if op["add"]:
+            value += int(op["add"])
+        elif op["sub"]:
+            value -= int(op["sub"])
+        else:
+            value *= {"twice": 2, "three times": 3}.get(op["mul"]) or int(op["mul"].split()[0])
+    return value, len(operations)
+
+
+def test_every_demo_question_in_the_docs_and_examples_is_in_domain_and_answered_right() -> None:
+    """Examples show the pair at work on what it was trained for (two or three operations,
+    docs/model-card.md), so every answer they show is right."""
+    questions = {q: path.name for path in [*PAGES, *EXAMPLES] for q in _DEMO_QUESTION.findall(path.read_text())}
+    assert len(questions) >= 8
+    model = ConfSpecChatModel.demo(max_tokens=128)
+    for question, source in questions.items():
+        expected, operations = _solve(question)
+        assert 2 <= operations <= 3, f"{source}: {question!r} has {operations} operation(s), outside the demo's domain"
+        answer = extract_answer(str(model.invoke(question).content))
+        assert answer == str(expected), f"{source}: {question!r} answered {answer}, not {expected}"
