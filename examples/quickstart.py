@@ -17,8 +17,14 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
-from langchain_confspec import STEP_EVENT, SUMMARY_EVENT, ConfSpecChatModel, StepRecord
-from langchain_confspec.display import format_step_table
+from langchain_confspec import (
+    STEP_EVENT,
+    SUMMARY_EVENT,
+    ConfSpecChatModel,
+    RunSummary,
+    StepRecord,
+)
+from langchain_confspec.display import format_outcome, format_step_table
 
 QUESTION = "Mia has 27 shells. Mia finds 38 more. Then Mia has twice as many. Mia gives away 49. How many shells does Mia have now?"
 WARM_UP = "Tom has 3 apples. Tom finds 4 more. Then Tom has twice as many. How many apples does Tom have now?"
@@ -29,13 +35,13 @@ class StepCollector(BaseCallbackHandler):
 
     def __init__(self) -> None:
         self.records: list[StepRecord] = []
-        self.summary: dict[str, Any] = {}
+        self.summary: RunSummary | None = None
 
     def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
         if name == STEP_EVENT:
             self.records.append(StepRecord.model_validate(data))
         elif name == SUMMARY_EVENT:
-            self.summary = data
+            self.summary = RunSummary.model_validate(data)
 
 
 def main() -> None:
@@ -59,16 +65,10 @@ def main() -> None:
     target_answer = reference.invoke({"question": args.question})
     target_time = time.perf_counter() - started
 
-    summary = steps.summary
-    rate = summary["draft_acceptance_rate"]
     print(f"Question: {args.question}\n\nAnswer (confspec):\n{answer}\n")
     print(format_step_table(steps.records))
-    print(
-        f"\n{summary['n_steps']} steps: {summary['steps_by_decision']['accepted_by_draft']} kept on the draft's own "
-        f"verdict, {sum(r.escalated for r in steps.records)} escalated, "
-        f"{sum(r.regenerated for r in steps.records)} rewritten by the target "
-        f"(draft acceptance {'-' if rate is None else f'{rate:.0%}'})."
-    )
+    assert steps.summary is not None, "the model sends its run summary as a callback event"
+    print(f"\n{format_outcome(steps.summary)}.")
     print(f"target_only gives the same answer: {answer.strip() == target_answer.strip()}")
     print(
         f"confspec {confspec_time * 1000:.0f} ms vs target_only {target_time * 1000:.0f} ms on this machine: "

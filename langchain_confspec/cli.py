@@ -13,6 +13,7 @@ from typing import Any
 from langchain_confspec.config import Mode, build_config
 from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
 from langchain_confspec.display import (
+    format_outcome,
     format_step_header,
     format_step_row,
     format_step_table,
@@ -132,13 +133,7 @@ def _run(args: argparse.Namespace) -> int:
         print(format_step_table(result.records))
     else:
         print(f"\n{result.text}")
-    summary = result.summary
-    rate = summary.draft_acceptance_rate
-    print(
-        f"\n{summary.n_steps} steps, draft acceptance {'-' if rate is None else f'{rate:.0%}'}, "
-        f"escalation {'-' if summary.escalation_rate is None else f'{summary.escalation_rate:.0%}'}, "
-        f"finish {summary.finish_reason}, {elapsed * 1000:.0f} ms"
-    )
+    print(f"\n{format_outcome(result.summary)}.\nfinish {result.summary.finish_reason}, {elapsed * 1000:.0f} ms")
     if not args.no_compare and args.mode != Mode.TARGET_ONLY.value:
         started = time.perf_counter()
         engine.generate(turns, build_config(**{**settings, "mode": Mode.TARGET_ONLY}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from langchain_confspec.records import StepRecord
+from langchain_confspec.records import Decision, RunSummary, StepRecord
 
 _SHORT_DECISION = {
     "accepted_by_draft": "draft ok",
@@ -39,3 +39,27 @@ def format_step_row(record: StepRecord, *, text_width: int = 40) -> str:
 def format_step_table(records: Sequence[StepRecord], *, text_width: int = 40) -> str:
     """A compact table: step, writer, decision, draft confidence, time, and the step's text."""
     return "\n".join([format_step_header(), *(format_step_row(r, text_width=text_width) for r in records)])
+
+
+def format_outcome(summary: RunSummary) -> str:
+    """What became of the draft's steps, each figure naming what it counts.
+
+    "Kept" counts steps kept on either model's verdict, so it can read 100% beside escalations;
+    the line says how many the draft's own verdict kept and what the target did with the rest.
+    """
+    decided = summary.steps_by_decision
+    proposed = summary.draft_steps_proposed
+    steps = f"{summary.n_steps} step{'' if summary.n_steps == 1 else 's'}"
+    if not proposed:
+        return f"{steps}, none of them judged ({summary.mode})"
+    by_draft = decided[Decision.ACCEPTED_BY_DRAFT.value]
+    by_target = decided[Decision.ACCEPTED_BY_TARGET.value]
+    target_rejected = decided[Decision.REJECTED_BY_TARGET.value]
+    draft_rejected = decided[Decision.REJECTED_BY_DRAFT.value]
+    line = (
+        f"{steps}, {proposed} judged: {by_draft} kept on the draft's own verdict, "
+        f"{by_target + target_rejected} escalated to the target ({by_target} kept, {target_rejected} rewritten)"
+    )
+    if draft_rejected:
+        line += f", {draft_rejected} rewritten on the draft's own rejection"
+    return line + f"; kept in all {by_draft + by_target} of {proposed} ({(by_draft + by_target) / proposed:.0%})"

@@ -146,7 +146,9 @@ class RunSummary(BaseModel):
     n_steps: int
     steps_by_decision: dict[str, int]
     draft_steps_proposed: int
-    draft_acceptance_rate: float | None = Field(description="Share of draft-proposed steps kept.")
+    draft_acceptance_rate: float | None = Field(
+        description="Share of draft-proposed steps kept, on the draft's own verdict or the target's (kept / proposed)."
+    )
     escalation_rate: float | None = Field(description="Share of draft-proposed steps sent to the target.")
     draft: ModelCounters
     target: ModelCounters

@@ -191,6 +191,7 @@ def test_cli_run_prints_answer_and_step_table(tiny_pair_paths: tuple[Path, Path]
     assert cli_main(["run", "What is 2 + 2?", "--draft", str(draft), "--target", str(target), "--set", "max_tokens=12"]) == 0
     printed = capsys.readouterr().out
     assert "writer" in printed and "decision" in printed and "speedup" in printed
+    assert "kept on the draft's own verdict" in printed and "escalated to the target" in printed
 
 
 def test_cli_reports_bad_input_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:

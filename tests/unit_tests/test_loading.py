@@ -17,9 +17,18 @@ import pytest
 from huggingface_hub import constants as hub_constants
 from langchain_core.messages import HumanMessage
 
-from langchain_confspec import ConfSpecChatModel, ContextLengthError, ModelLoadError, load_model
+from langchain_confspec import (
+    ConfSpecChatModel,
+    ContextLengthError,
+    ModelLoadError,
+    load_model,
+)
 from langchain_confspec.demo import DEMO_TARGET
-from langchain_confspec.loading import hub_unreachable, load_tokenizer, resolve_model_source
+from langchain_confspec.loading import (
+    hub_unreachable,
+    load_tokenizer,
+    resolve_model_source,
+)
 from langchain_confspec.prompting import render_prompt
 
 pytestmark = pytest.mark.filterwarnings("ignore:A test tried to use socket")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import langchain_confspec
 from langchain_confspec import Decision, PhaseTimes, StepEnd, StepRecord, Writer
-from langchain_confspec.display import format_step_table
+from langchain_confspec.display import format_outcome, format_step_table
+from langchain_confspec.records import ModelCounters, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,3 +51,31 @@ def test_step_records_round_trip_through_json_and_show_in_a_table() -> None:
     assert StepRecord.model_validate_json(record.model_dump_json()) == record
     table = format_step_table([record])
     assert "target rejected" in table and "0.61" in table and "30.0" in table
+
+
+def _summary_of(*decisions: Decision) -> str:
+    records = [
+        StepRecord(
+            index=i, text="1 + 1 = 2.\n\n", n_tokens=5, writer=Writer.DRAFT, decision=decision, end=StepEnd.DELIMITER,
+            escalated=decision in (Decision.ACCEPTED_BY_TARGET, Decision.REJECTED_BY_TARGET),
+            regenerated=decision in (Decision.REJECTED_BY_DRAFT, Decision.REJECTED_BY_TARGET),
+        )
+        for i, decision in enumerate(decisions)
+    ]
+    summary = summarize(
+        records, mode="confspec", finish_reason="stop", draft=ModelCounters(), target=ModelCounters(), wall_time=0.1, lock_wait=0.0
+    )
+    return format_outcome(summary)
+
+
+def test_the_outcome_line_says_what_each_figure_counts() -> None:
+    """All kept beside two escalations reads as such, not as a bare "acceptance 100%"."""
+    line = _summary_of(Decision.ACCEPTED_BY_DRAFT, Decision.ACCEPTED_BY_TARGET, Decision.ACCEPTED_BY_TARGET, Decision.UNVERIFIED)
+    assert line == (
+        "4 steps, 3 judged: 1 kept on the draft's own verdict, 2 escalated to the target (2 kept, 0 rewritten); "
+        "kept in all 3 of 3 (100%)"
+    )
+    line = _summary_of(Decision.REJECTED_BY_DRAFT, Decision.REJECTED_BY_TARGET, Decision.ACCEPTED_BY_DRAFT, Decision.ACCEPTED_BY_DRAFT)
+    assert "1 escalated to the target (0 kept, 1 rewritten), 1 rewritten on the draft's own rejection" in line
+    assert line.endswith("kept in all 2 of 4 (50%)")
+    assert _summary_of(Decision.UNVERIFIED) == "1 step, none of them judged (confspec)"
