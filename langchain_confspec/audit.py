@@ -15,12 +15,14 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Literal
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage, ChatMessage, HumanMessage
 from pydantic import BaseModel, Field
 
 from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT
@@ -40,6 +42,7 @@ class AuditEntry(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     step: StepRecord | None = None
     summary: RunSummary | None = None
+    question: str | None = Field(default=None, description="On a summary: the text of the run's last human message.")
 
 
 class RotatingJsonLines:
@@ -87,6 +90,19 @@ class RotatingJsonLines:
                 self._file = None
 
 
+@dataclass(frozen=True)
+class _RunStart:
+    """What a run's start tells its entries: the chain run that made it and what it was asked."""
+
+    parent_run_id: UUID | None = None
+    question: str | None = None
+
+
+def _last_question(messages: list[BaseMessage]) -> str | None:
+    asked = [m for m in messages if isinstance(m, HumanMessage) or (isinstance(m, ChatMessage) and m.role == "user")]
+    return asked[-1].text if asked else None
+
+
 class ConfSpecAuditHandler(BaseCallbackHandler):
     """Writes every ConfSpec step record and run summary that reaches it as JSON Lines.
 
@@ -103,20 +119,24 @@ class ConfSpecAuditHandler(BaseCallbackHandler):
             target = target / f"confspec-audit-{os.getpid()}.jsonl"
         self.path = target
         self._out = RotatingJsonLines(target, max_bytes=max_bytes, backups=backups, fsync=fsync)
-        self._parents: dict[UUID, UUID | None] = {}
-        self._parents_lock = threading.Lock()
+        self._runs: dict[UUID, _RunStart] = {}
+        self._runs_lock = threading.Lock()
 
     def on_chat_model_start(
         self,
         serialized: dict[str, Any],
-        messages: list[list[Any]],
+        messages: list[list[BaseMessage]],
         *,
         run_id: UUID,
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        with self._parents_lock:
-            self._parents[run_id] = parent_run_id
+        with self._runs_lock:
+            self._runs[run_id] = _RunStart(parent_run_id, _last_question(messages[0] if messages else []))
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._runs_lock:
+            self._runs.pop(run_id, None)
 
     def on_custom_event(
         self,
@@ -130,17 +150,19 @@ class ConfSpecAuditHandler(BaseCallbackHandler):
     ) -> None:
         if name not in (STEP_EVENT, SUMMARY_EVENT):
             return
-        with self._parents_lock:
-            parent = self._parents.pop(run_id, None) if name == SUMMARY_EVENT else self._parents.get(run_id)
+        with self._runs_lock:
+            start = (self._runs.pop(run_id, None) if name == SUMMARY_EVENT else self._runs.get(run_id)) or _RunStart()
         entry = {
             "kind": "step" if name == STEP_EVENT else "summary",
             "time": datetime.now(timezone.utc).isoformat(),
             "run_id": str(run_id),
-            "parent_run_id": str(parent) if parent else None,
+            "parent_run_id": str(start.parent_run_id) if start.parent_run_id else None,
             "tags": list(tags or []),
             "metadata": dict(metadata or {}),
             "step" if name == STEP_EVENT else "summary": data,
         }
+        if name == SUMMARY_EVENT:
+            entry["question"] = start.question
         try:
             self._out.write(entry)
         except OSError:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from langchain_confspec.records import Decision, RunSummary, StepRecord
 
-_SHORT_DECISION = {
+SHORT_DECISION = {
     "accepted_by_draft": "draft ok",
     "accepted_by_target": "target ok",
     "rejected_by_draft": "draft rejected",
@@ -31,7 +31,7 @@ def format_step_row(record: StepRecord, *, text_width: int = 40) -> str:
     if len(text) > text_width:
         text = text[: text_width - 3] + "..."
     return (
-        f"{record.index:>4}  {record.writer.value:<6}  {_SHORT_DECISION[record.decision.value]:<15}  "
+        f"{record.index:>4}  {record.writer.value:<6}  {SHORT_DECISION[record.decision.value]:<15}  "
         f"{confidence:>5}  {millis:>7.1f}  {text}"
     )
 

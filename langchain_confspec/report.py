@@ -9,18 +9,21 @@ archived, or opened from disk.
 from __future__ import annotations
 
 import html
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from langchain_confspec.audit import AuditEntry
+from langchain_confspec.config import Mode
+from langchain_confspec.display import SHORT_DECISION, format_outcome
 from langchain_confspec.records import Decision, RunSummary, StepRecord, Writer
 
 _FATES = {
     Decision.ACCEPTED_BY_DRAFT: ("fate-draft", "kept on the draft's verdict"),
     Decision.ACCEPTED_BY_TARGET: ("fate-target", "kept on the target's verdict"),
-    Decision.REJECTED_BY_DRAFT: ("fate-rewritten", "rewritten by the target (draft rejected)"),
-    Decision.REJECTED_BY_TARGET: ("fate-rewritten", "rewritten by the target (target rejected)"),
+    Decision.REJECTED_BY_DRAFT: ("fate-draft-rejected", "rewritten by the target (draft rejected)"),
+    Decision.REJECTED_BY_TARGET: ("fate-target-rejected", "rewritten by the target (target rejected)"),
     Decision.UNVERIFIED: ("fate-unverified", "not verified"),
 }
 _PHASES = (("draft_write", "draft writing"), ("draft_verify", "draft verifying"), ("target_verify", "target verifying"), ("target_write", "target writing"))
@@ -31,10 +34,14 @@ h1, h2 { font-weight: 600; } table { border-collapse: collapse; } td, th { paddi
 .figures td:nth-child(2) { text-align: right; font-variant-numeric: tabular-nums; }
 .run { border: 1px solid #ddd; border-radius: 6px; padding: .5em 1em; margin: 1em 0; }
 .run-meta { color: #666; font-size: .85em; }
+.run-qa { margin: .3em 0; } .run-qa .label { color: #666; font-size: .85em; display: inline-block; min-width: 5.5em; }
 .step { display: flex; gap: 1em; padding: .25em .5em; margin: .2em 0; border-radius: 4px; white-space: pre-wrap; }
-.step .conf { min-width: 4.5em; font-variant-numeric: tabular-nums; color: #444; }
+.step .conf { min-width: 3em; font-variant-numeric: tabular-nums; color: #444; }
+.step .fate { min-width: 8.5em; color: #555; font-size: .85em; }
 .fate-draft { background: #dcf5dc; } .fate-target { background: #dce8f8; }
-.fate-rewritten { background: #fde6cc; } .fate-unverified { background: #eee; }
+.fate-draft-rejected { background: #fde6cc; } .fate-target-rejected { background: #f6d0e4; }
+.fate-unverified { background: #eee; }
+.note { color: #555; font-size: .85em; max-width: 45em; }
 .rejected { text-decoration: line-through; color: #a33; display: block; }
 .legend span { display: inline-block; padding: .1em .6em; margin-right: .5em; border-radius: 4px; }
 """
@@ -47,6 +54,17 @@ class RunView:
     tags: list[str] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     summary: RunSummary | None = None
+    question: str | None = None
+
+    @property
+    def busy_time(self) -> float:
+        """Seconds the run spent answering: its wall time less any wait for a slot and warm-up."""
+        s = self.summary
+        return s.wall_time - s.lock_wait - s.warmup_time if s else 0.0
+
+    @property
+    def tokens(self) -> int:
+        return sum(step.n_tokens for step in self.steps)
 
 
 def group_runs(entries: Iterable[AuditEntry]) -> list[RunView]:
@@ -55,6 +73,7 @@ def group_runs(entries: Iterable[AuditEntry]) -> list[RunView]:
     for entry in entries:
         run = runs.setdefault(entry.run_id, RunView(entry.run_id, entry.parent_run_id, entry.tags))
         run.parent_run_id = run.parent_run_id or entry.parent_run_id
+        run.question = run.question or entry.question
         if entry.step is not None:
             run.steps.append(entry.step)
         if entry.summary is not None:
@@ -98,36 +117,82 @@ def _figures(runs: Sequence[RunView], steps: Sequence[StepRecord]) -> str:
     rows = [
         ("runs", f"{len(runs)}"),
         ("steps", f"{len(steps)}"),
-        ("draft steps kept (acceptance)", _share(kept, len(proposed))),
+        ("draft steps kept, on either model's verdict", _share(kept, len(proposed))),
         ("kept on the draft's verdict alone", _share(kept_by_draft, len(proposed))),
         ("escalated to the target", _share(escalated, len(proposed))),
         ("rewritten by the target", _share(sum(s.regenerated for s in proposed), len(proposed))),
         ("wall time", f"{sum(r.summary.wall_time for r in runs if r.summary):.2f} s"),
-        ("estimated time saved against the target alone", "n/a" if saved is None else f"{saved:.2f} s"),
+        ("time saved against the target alone (estimated)", _saved_figure(saved)),
     ]
     cells = "".join(f"<tr><td>{html.escape(name)}</td><td>{value}</td></tr>" for name, value in rows)
-    return f'<table class="figures" id="figures">{cells}</table>'
+    note = f'<p class="note" id="time-saved-note">{html.escape(_saved_note(saved))}</p>'
+    return f'<table class="figures" id="figures">{cells}</table>{note}'
 
 
 def _share(part: int, whole: int) -> str:
     return f"{part / whole:.1%} ({part}/{whole})" if whole else "n/a"
 
 
-def estimated_time_saved(runs: Sequence[RunView]) -> float | None:
-    """What the target alone would have taken, minus what the runs took.
+@dataclass(frozen=True)
+class TimeSaved:
+    """The target alone against the runs that used the draft, on one cost per answer token."""
 
-    The target's cost per token is measured on the steps it wrote in these runs; the target
-    alone would have written every token of every answer at that cost. None when the
-    target wrote nothing to measure.
+    seconds: float
+    target_alone: float
+    runs_time: float
+    measured: bool
+    """True when the cost comes from target_only runs in the logs; False when from the steps
+    the target wrote, which leaves out its reading of each prompt (so the target alone, and
+    the saving, come out low)."""
+
+
+def estimated_time_saved(runs: Sequence[RunView]) -> TimeSaved | None:
+    """What the target alone would have taken for the runs that used the draft, against what
+    they took (less any wait for a slot and warm-up, which the target alone would pay too).
+
+    The target's cost per answer token is measured on the logs' target_only runs, prompt
+    reading included; without any, on the steps the target wrote here. None when neither
+    exists, or no run used the draft.
     """
-    target_tokens = sum(s.n_tokens for r in runs for s in r.steps if s.writer is Writer.TARGET)
-    target_seconds = sum(s.times.target_write for r in runs for s in r.steps if s.writer is Writer.TARGET)
     timed = [r for r in runs if r.summary is not None]
-    if not target_tokens or not timed:
+    references = [r for r in timed if r.summary and r.summary.mode == Mode.TARGET_ONLY.value and r.tokens]
+    compared = [r for r in timed if r.summary and r.summary.mode != Mode.TARGET_ONLY.value]
+    if not compared:
         return None
-    per_token = target_seconds / target_tokens
-    alone = sum(s.n_tokens for r in timed for s in r.steps) * per_token
-    return alone - sum(r.summary.wall_time for r in timed if r.summary)
+    if references:
+        per_token = sum(r.busy_time for r in references) / sum(r.tokens for r in references)
+    else:
+        written = [s for r in compared for s in r.steps if s.writer is Writer.TARGET and s.n_tokens]
+        if not written:
+            return None
+        per_token = sum(s.times.target_write for s in written) / sum(s.n_tokens for s in written)
+    alone = sum(r.tokens for r in compared) * per_token
+    spent = sum(r.busy_time for r in compared)
+    return TimeSaved(alone - spent, alone, spent, measured=bool(references))
+
+
+def _saved_figure(saved: TimeSaved | None) -> str:
+    if saved is None:
+        return "n/a"
+    if saved.seconds < 0:
+        return f"none: {-saved.seconds:.2f} s slower"
+    return f"{saved.seconds:.2f} s ({saved.seconds / saved.target_alone:.0%})"
+
+
+def _saved_note(saved: TimeSaved | None) -> str:
+    if saved is None:
+        return (
+            "Time saved: not estimated, since no run used the draft, or the target wrote no step and no "
+            "target_only run is in these logs to measure its cost."
+        )
+    figures = f"The runs that used the draft took {saved.runs_time:.2f} s; the target alone, an estimated {saved.target_alone:.2f} s"
+    if saved.measured:
+        return f"{figures}, at the cost per answer token of the target_only runs in these logs, prompt reading included."
+    return (
+        f"{figures}, at the target's cost per token on the steps it rewrote here. That cost leaves out the target "
+        "reading each prompt, so the estimate of the target alone is low, and can fall below the runs' own time "
+        "when the saving is small. Log some calls with mode=\"target_only\" beside them to measure it instead."
+    )
 
 
 def _confidence_histogram(steps: Sequence[StepRecord], bins: int = 10) -> str:
@@ -172,15 +237,35 @@ def _time_bars(runs: Sequence[RunView]) -> str:
 
 
 def _run(run: RunView) -> str:
-    meta = [f"run {html.escape(run.run_id)}"]
-    if run.parent_run_id:
-        meta.append(f"in chain run {html.escape(run.parent_run_id)}")
-    if run.tags:
-        meta.append("tags: " + html.escape(", ".join(run.tags)))
+    lines = []
+    if run.question is not None:
+        lines.append(_qa("Question", run.question))
+    if run.steps:
+        finished = run.summary is not None and run.summary.finish_reason == "stop"
+        last = run.steps[-1].text
+        lines.append(_qa("Answer", _ANSWER_MARK.sub("", last)) if finished else _qa("Last step", last))
+    meta = []
     if run.summary:
-        meta.append(f"{run.summary.mode}, {run.summary.wall_time:.2f} s, finish: {run.summary.finish_reason}")
+        s = run.summary
+        meta.append(f"{s.mode}, {s.wall_time:.2f} s, finish: {s.finish_reason}")
+        meta.append(format_outcome(s))
+    tags = [t for t in run.tags if not _LANGCHAIN_TAG.match(t)]
+    if tags:
+        meta.append("tags: " + ", ".join(tags))
+    meta.append(f"run {run.run_id}" + (f" in chain run {run.parent_run_id}" if run.parent_run_id else ""))
     steps = "".join(_step(step) for step in run.steps)
-    return f'<section class="run"><div class="run-meta">{" · ".join(meta)}</div>{steps}</section>'
+    return (
+        f'<section class="run">{"".join(lines)}<div class="run-meta">{html.escape(" · ".join(meta))}</div>{steps}</section>'
+    )
+
+
+_ANSWER_MARK = re.compile(r"^\s*answer\s*:\s*", re.IGNORECASE)
+_LANGCHAIN_TAG = re.compile(r"(seq:step|map:key):")
+"""Tags LangChain gives a runnable for its place in a sequence or a map: bookkeeping, not the user's."""
+
+
+def _qa(label: str, text: str) -> str:
+    return f'<p class="run-qa"><span class="label">{label}</span> {html.escape(" ".join(text.split()))}</p>'
 
 
 def _step(step: StepRecord) -> str:
@@ -189,5 +274,6 @@ def _step(step: StepRecord) -> str:
     rejected = f'<span class="rejected">{html.escape(step.rejected_text.rstrip())}</span>' if step.rejected_text else ""
     return (
         f'<div class="step {css}" title="{html.escape(label)}"><span class="conf">{confidence}</span>'
+        f'<span class="fate">{SHORT_DECISION[step.decision.value]}</span>'
         f"<span>{rejected}{html.escape(step.text.rstrip())}</span></div>"
     )

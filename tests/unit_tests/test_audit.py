@@ -3,24 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 import shutil
 import subprocess
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from langchain_core.prompts import ChatPromptTemplate
 
-from langchain_confspec import ConfSpecChatModel
+from langchain_confspec import (
+    ConfSpecChatModel,
+    Decision,
+    PhaseTimes,
+    StepEnd,
+    StepRecord,
+    Writer,
+)
 from langchain_confspec.audit import (
+    AuditEntry,
     ConfSpecAuditHandler,
     RotatingJsonLines,
     audit_files,
     read_audit_log,
 )
 from langchain_confspec.cli import main as cli_main
-from langchain_confspec.report import group_runs, render_report
+from langchain_confspec.records import ModelCounters, summarize
+from langchain_confspec.report import (
+    RunView,
+    estimated_time_saved,
+    group_runs,
+    render_report,
+)
 
 
 @pytest.fixture
@@ -42,6 +59,7 @@ def test_records_trace_back_to_the_chain_call(model: ConfSpecChatModel, tmp_path
     parent = entries[0].parent_run_id
     assert parent is not None and parent != entries[0].run_id  # the chain's run, not the model's
     assert all(e.parent_run_id == parent and "t1" in e.tags and e.metadata.get("user") == "ann" for e in entries)
+    assert summaries[-1].question == "hi" and all(e.question is None for e in entries[:-1])
 
 
 def test_concurrent_runs_write_whole_lines(model: ConfSpecChatModel, tmp_path: Path) -> None:
@@ -88,8 +106,8 @@ def test_a_torn_last_line_is_skipped_but_a_bad_middle_line_is_named(model: ConfS
 
 def test_report_shows_each_run_and_the_figures(model: ConfSpecChatModel, tmp_path: Path) -> None:
     handler = ConfSpecAuditHandler(tmp_path / "audit.jsonl")
-    for question in ("one", "two"):
-        model.invoke(question, config={"callbacks": [handler]})
+    chain = ChatPromptTemplate.from_messages([("system", "Be brief."), ("human", "{q}")]) | model
+    answers = [chain.invoke({"q": q}, config={"callbacks": [handler], "tags": ["mine"]}) for q in ("one <b>", "two")]
     page = render_report(read_audit_log(tmp_path / "audit.jsonl"), title="T <x>")
     assert page.startswith("<!DOCTYPE html>") and "<title>T &lt;x&gt;</title>" in page
     assert page.count('class="run"') == 2
@@ -97,6 +115,62 @@ def test_report_shows_each_run_and_the_figures(model: ConfSpecChatModel, tmp_pat
     assert "<script" not in page and "http" not in page  # self-contained
     steps = [e.step for e in read_audit_log(tmp_path / "audit.jsonl") if e.step]
     assert page.count('class="step ') == len(steps)
+    # Each run shows what it was asked and how it ended; the user's tags, not LangChain's own.
+    assert "Question</span> one &lt;b&gt;</p>" in page and "Question</span> two</p>" in page
+    for message in answers:
+        last = " ".join(message.response_metadata["confspec"]["steps"][-1]["text"].split())
+        assert f"</span> {html.escape(last)}</p>" in page
+    assert "tags: mine" in page and "seq:step" not in page
+    assert 'id="time-saved-note"' in page
+
+
+def test_every_fate_has_its_own_colour() -> None:
+    page = render_report([])
+    classes = re.findall(r'<span class="(fate-[a-z-]+)">', page)
+    assert len(classes) == len(Decision)
+    backgrounds = {css: re.search(rf"\.{css} {{ background: (#[0-9a-f]+); }}", page) for css in classes}
+    assert all(backgrounds.values()), backgrounds
+    assert len({match[1] for match in backgrounds.values() if match}) == len(Decision)
+
+
+def _run(mode: str, decisions: list[Decision], *, wall: float, lock_wait: float = 0.0, target_write: float = 0.0) -> RunView:
+    steps = [
+        StepRecord(
+            index=i, text="1 + 1 = 2.\n\n", n_tokens=10, end=StepEnd.DELIMITER, decision=decision,
+            writer=Writer.DRAFT if decision in (Decision.ACCEPTED_BY_DRAFT, Decision.ACCEPTED_BY_TARGET) or mode == "draft_only" else Writer.TARGET,
+            times=PhaseTimes(target_write=target_write if decision is not Decision.ACCEPTED_BY_DRAFT else 0.0),
+        )
+        for i, decision in enumerate(decisions)
+    ]
+    summary = summarize(
+        steps, mode=mode, finish_reason="stop", draft=ModelCounters(), target=ModelCounters(), wall_time=wall, lock_wait=lock_wait
+    )
+    return RunView(run_id=mode, steps=steps, summary=summary)
+
+
+def test_time_saved_is_measured_on_target_only_runs_when_the_log_has_them() -> None:
+    reference = _run("target_only", [Decision.UNVERIFIED] * 4, wall=0.5, lock_wait=0.1)  # 40 tokens in 0.4 s busy
+    confspec = _run("confspec", [Decision.ACCEPTED_BY_DRAFT] * 3 + [Decision.REJECTED_BY_TARGET], wall=0.35, lock_wait=0.05, target_write=0.05)
+    saved = estimated_time_saved([reference, confspec])
+    assert saved is not None and saved.measured
+    assert saved.target_alone == pytest.approx(0.4) and saved.runs_time == pytest.approx(0.3)
+    assert saved.seconds == pytest.approx(0.1)
+    # Without a reference, the target's own steps price a token (0.05 s / 10 tokens), which
+    # leaves out its prompt reading: the figure says so.
+    fallback = estimated_time_saved([confspec])
+    assert fallback is not None and not fallback.measured
+    assert fallback.target_alone == pytest.approx(0.2) and fallback.seconds == pytest.approx(-0.1)
+    assert "not estimated" in render_report([])
+    page = render_report(_entries(confspec))
+    assert "none: 0.10 s slower" in page and "leaves out the target reading each prompt" in page
+    page = render_report([*_entries(reference), *_entries(confspec)])
+    assert "0.10 s (25%)" in page and "target_only runs in these logs" in page
+
+
+def _entries(run: RunView) -> list[AuditEntry]:
+    now = datetime.now(timezone.utc)
+    steps = [AuditEntry(kind="step", time=now, run_id=run.run_id, step=step) for step in run.steps]
+    return [*steps, AuditEntry(kind="summary", time=now, run_id=run.run_id, summary=run.summary)]
 
 
 def test_report_command_writes_the_page(model: ConfSpecChatModel, tmp_path: Path) -> None:
