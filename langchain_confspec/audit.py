@@ -23,7 +23,7 @@ from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage, ChatMessage, HumanMessage
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT
 from langchain_confspec.records import RunSummary, StepRecord
@@ -192,14 +192,30 @@ def read_audit_log(path: str | os.PathLike[str]) -> Iterator[AuditEntry]:
     """Every entry of the log at `path`, in write order; a torn last line (a crash mid-write)
     is skipped, any other unreadable line raises `ValueError` naming the file and line."""
     for file in audit_files(path):
-        lines = file.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{file}: not an audit log: not UTF-8 text ({error.reason} at byte {error.start})") from None
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 yield AuditEntry.model_validate_json(line)
-            except ValueError as error:
+            except ValidationError as error:
                 if number == len(lines) and not line.endswith("}"):
                     logger.warning("skipping a torn last line in %s", file)
                     continue
-                raise ValueError(f"{file}:{number}: not an audit entry ({error})") from None
+                raise ValueError(
+                    f"{file}:{number}: not an audit entry ({_problems(error)}); audit logs are the JSON lines "
+                    "ConfSpecAuditHandler writes"
+                ) from None
+
+
+def _problems(error: ValidationError, shown: int = 3) -> str:
+    """Pydantic's complaints in one short line: where and what, without its links."""
+    problems = [
+        (".".join(str(part) for part in e["loc"]) + ": " if e["loc"] else "") + e["msg"][0].lower() + e["msg"][1:]
+        for e in error.errors(include_url=False)
+    ]
+    more = f" and {len(problems) - shown} more" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more

@@ -200,7 +200,10 @@ def _report(args: argparse.Namespace) -> int:
     from langchain_confspec.audit import read_audit_log
     from langchain_confspec.report import render_report
 
-    args.out.write_text(render_report(read_audit_log(args.log), title=args.title), encoding="utf-8")
+    entries = list(read_audit_log(args.log))
+    if not entries:
+        raise ValueError(f"{args.log}: no audit entries in it: nothing to report")
+    args.out.write_text(render_report(entries, title=args.title), encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
 

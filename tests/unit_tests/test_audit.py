@@ -181,6 +181,26 @@ def test_report_command_writes_the_page(model: ConfSpecChatModel, tmp_path: Path
     assert cli_main(["report", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x.html")]) == 2
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"question": "2+2?", "answer": 4}\n', r"log\.jsonl:1: not an audit entry \(kind: field required; time: field required; run_id: field required\)"),
+        (b"hello\nworld\n", r"log\.jsonl:1: not an audit entry \(invalid JSON"),
+        (b"\x83\xff\x00 binary", r"log\.jsonl: not an audit log: not UTF-8"),
+        (b"", r"log\.jsonl: no audit entries in it"),
+    ],
+)
+def test_report_on_a_file_that_is_not_an_audit_log_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, message: str
+) -> None:
+    (tmp_path / "log.jsonl").write_bytes(content)
+    assert cli_main(["report", str(tmp_path / "log.jsonl"), "-o", str(tmp_path / "r.html")]) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error) and error.count("\n") == 1
+    assert "pydantic" not in error and "http" not in error
+    assert not (tmp_path / "r.html").exists()
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_report_renders_in_a_headless_browser(model: ConfSpecChatModel, tmp_path: Path) -> None:
     handler = ConfSpecAuditHandler(tmp_path / "audit.jsonl")
