@@ -105,6 +105,8 @@ class ModeReport:
     spec_tokens: int = 0
     spec_passes: int = 0
     speedup: float | None = None
+    measures_steps: bool = True
+    """False for Hugging Face assisted generation, which reports answers and times only."""
 
     @property
     def accepted_per_target_pass(self) -> float | None:
@@ -139,7 +141,8 @@ class ModeReport:
         self.wall_time += wall_time
 
     def as_row(self) -> dict[str, Any]:
-        return {
+        """Every figure by name; None for what this mode does not measure."""
+        row = {
             "mode": self.mode,
             **{k: v for k, v in asdict(self).items() if k not in ("mode",)},
             "accuracy": self.accuracy,
@@ -148,6 +151,15 @@ class ModeReport:
             "draft_only_acceptance": self.accepted_by_draft / self.steps if self.steps else 0.0,
             "accepted_per_target_pass": self.accepted_per_target_pass,
         }
+        if not self.measures_steps:
+            row.update(dict.fromkeys(_STEP_FIGURES))
+        return row
+
+
+_STEP_FIGURES = (
+    "tokens", "forward_passes", "steps", "escalated", "rejected", "accepted_by_draft", "proposed", "spec_accepted",
+    "spec_tokens", "spec_passes", "escalation_rate", "rejection_rate", "draft_only_acceptance",
+)
 
 
 @dataclass
@@ -213,13 +225,15 @@ class EvalReport:
         for m in self.modes:
             row = m.as_row()
             settings = ", ".join(f"{k}={v}" for k, v in m.settings.items() if k != "token_speculation") or "-"
-            speedup = f"{m.speedup:.2f}x" if m.speedup is not None else "-"
-            per_pass = f"{m.accepted_per_target_pass:.2f}" if m.accepted_per_target_pass else "-"
-            lines.append(
-                f"| {m.mode} | {settings} | {m.accuracy:.1%} | {m.wall_time:.1f} | {speedup} | {m.tokens['draft']} | "
-                f"{m.tokens['target']} | {m.steps} | {row['draft_only_acceptance']:.1%} | {row['escalation_rate']:.1%} | "
-                f"{row['rejection_rate']:.1%} | {m.forward_passes['draft']} | {m.forward_passes['target']} | {per_pass} |"
-            )
+            tokens, passes = row["tokens"] or {}, row["forward_passes"] or {}
+            cells = [
+                m.mode, settings, f"{m.accuracy:.1%}", f"{m.wall_time:.1f}", _figure(m.speedup, "{:.2f}x"),
+                _figure(tokens.get("draft")), _figure(tokens.get("target")), _figure(row["steps"]),
+                _figure(row["draft_only_acceptance"], "{:.1%}"), _figure(row["escalation_rate"], "{:.1%}"),
+                _figure(row["rejection_rate"], "{:.1%}"), _figure(passes.get("draft")), _figure(passes.get("target")),
+                _figure(row["accepted_per_target_pass"], "{:.2f}"),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         for against, name in (("target", "the target's verdict"), ("truth", "ground truth")):
             auc = self.calibration.auroc(against)
@@ -228,6 +242,11 @@ class EvalReport:
                 f"Draft verification AUROC against {name}: {'n/a' if auc is None else f'{auc:.3f}'} over {steps} steps."
             )
         return "\n".join(lines)
+
+
+def _figure(value: float | None, form: str = "{}") -> str:
+    """A table cell: "-" for what was not measured."""
+    return "-" if value is None else form.format(value)
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
@@ -303,7 +322,7 @@ def evaluate(
     if not plans:
         raise ValueError("no modes to evaluate")
     base = dict(base or {})
-    reports = [ModeReport(plan.label, plan.settings) for plan in plans]
+    reports = [ModeReport(plan.label, plan.settings, measures_steps=plan.mode is not None) for plan in plans]
     configs = [build_config(**{**base, **plan.settings, "mode": plan.mode or Mode.TARGET_ONLY}) for plan in plans]
     calibration_config = build_config(
         **{**base, "mode": Mode.CONFSPEC, "accept_threshold": 2.0, "reject_threshold": 2.0}

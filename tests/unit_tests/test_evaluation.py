@@ -6,6 +6,7 @@ import json
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,9 @@ from langchain_confspec.demo.problems import (
     make_problems,
 )
 from langchain_confspec.evaluation import (
+    Calibration,
     EvalItem,
+    ModeReport,
     RunPlan,
     auroc,
     evaluate,
@@ -224,3 +227,63 @@ def test_one_run_compares_token_level_and_step_level_plans(tiny_engine: ConfSpec
     # Greedy token speculation and HF assisted generation both give the target's own answers.
     assert rows["target_only"].correct == rows["target_only+tokens"].correct == rows["hf_assisted"].correct == 2
     assert all(m.speedup is not None for m in report.modes)
+
+
+def _calibration(seed: int = 3) -> Calibration:
+    """Steps whose right-ness grows with the draft's confidence, a third of them checkable, and
+    a few unsure steps that were all right (a tall bar where a legend in the corner would sit)."""
+    rng = random.Random(seed)
+    scores = [x for x in (rng.random() for _ in range(400)) if not 0.1 <= x < 0.2] + [0.12] * 6
+    return Calibration(
+        p_accept=scores,
+        target_labels=[score == 0.12 or rng.random() < score for score in scores],
+        truth_labels=[(score == 0.12 or rng.random() < score) if i % 3 == 0 else None for i, score in enumerate(scores)],
+    )
+
+
+def _overlaps(figure: Any, covering: Any, parts: list[Any]) -> list[Any]:
+    renderer = figure.canvas.get_renderer()
+    box = covering.get_window_extent(renderer)
+    return [part for part in parts if box.overlaps(part.get_window_extent(renderer))]
+
+
+def test_reliability_charts_say_what_they_are_measured_against_and_hide_nothing() -> None:
+    pytest.importorskip("matplotlib")
+    from langchain_confspec.plots import reliability_figure
+
+    calibration = _calibration()
+    titles = []
+    for against in ("target", "truth"):
+        figure = reliability_figure(calibration, against)
+        (axes,) = figure.axes
+        titles.append(axes.get_title())
+        assert f"{len(calibration.labelled(against)[1]):,} steps" in axes.get_title()
+        (legend,) = figure.legends
+        bars, counts = list(axes.patches), list(axes.texts)
+        assert len(bars) == len(counts) == len(calibration.reliability(against)) > 5
+        assert not _overlaps(figure, legend, bars + counts)
+        assert all(text.get_window_extent().y1 <= axes.get_window_extent().y1 for text in counts)  # counts inside the axes
+    assert titles[0] != titles[1]
+    assert "the target's verdict" in titles[0] and "ground truth" in titles[1]
+
+
+def test_the_sweep_chart_legend_hides_no_point_or_label() -> None:
+    pytest.importorskip("matplotlib")
+    from langchain_confspec.plots import sweep_figure
+
+    reports = [ModeReport("confspec", {"accept_threshold": t}, n=10, correct=c, speedup=s) for t, c, s in ((0.6, 8, 1.3), (0.7, 9, 1.2), (0.9, 10, 1.0))]
+    reference = ModeReport("target_only", {}, n=10, correct=10, speedup=1.0)
+    figure = sweep_figure(reports, "accept_threshold", reference)
+    (axes,) = figure.axes
+    (legend,) = figure.legends
+    assert not _overlaps(figure, legend, list(axes.texts) + list(axes.lines))
+
+
+def test_the_table_marks_what_hf_assisted_does_not_measure(tiny_engine: ConfSpecEngine) -> None:
+    items = [EvalItem(p.question, str(p.answer)) for p in make_problems(1, seed=8)]
+    report = evaluate(tiny_engine, items, [RunPlan(Mode.TARGET_ONLY), RunPlan(None)], base={"max_tokens": 8}, progress=False)
+    target_row, assisted_row = (line.split(" | ") for line in report.markdown().splitlines()[2:4])
+    assert assisted_row[0] == "| hf_assisted" and target_row[0] == "| target_only"
+    assert assisted_row[5:] == ["-"] * 8 + ["- |"]  # tokens, steps, rates, passes
+    assert target_row[5] == "0" and target_row[6] != "-"  # measured zeros stay zeros
+    assert report.to_json()["modes"][1]["steps"] is None and report.to_json()["modes"][1]["tokens"] is None
