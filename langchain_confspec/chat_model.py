@@ -35,6 +35,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from langchain_confspec.cache_budget import validate_budget
 from langchain_confspec.callbacks import (
     DRAFT_TOKEN_EVENT,
     STEP_EVENT,
@@ -244,7 +245,15 @@ class ConfSpecChatModel(BaseChatModel):
     It sizes the static KV caches, so lower it to what your calls need on long-context models."""
     max_batch: int = Field(default=DEFAULT_MAX_BATCH, ge=1)
     """Calls answered at once: each holds a row of every static cache, and their forward passes
-    run together in batches (on `static` and `graphs`). More wait for a free slot."""
+    run together in batches (on `static` and `graphs`). More wait for a free slot. The KV
+    budget may allow fewer rows (see `kv_cache_memory`)."""
+    kv_cache_memory: int | float | None = None
+    """Memory for both models' static KV caches: bytes (an int) or a fraction of the device's
+    free memory after the weights (a float in (0, 1]); default half of it on CUDA, a quarter of
+    the available memory on the CPU. Rows and each row's context come out of it: rows are given
+    up before a row drops below 4,096 tokens, then the context shrinks (prompts longer than it
+    are refused at once, naming the budget); where not one row of 256 tokens fits, `auto` uses
+    `off`. The warm-up report and an INFO log line say what was chosen."""
     streaming: bool = False
     """Whether `invoke` streams tokens to callbacks by default."""
     metadata_steps: Literal["full", "numbers", "none"] = "full"
@@ -264,6 +273,7 @@ class ConfSpecChatModel(BaseChatModel):
             raise ConfigurationError("No draft model: set draft_model (an id or path) or pass draft=.")
         if self.target_model is None and self.target is None:
             raise ConfigurationError("No target model: set target_model (an id or path) or pass target=.")
+        validate_budget(self.kv_cache_memory)
         self._spec_config()  # an impossible setting fails here, naming itself
 
     @classmethod
@@ -320,6 +330,7 @@ class ConfSpecChatModel(BaseChatModel):
             "torch_dtype": str(self.torch_dtype) if self.torch_dtype is not None else None,
             "max_context": self.max_context,
             "max_batch": self.max_batch,
+            "kv_cache_memory": self.kv_cache_memory,
             **self._spec_config().model_dump(mode="json"),
         }
 
@@ -570,7 +581,11 @@ class ConfSpecChatModel(BaseChatModel):
         """The engine over this model's pair: weights load the first time anything asks for
         them and are shared by every model (copies included) asking for the same ones."""
         self._engine = engine_for(
-            self._load("draft"), self._load("target"), max_context=self.max_context, max_batch=self.max_batch
+            self._load("draft"),
+            self._load("target"),
+            max_context=self.max_context,
+            max_batch=self.max_batch,
+            kv_cache_memory=self.kv_cache_memory,
         )
         return self._engine  # kept by this model, so its weights live as long as it does
 

@@ -10,12 +10,15 @@ shapes, padding and rollback run on any device (the CPU tests and `benchmarks/gp
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 Replay = Callable[[], None]
+CAPTURE_ERROR_MODE = "thread_local"
 
 
 class GraphCapture(Protocol):
@@ -51,6 +54,8 @@ class CudaGraphCapture:
         # the graph), then record one run; replays rerun exactly those kernels. `reset` puts
         # the state `fn` advances back before each run; it is never recorded. Everything,
         # replays included, runs on the model's device, whichever device is current.
+        # `thread_local`: CUDA work of other threads (the other model, an embedder, a tool)
+        # during the capture does not invalidate it, as the default `global` mode would.
         with torch.cuda.device(device):
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -61,7 +66,7 @@ class CudaGraphCapture:
             torch.cuda.current_stream().wait_stream(side)
             reset()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode=CAPTURE_ERROR_MODE):
                 fn()
 
         def replay() -> None:
@@ -104,3 +109,23 @@ def timed(device: torch.device, work: Callable[[], object]) -> float:
     work()
     synchronize(device)
     return time.perf_counter() - started
+
+
+@dataclass
+class GraphMemory:
+    """Device memory reserved while graphs were captured, filled in on leaving `graph_memory`."""
+
+    mib: float = 0.0
+
+
+@contextmanager
+def graph_memory(device: torch.device) -> Iterator[GraphMemory]:
+    """Measure what captures keep: memory *reserved* by the allocator, which counts the graphs'
+    private pools (temporaries freed into a pool stay reserved for its replays); 0 off CUDA."""
+    measured = GraphMemory()
+    before = torch.cuda.memory_reserved(device) if device.type == "cuda" else 0
+    try:
+        yield measured
+    finally:
+        if device.type == "cuda":
+            measured.mib = (torch.cuda.memory_reserved(device) - before) / 2**20

@@ -21,6 +21,7 @@ import torch
 
 from langchain_confspec.answer_text import AnswerText
 from langchain_confspec.batching import BatchScheduler, PassJob
+from langchain_confspec.cache_budget import CachePlan, plan_caches, resolve_budget
 from langchain_confspec.config import FastPath, Mode, SpecConfig
 from langchain_confspec.constrained import Node, write_json
 from langchain_confspec.cuda_graphs import CudaGraphCapture, GraphCapture
@@ -35,8 +36,10 @@ from langchain_confspec.errors import (
     ConfigurationError,
     ConfSpecError,
     ContextLengthError,
+    DeviceContextLostError,
     GenerationError,
     ModelOutOfMemoryError,
+    is_sticky_cuda_error,
 )
 from langchain_confspec.fast_path import FastPaths, ModelPath
 from langchain_confspec.gate import GateAction, gate, target_accepts
@@ -56,6 +59,7 @@ from langchain_confspec.records import (
 )
 from langchain_confspec.session import ModelSession
 from langchain_confspec.speculation import DepthPolicy, speculative_step_texts
+from langchain_confspec.static_cache import bytes_per_token, check_static_support
 from langchain_confspec.static_runner import WarmupReport
 from langchain_confspec.tool_calls import OPEN_TAG
 from langchain_confspec.verification import VerdictReader, judge
@@ -119,9 +123,11 @@ class ConfSpecEngine:
     """A draft and a target model, their static caches, and the scheduler that runs up to
     `max_batch` generations at once, their forward passes batched together.
 
-    `max_context` caps the context window the engine uses for both models (and so the size of
-    their static caches, one row per slot); `graph_capture` says how graphs are captured (CUDA
-    graphs by default; `EagerRehearsal` runs the graph path's passes eagerly on any device).
+    `max_context` caps the context window the engine uses for both models; `kv_cache_memory`
+    (bytes, or a fraction of the free device memory) bounds their static caches, whose rows
+    and row length come out of it (`cache_budget`) and may cap both `max_batch` and the
+    context further; `graph_capture` says how graphs are captured (CUDA graphs by default;
+    `EagerRehearsal` runs the graph path's passes eagerly on any device).
     """
 
     def __init__(
@@ -133,6 +139,7 @@ class ConfSpecEngine:
         max_context: int | None = None,
         graph_capture: GraphCapture | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
+        kv_cache_memory: int | float | None = None,
     ) -> None:
         if max_context is not None and max_context < 2:
             raise ConfigurationError(f"max_context must be at least 2 tokens, not {max_context}.")
@@ -152,18 +159,49 @@ class ConfSpecEngine:
         for role, loaded in (("draft", draft), ("target", target)):
             if (problem := rollback_problem(loaded.model, self.context[role])) is not None:
                 raise ConfigurationError(f"The {role} model {loaded.name!r} cannot be used: {problem}.")
-        self.max_batch = max_batch
+        self.context_limit = {  # what set each model's context, for errors
+            role: "context window" if self.context[role] == loaded.context_length else "context window (max_context)"
+            for role, loaded in (("draft", draft), ("target", target))
+        }
+        self.cache_plan = self._plan_caches(kv_cache_memory, max_batch)
+        self.max_batch = self.cache_plan.rows if isinstance(self.cache_plan, CachePlan) else max_batch
         self.fast_paths = FastPaths(
-            {"draft": draft, "target": target}, self.context, graph_capture or CudaGraphCapture(), rows=max_batch
+            {"draft": draft, "target": target}, self.context, graph_capture or CudaGraphCapture(), plan=self.cache_plan
         )
-        self.scheduler = BatchScheduler(max_batch, self._run_batch)
+        self.scheduler = BatchScheduler(self.max_batch, self._run_batch)
         self._preparing = threading.Lock()
+        self.lost: DeviceContextLostError | None = None  # set for good by a sticky CUDA error
+
+    def _plan_caches(self, kv_cache_memory: int | float | None, max_batch: int) -> CachePlan | str:
+        """Size the static caches of the models that can have one to the KV budget; the
+        row length becomes their context on every path. A reason where none fits."""
+        static = {}
+        for role, loaded in (("target", self.target), ("draft", self.draft)):
+            try:
+                check_static_support(loaded.model, self.context[role])
+                static[role] = loaded
+            except ConfigurationError:
+                continue
+        if not static:
+            return "neither model can use a static KV cache"
+        budget = resolve_budget(kv_cache_memory, next(iter(static.values())).device)
+        per_token = {role: bytes_per_token(loaded.model) for role, loaded in static.items()}
+        plan = plan_caches(per_token, {role: self.context[role] for role in static}, max_batch, budget)
+        if isinstance(plan, str):
+            logger.warning("static KV caches: %s; fast_path 'auto' uses 'off'", plan)
+            return plan
+        for role, tokens in plan.tokens.items():
+            if tokens < self.context[role]:
+                self.context[role] = tokens
+                self.context_limit[role] = f"context window (cut by the KV cache budget, kv_cache_memory={budget / 2**20:,.1f} MiB)"
+        logger.info("%s", plan.describe())
+        return plan
 
     def warmup(self, fast_path: FastPath | str = FastPath.AUTO) -> list[WarmupReport]:
         """Allocate static caches and capture graphs for `fast_path` now, and build each
         tokenizer's token-text table, so that no call pays for them; one report per model.
         Waits until no generation is running, and holds new ones back meanwhile."""
-        with self.scheduler.exclusive(), _model_failures():
+        with self.scheduler.exclusive(), self._model_failures():
             for loaded in (self.draft, self.target):
                 token_texts(loaded.tokenizer)
             return self.fast_paths.warm_up(FastPath(fast_path))
@@ -186,15 +224,17 @@ class ConfSpecEngine:
         settles, before the step's record.
         """
         started = time.perf_counter()
+        if self.lost is not None:
+            raise self.lost
         generation = _Generation(self, turns, config, tools, constraint, stream_text)
         if not generation.paths_ready():
             with self._preparing:  # one call warms up; the others then find the paths ready
                 if not generation.paths_ready():
-                    with self.scheduler.exclusive(), _model_failures():
+                    with self.scheduler.exclusive(), self._model_failures():
                         generation.prepare_paths()
         with self.scheduler.slot() as (row, slot_wait):
             logger.debug("generation starts (%s) in row %d after waiting %.3f s for a slot", config.mode.value, row, slot_wait)
-            with _model_failures():
+            with self._model_failures():
                 generation.open_sessions(row)
                 for item in generation.steps():
                     with self.scheduler.away():  # the caller has the item: others may batch meanwhile
@@ -202,6 +242,22 @@ class ConfSpecEngine:
             result = generation.result(wall_time=time.perf_counter() - started, lock_wait=slot_wait)
             with self.scheduler.away():
                 yield result
+
+    @contextmanager
+    def _model_failures(self) -> Iterator[None]:
+        """`_model_failures`, and a sticky CUDA error marks the engine lost for every later call."""
+        try:
+            with _model_failures():
+                yield
+        except GenerationError as error:
+            cause = error.__cause__
+            if cause is not None and is_sticky_cuda_error(cause):
+                self.lost = DeviceContextLostError(
+                    f"The CUDA context is no longer usable ({type(cause).__name__}: {cause}): restart the process. "
+                    "A device-side assert or illegal memory access breaks every later CUDA call in this process."
+                )
+                raise self.lost from cause
+            raise
 
     def _run_batch(self, role: str, jobs: list[PassJob]) -> list[torch.Tensor]:
         runner = self.fast_paths.runner(role)
@@ -329,7 +385,7 @@ class _Generation:
         prompt = loaded.render_prompt(turns, tools)
         window = engine.context[role]
         if len(prompt) >= window:
-            limit = "context window" if window == loaded.context_length else "context window (max_context)"
+            limit = engine.context_limit[role]
             raise ContextLengthError(
                 f"The prompt is {len(prompt)} tokens long for the {role} model, whose {limit} "
                 f"is {window} tokens: no room is left to answer."
@@ -343,7 +399,8 @@ class _Generation:
         """Allocate static caches and capture graphs this call is the first to need (while no
         other generation runs); the seconds go into this call's summary."""
         for role in self._used:
-            path, seconds = self.engine.fast_paths.prepare(role, self._paths[role].path)
+            fallback = self.config.fast_path is FastPath.AUTO
+            path, seconds = self.engine.fast_paths.prepare(role, self._paths[role].path, fallback=fallback)
             self._paths[role] = ModelPath(path, self._paths[role].reason)
             self._warmup[role] = seconds
 

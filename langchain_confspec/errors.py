@@ -44,3 +44,26 @@ class GenerationError(ConfSpecError, RuntimeError):
 class ModelOutOfMemoryError(GenerationError):
     """A model ran out of memory while answering: shorten `max_tokens` or the prompt, use a
     smaller dtype, or spread the model over more devices (`device_map`)."""
+
+
+class DeviceContextLostError(GenerationError):
+    """A device-side assert or another sticky CUDA error broke the process's CUDA context:
+    every later CUDA call in this process fails, so the engine refuses every later call with
+    this error. Restart the process."""
+
+
+STICKY_CUDA_ERRORS = (
+    "device-side assert",
+    "illegal memory access",
+    "unspecified launch failure",
+    "misaligned address",
+    "illegal instruction",
+    "cudaErrorLaunchFailure",
+)
+"""Phrases of CUDA errors after which the context cannot be used again (they are not cleared)."""
+
+
+def is_sticky_cuda_error(error: BaseException) -> bool:
+    """Whether `error` is one of the CUDA errors that poison the whole context."""
+    text = str(error)
+    return any(phrase in text for phrase in STICKY_CUDA_ERRORS)

@@ -4,13 +4,16 @@
 (the model's static cache, eager modules), `graphs` (static cache plus captured CUDA
 graphs), or `auto` (`graphs` where the model is on CUDA and supported, else the faster of the
 other two on the CPU). A model the static cache cannot serve (sliding-window or hybrid
-attention, an unsupported attention implementation, weights spread over devices) gets
-`off` under `auto` and a `ConfigurationError` naming the reason when `static` or `graphs`
-is asked for.
+attention, position-dependent RoPE, an unsupported attention implementation, weights spread
+over devices, a KV budget without room for one useful row, an allocation that failed) gets
+`off` under `auto`, with the reason, and a `ConfigurationError` naming the reason when
+`static` or `graphs` is asked for.
 
-`FastPaths` owns one `StaticRunner` per model role, created on first use and warmed up
-(graphs compiled and captured) once, either by the first call that needs it or ahead of
-time by `warm_up`; the seconds a call spends on that are reported in its summary.
+`FastPaths` owns one `StaticRunner` per model role, sized by the engine's `CachePlan`, created
+on first use and warmed up (graphs compiled and captured) once, either by the first call that
+needs it or ahead of time by `warm_up`; the seconds a call spends on that are reported in its
+summary. A failed capture or allocation is remembered (calls do not retry it) until the next
+`warm_up`, which tries again.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import logging
 import threading
 from dataclasses import dataclass
 
+import torch
+
 from langchain_confspec.batching import BatchScheduler
+from langchain_confspec.cache_budget import CachePlan
 from langchain_confspec.config import FastPath
 from langchain_confspec.cuda_graphs import GraphCapture, timed
-from langchain_confspec.errors import ConfigurationError
+from langchain_confspec.errors import ConfigurationError, ModelOutOfMemoryError, is_sticky_cuda_error
 from langchain_confspec.loading import LoadedModel
 from langchain_confspec.session import DynamicKV, KVBackend, StaticKV
 from langchain_confspec.static_cache import check_static_support
@@ -46,15 +52,20 @@ class FastPaths:
     """The static runners of an engine's models and the rule resolving `fast_path` for them."""
 
     def __init__(
-        self, models: dict[str, LoadedModel], context: dict[str, int], capture: GraphCapture, *, rows: int = 1
+        self, models: dict[str, LoadedModel], context: dict[str, int], capture: GraphCapture, *, plan: CachePlan | str
     ) -> None:
         self.models = models
         self.context = context
         self.capture = capture
-        self.rows = rows  # one static-cache row per generation that may run at once
+        self.plan = plan  # the caches' rows and lengths, or why no static cache fits the budget
         self._turns = {role: threading.Lock() for role in models}  # dynamic-cache passes: one at a time
         self._runners: dict[str, StaticRunner] = {}
+        self._static_failures: dict[str, str] = {}  # role -> why its static cache could not be allocated
         self._graph_failures: dict[str, str] = {}  # role -> why its graphs could not be captured
+
+    @property
+    def rows(self) -> int:
+        return self.plan.rows if isinstance(self.plan, CachePlan) else 1
 
     def resolve(self, requested: FastPath, role: str) -> ModelPath:
         """The path `role`'s model takes when a call asks for `requested`."""
@@ -63,6 +74,10 @@ class FastPaths:
         loaded = self.models[role]
         try:
             check_static_support(loaded.model, self.context[role])
+            if isinstance(self.plan, str):
+                raise ConfigurationError(f"No static KV cache fits: {self.plan}.")
+            if role in self._static_failures:
+                raise ConfigurationError(self._static_failures[role])
         except ConfigurationError as unsupported:
             if requested is FastPath.AUTO:
                 return ModelPath(FastPath.OFF, str(unsupported))
@@ -86,16 +101,28 @@ class FastPaths:
             return True
         return runner is not None and (path is not FastPath.GRAPHS or runner.graphs_ready or role in self._graph_failures)
 
-    def prepare(self, role: str, path: FastPath) -> tuple[FastPath, float]:
+    def prepare(self, role: str, path: FastPath, *, fallback: bool = True) -> tuple[FastPath, float]:
         """Allocate `role`'s static cache and capture its graphs if `path` needs them (while no
-        generation runs: warm-up writes all over the cache); the path it really takes
-        (`static` where graphs could not be captured) and the seconds spent now."""
+        generation runs); the path it really takes and the seconds spent now.
+
+        Graphs that cannot be captured leave the model on `static`. A cache that cannot be
+        allocated sends it to `off` where `fallback` allows it (`auto`), else raises
+        `ModelOutOfMemoryError` naming the cache's size.
+        """
         if path is FastPath.OFF:
             return path, 0.0
         seconds = 0.0
         if role not in self._runners:
-            self._runners[role] = StaticRunner(self.models[role], self.context[role], self.capture, rows=self.rows)
-            seconds += self._runners[role].allocate_seconds
+            try:
+                runner = self._allocate(role)
+            except ModelOutOfMemoryError as error:
+                self._static_failures[role] = str(error)
+                logger.warning("%s model: %s; using fast_path='off'", role, error)
+                if not fallback:
+                    raise
+                return FastPath.OFF, 0.0
+            self._runners[role] = runner
+            seconds += runner.allocate_seconds
         runner = self._runners[role]
         if path is FastPath.GRAPHS and not runner.graphs_ready and role not in self._graph_failures:
             seconds += self._warm_up_graphs(role, runner)
@@ -122,10 +149,14 @@ class FastPaths:
         return StaticKV(self._runners[role], graphs=path is FastPath.GRAPHS), path, seconds
 
     def warm_up(self, requested: FastPath) -> list[WarmupReport]:
-        """Get every model ready for `requested` now, so that no call pays for it."""
+        """Get every model ready for `requested` now, so that no call pays for it; allocations
+        and captures that failed before are tried again."""
+        self._static_failures.clear()
+        self._graph_failures.clear()
         reports = []
         for role, loaded in self.models.items():
-            path, _ = self.prepare(role, self.resolve(requested, role).path)
+            resolved = self.resolve(requested, role)
+            path, _ = self.prepare(role, resolved.path, fallback=requested is FastPath.AUTO)
             if path is FastPath.OFF:
                 reports.append(WarmupReport(model=loaded.name, fast_path=path.value, cache_tokens=0, cache_mib=0.0))
             else:
@@ -135,13 +166,35 @@ class FastPaths:
     def runner(self, role: str) -> StaticRunner | None:
         return self._runners.get(role)
 
+    def _allocate(self, role: str) -> StaticRunner:
+        assert isinstance(self.plan, CachePlan)
+        loaded = self.models[role]
+        try:
+            runner = StaticRunner(
+                loaded, self.context[role], self.capture, rows=self.plan.rows, budget_mib=self.plan.budget_bytes / 2**20
+            )
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+            if not isinstance(error, torch.OutOfMemoryError | MemoryError) and "out of memory" not in str(error).lower():
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise ModelOutOfMemoryError(
+                f"the {role} model's static KV cache ({self.plan.rows} rows of {self.context[role]:,} tokens) could not "
+                f"be allocated ({type(error).__name__}); set kv_cache_memory lower (now {self.plan.budget_bytes / 2**20:,.0f} MiB "
+                "for both caches)"
+            ) from error
+        logger.info("%s model: %s", role, self.plan.describe())
+        return runner
+
     def _warm_up_graphs(self, role: str, runner: StaticRunner) -> float:
         device = self.models[role].device
         logger.info("%s model: capturing CUDA graphs once (model.warmup() does this ahead of the first call)", role)
         try:
             return timed(device, runner.warm_up_graphs)
         except (RuntimeError, AssertionError) as error:  # capture refused this model: stay eager
+            if is_sticky_cuda_error(error):
+                raise
             runner.abandon_graphs()
             self._graph_failures[role] = f"CUDA graph capture failed ({type(error).__name__}: {error}); using 'static'"
-            logger.warning("%s model: %s", role, self._graph_failures[role])
+            logger.warning("%s model: %s (warmup() tries again)", role, self._graph_failures[role])
             return 0.0

@@ -5,7 +5,7 @@ variants (`configurable_fields` builds a new instance for each call) and subclas
 pydantic and LangChain users expect. What must not happen per instance is loading weights or
 capturing graphs again: models are kept here while anything uses them, keyed by what decides
 the load (name or object, device map, dtype, tokenizer), and engines (with their static caches,
-graphs and batch scheduler) by their two models, context limit and `max_batch`. Both caches hold weak references, so
+graphs and batch scheduler) by their two models, context limit, `max_batch` and KV budget. Both caches hold weak references, so
 dropping every chat model that uses a model frees its weights.
 """
 
@@ -63,12 +63,16 @@ def model_object(model: Any, tokenizer: Any, *, role: str, name: str) -> LoadedM
         return loaded
 
 
-def engine_for(draft: LoadedModel, target: LoadedModel, *, max_context: int | None, max_batch: int) -> ConfSpecEngine:
-    """The engine over these two models with this context limit and batch size, made once."""
-    key = (id(draft), id(target), max_context, max_batch)
+def engine_for(
+    draft: LoadedModel, target: LoadedModel, *, max_context: int | None, max_batch: int, kv_cache_memory: int | float | None = None
+) -> ConfSpecEngine:
+    """The engine over these two models with this context limit, batch size and KV budget, made once."""
+    key = (id(draft), id(target), max_context, max_batch, kv_cache_memory)
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None or engine.draft is not draft or engine.target is not target:
-            engine = ConfSpecEngine(draft, target, max_context=max_context, max_batch=max_batch)
+            engine = ConfSpecEngine(
+                draft, target, max_context=max_context, max_batch=max_batch, kv_cache_memory=kv_cache_memory
+            )
             _ENGINES[key] = engine
         return engine

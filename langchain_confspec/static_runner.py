@@ -2,13 +2,18 @@
 
 A `StaticRunner` is created once per model (per role) by the engine and serves every call,
 each in its own row (its slot in the engine's scheduler); `forward_rows` runs several calls'
-passes as one. A pass over `L` new tokens at context length `start`
-returns next-token logits for its last rows. Without graphs it runs eagerly, attending only
-to the slots in use. With graphs, the one-token decode step and passes of up to
-`PASS_BUCKETS[-1]` tokens replay graphs captured at warm-up: a pass is padded up to the
-next bucket, the padding rows are written like any others and then rolled back by position
-(the next pass starts at `start + L`, not `start + bucket`). Longer passes (a long prompt)
-and passes that would overrun the cache run eagerly over the same slots.
+passes as one. A pass over `L` new tokens at context length `start` returns next-token logits
+for its last rows. Every pass covers a span of rows: jobs' tokens are right-aligned in it, and
+padding and rows without a job write to their row's dump slot (`StaticKVCache`), so any mix
+of job lengths and rows stays inside each row.
+
+A pass attends to the first `attend` slots of its rows, where `attend` is the smallest
+*attend bucket* (`attend_buckets`: 1,024 slots, growing fourfold, then the whole row) that
+holds the furthest row's context: a decode step's cost follows the live context, not the
+window. With graphs, one-token steps replay graphs captured per (rows, attend bucket), and
+passes of up to `PASS_BUCKETS[-1]` tokens per (rows, length bucket), for any rows and any
+batch; graphs write logits only for the rows that stepped and only the last `keep` positions
+a caller reads. Longer passes (a long prompt) run eagerly.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from pydantic import BaseModel, Field, computed_field
 
 from langchain_confspec.batching import PassJob
-from langchain_confspec.cuda_graphs import GraphCapture, Replay, timed
+from langchain_confspec.cuda_graphs import GraphCapture, Replay, graph_memory, timed
 from langchain_confspec.loading import LoadedModel
 from langchain_confspec.static_cache import StaticKVCache
 
@@ -29,25 +34,44 @@ logger = logging.getLogger(__name__)
 PASS_BUCKETS = (8, 16, 32, 64, 128, 256)
 """Lengths captured for multi-token passes (verification suffixes, catch-up, proposal checks)."""
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-"""Numbers of rows the one-token step is captured for, up to the engine's `max_batch`."""
-EAGER_ATTEND_STEP = 64
-"""Eager passes attend to the slots in use, rounded up to this many."""
+"""Numbers of rows the passes are captured for, up to the cache's rows."""
+PASS_KEEP = 16
+"""Positions whose logits a captured multi-token pass returns per row (its last ones): a
+verification or catch-up pass reads one, a proposal check one more than it proposed."""
+ATTEND_BASE = 1024
+ATTEND_GROWTH = 4
+
+
+def attend_buckets(max_len: int) -> list[int]:
+    """How many slots a pass may attend to: 1,024, then four times more each, then `max_len`."""
+    buckets, size = [], ATTEND_BASE
+    while size < max_len:
+        buckets.append(size)
+        size *= ATTEND_GROWTH
+    return [*buckets, max_len]
+
+
+GraphKey = tuple[int, int, int]
+"""A captured pass: (rows, tokens per row, attended slots)."""
 
 
 class WarmupReport(BaseModel):
-    """What getting one model's fast path ready cost, once."""
+    """What getting one model's fast path ready cost, once, and what its cache holds."""
 
     model: str
     fast_path: str
-    cache_tokens: int = Field(description="Positions the static KV cache holds (its context window).")
+    cache_tokens: int = Field(description="Positions each row of the static KV cache holds (the context per call).")
+    cache_rows: int = Field(default=0, description="Rows of the static KV cache: generations that can run at once.")
     cache_mib: float = Field(description="Memory of the static KV cache.")
+    budget_mib: float = Field(default=0.0, description="The KV memory budget both models' caches were sized to.")
     allocate_seconds: float = 0.0
-    decode_capture_seconds: float = Field(default=0.0, description="Compiling and capturing the one-token step.")
+    decode_capture_seconds: float = Field(default=0.0, description="Compiling and capturing the one-token steps.")
     passes_capture_seconds: float = Field(default=0.0, description="Capturing the multi-token passes.")
-    graph_mib: float = Field(default=0.0, description="Device memory the captured graphs keep (CUDA only).")
+    graph_mib: float = Field(default=0.0, description="Device memory the captured graphs reserve (CUDA only).")
     captured_lengths: list[int] = Field(default_factory=list)
-    captured_batches: list[int] = Field(default_factory=list, description="Rows the one-token step was captured for.")
-    decode_compiled: bool = Field(default=False, description="Whether the captured one-token step was compiled first.")
+    captured_batches: list[int] = Field(default_factory=list, description="Rows the passes were captured for.")
+    captured_attend: list[int] = Field(default_factory=list, description="Attend buckets the one-token step was captured for.")
+    decode_compiled: bool = Field(default=False, description="Whether the captured one-row step was compiled first.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -60,31 +84,39 @@ class StaticRunner:
     """Forward passes of one model over its static cache, one row per concurrent generation,
     eager or as replayed graphs."""
 
-    def __init__(self, loaded: LoadedModel, context_length: int, capture: GraphCapture, rows: int = 1) -> None:
+    def __init__(self, loaded: LoadedModel, context_length: int, capture: GraphCapture, rows: int = 1, budget_mib: float = 0.0) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.max_len = context_length
         self.rows = rows
         self.capture = capture
+        self.cache_argument = loaded.cache_argument  # read once: a traced pass must not call into the loader
         self.device = self.model.get_input_embeddings().weight.device
+        self.attend_buckets = attend_buckets(context_length)
         with torch.inference_mode():
             self.allocate_seconds = timed(self.device, self._allocate)
         self.graphs_ready = False
-        self._replays: dict[tuple[int, int], Replay] = {}  # (rows, tokens) -> replay of that pass
-        self._inputs: dict[tuple[int, int], torch.Tensor] = {}  # (rows, tokens) -> its input buffer
+        self.attended: list[int] | None = None  # set to a list to log the slots each pass attends to
+        self._replays: dict[GraphKey, Replay] = {}
+        self._inputs: dict[tuple[int, int], torch.Tensor] = {}  # (rows, tokens) -> its input ids buffer
         self._decode_out: torch.Tensor | None = None  # (rows, vocab): each row's logits from its last decode step
-        self._active: torch.Tensor | None = None  # (rows,): the rows stepping in the replay being set up
-        self._pass_out: torch.Tensor | None = None  # (longest pass, vocab): logits of a replayed pass
+        self._pass_out: torch.Tensor | None = None  # (rows, PASS_KEEP, vocab): each row's last pass's logits
         self.report = WarmupReport(
             model=loaded.name,
             fast_path="static",
             cache_tokens=context_length,
+            cache_rows=rows,
             cache_mib=self.cache.nbytes / 2**20,
+            budget_mib=budget_mib,
             allocate_seconds=self.allocate_seconds,
         )
 
     def _allocate(self) -> None:
-        self.cache = StaticKVCache(self.model, self.max_len, batch_size=self.rows, scratch_len=PASS_BUCKETS[-1])
+        self.cache = StaticKVCache(self.model, self.max_len, rows=self.rows)
+
+    def attend_for(self, end: int) -> int:
+        """The attend bucket of a pass whose furthest row reaches `end` tokens."""
+        return next(b for b in self.attend_buckets if b >= end)
 
     # -- passes -------------------------------------------------------------------------------
 
@@ -102,188 +134,174 @@ class StaticRunner:
                 raise ValueError(
                     f"a pass to {job.start + len(job.tokens)} tokens overruns the static cache of {self.max_len}"
                 )
+            if not 0 <= job.row < self.rows:
+                raise ValueError(f"row {job.row} is outside the static cache's {self.rows} rows")
         with torch.inference_mode():
-            shape = self._graph_shape(jobs) if jobs[0].graphs else None
-            if shape is not None:
-                return self._replay(jobs, shape)
-            by_row = sorted(jobs, key=lambda job: job.row)
-            if max(len(job.tokens) for job in jobs) <= self.cache.scratch_len:  # one forward over the rows' span
-                runs = [by_row]
-            else:  # rows between the jobs' could not be parked in the scratch slots: runs of rows
-                runs = _contiguous(by_row)
-            outputs: dict[int, torch.Tensor] = {}
-            for run in runs:
-                for job, output in zip(run, self._eager(run, attend_all=jobs[0].graphs)):
-                    outputs[job.row] = output
-            return [outputs[job.row] for job in jobs]  # in the order asked
+            key = self._graph_key(jobs) if jobs[0].graphs else None
+            attend = key[2] if key is not None else self.attend_for(max(job.start + len(job.tokens) for job in jobs))
+            if self.attended is not None:
+                self.attended.append(attend)
+            return self._replay(jobs, key) if key is not None else self._eager(jobs, attend)
 
-    def _graph_shape(self, jobs: list[PassJob]) -> tuple[int, int] | None:
-        """The captured pass (rows, tokens) that can serve these jobs, if any: one-token steps
-        for batches of rows from the first, longer passes padded to a bucket in the first row."""
+    def _graph_key(self, jobs: list[PassJob]) -> GraphKey | None:
+        """The captured pass that can serve these jobs, if any."""
         if not self.graphs_ready:
             return None
+        rows = next((b for b in BATCH_BUCKETS if b > max(job.row for job in jobs)), None)
         length = max(len(job.tokens) for job in jobs)
         if length == 1:
-            rows = next((b for b in BATCH_BUCKETS if b > max(job.row for job in jobs)), None)
-            return (rows, 1) if (rows, 1) in self._replays else None
-        if len(jobs) > 1 or jobs[0].row != 0:
-            return None
-        bucket = next((b for b in PASS_BUCKETS if b >= length), None)
-        if bucket is None or jobs[0].start + bucket > self.max_len:
-            return None
-        return (1, bucket)
+            key = (rows or 0, 1, self.attend_for(max(job.start for job in jobs) + 1))
+        else:
+            bucket = next((b for b in PASS_BUCKETS if b >= length), None)
+            if bucket is None or max(job.n_rows for job in jobs) > min(bucket, PASS_KEEP):
+                return None
+            key = (rows or 0, bucket, self.max_len)
+        return key if key in self._replays else None
 
-    def _eager(self, jobs: list[PassJob], *, attend_all: bool) -> list[torch.Tensor]:
-        """One forward over the rows from the first job's to the last's (sorted by row), their
-        tokens padded to the longest; rows between without a job write into the scratch slots."""
+    def _eager(self, jobs: list[PassJob], attend: int) -> list[torch.Tensor]:
+        """One forward over the span of rows from the lowest job's row to the highest's."""
+        first, last = min(job.row for job in jobs), max(job.row for job in jobs)
+        span = slice(first, last + 1)
         length = max(len(job.tokens) for job in jobs)
-        first = jobs[0].row
-        rows = slice(first, jobs[-1].row + 1)
-        # With graphs on, every pass attends to the whole cache, as the captured ones do, so
-        # that eager and replayed passes compute alike.
-        end = max(job.start for job in jobs) + length
-        attend = self.max_len if attend_all else min(self.max_len, -(-end // EAGER_ATTEND_STEP) * EAGER_ATTEND_STEP)
-        span = rows.stop - first
-        tokens, starts = [[0] * length for _ in range(span)], [self.cache.scratch] * span
-        for job in jobs:
-            tokens[job.row - first], starts[job.row - first] = _padded(job.tokens, length), job.start
-        input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
-        self.cache.lengths[rows].copy_(torch.tensor(starts))
-        keep = length - min(len(job.tokens) - job.n_rows for job in jobs)  # last rows any job needs
-        logits = self._pass(self.model, input_ids, attend, keep, rows).float()  # (span, keep, vocab)
-        skipped = length - keep
-        return [
-            logits[job.row - first, len(job.tokens) - job.n_rows - skipped : len(job.tokens) - skipped] for job in jobs
-        ]
+        keep = max(job.n_rows for job in jobs)
+        ids = self._stage(jobs, span, length)
+        logits = self._pass(self.model, ids, attend, keep, span).float()  # (span, keep, vocab)
+        return [logits[job.row - first, keep - job.n_rows :] for job in jobs]
 
-    def _pass(self, forward: object, input_ids: torch.Tensor, attend: int, keep: int, rows: slice) -> torch.Tensor:
-        """The one forward pass every path runs: (rows, L) ids at each row's length ->
-        (rows, keep, vocab) logits after the last `keep` of them."""
-        positions, mask = self.cache.begin_pass(input_ids.shape[1], attend, rows)
+    def _stage(self, jobs: list[PassJob], span: slice, length: int, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Put the jobs' tokens (right-aligned), starts and counts in the pass's inputs for `span`."""
+        width = span.stop - span.start
+        tokens, starts, counts = [[0] * length for _ in range(width)], [0] * width, [0] * width
+        for job in jobs:
+            at = job.row - span.start
+            tokens[at][length - len(job.tokens) :] = job.tokens
+            starts[at], counts[at] = job.start, len(job.tokens)
+        staged = torch.tensor([*starts, *counts, *(t for row in tokens for t in row)], dtype=torch.long)
+        staged = staged.to(self.device, non_blocking=True)  # one copy to the device
+        self.cache.starts[span].copy_(staged[:width])
+        self.cache.counts[span].copy_(staged[width : 2 * width])
+        if ids is None:
+            return staged[2 * width :].view(width, length)
+        ids.copy_(staged[2 * width :].view(width, length))
+        return ids
+
+    def _pass(self, forward: object, input_ids: torch.Tensor, attend: int, keep: int, span: slice) -> torch.Tensor:
+        """The one forward pass every path runs: (span, L) ids as the cache's starts and counts
+        place them -> (span, keep, vocab) logits after the last `keep` of them."""
+        positions, mask = self.cache.begin_pass(input_ids.shape[1], attend, span)
         output = forward(  # type: ignore[operator]
             input_ids=input_ids,
             position_ids=positions,
             attention_mask=mask,
-            **{self.loaded.cache_argument: self.cache},
+            **{self.cache_argument: self.cache},
             use_cache=True,
             logits_to_keep=keep,
         )
-        self.cache.end_pass(input_ids.shape[1], rows)
+        self.cache.end_pass()
         return output.logits
 
-    def _replay(self, jobs: list[PassJob], shape: tuple[int, int]) -> list[torch.Tensor]:
-        rows, length = shape
-        buffer = self._inputs[shape]
+    def _replay(self, jobs: list[PassJob], key: GraphKey) -> list[torch.Tensor]:
+        rows, length, _ = key
+        if rows == 1 and length == 1:  # one generation decoding: small kernels, no copy from the host
+            (job,) = jobs
+            self._inputs[(1, 1)].fill_(job.tokens[0])
+            self.cache.starts[:1].fill_(job.start)
+            self.cache.counts[:1].fill_(1)
+        else:
+            self._stage(jobs, slice(0, rows), length, self._inputs[(rows, length)])
+        self._replays[key]()
         if length == 1:
-            assert self._active is not None
-            if rows == 1:  # one generation decoding: small kernels, no copy from the host
-                buffer.fill_(jobs[0].tokens[0])
-                self.cache.lengths[:1].fill_(jobs[0].start)
-                self._active[:1].fill_(True)
-            else:  # rows without a step here write into the scratch slot, which nothing reads
-                starts, tokens, active = [self.cache.scratch] * rows, [0] * rows, [False] * rows
-                for job in jobs:
-                    starts[job.row], tokens[job.row], active[job.row] = job.start, job.tokens[0], True
-                buffer.copy_(torch.tensor(tokens).view(rows, 1), non_blocking=True)
-                self.cache.lengths[:rows].copy_(torch.tensor(starts), non_blocking=True)
-                self._active[:rows].copy_(torch.tensor(active), non_blocking=True)
-            self._replays[shape]()
             assert self._decode_out is not None
             return [self._decode_out[job.row : job.row + 1] for job in jobs]
-        (job,) = jobs
-        buffer.copy_(torch.tensor([_padded(job.tokens, length)]), non_blocking=True)  # padding is rolled back
-        self.cache.lengths[:1].fill_(job.start)
-        self._replays[shape]()
         assert self._pass_out is not None
-        return [self._pass_out[len(job.tokens) - job.n_rows : len(job.tokens)]]
+        keep = min(length, PASS_KEEP)
+        return [self._pass_out[job.row, keep - job.n_rows : keep] for job in jobs]
 
     # -- warm-up --------------------------------------------------------------------------------
 
+    def graph_keys(self) -> list[GraphKey]:
+        """Every pass `warm_up_graphs` captures: one-token steps per rows and attend bucket,
+        multi-token passes per rows and length bucket (attending to the whole row)."""
+        batches = [b for b in BATCH_BUCKETS if b <= self.rows] or [1]
+        keys = [(b, 1, attend) for b in batches for attend in self.attend_buckets]
+        keys += [(b, length, self.max_len) for b in batches for length in PASS_BUCKETS if length <= self.max_len]
+        return keys
+
     def warm_up_graphs(self) -> WarmupReport:
-        """Compile and capture the decode step (and capture it for batches of rows) and the
-        multi-token passes, once."""
+        """Capture every pass in `graph_keys` (the one-row step compiled first), once.
+
+        Capturing runs each pass with no row in it (every count 0): it writes only dump slots
+        and leaves every row's logits as they were.
+        """
         if self.graphs_ready:
             return self.report
-        memory_before = self._device_memory()
         vocab = self.model.get_output_embeddings().weight.shape[0]
         pool = self.capture.new_pool(self.device)
-        with torch.inference_mode():
+        seconds: dict[GraphKey, float] = {}
+        with torch.inference_mode(), graph_memory(self.device) as memory:
             self._decode_out = torch.zeros((self.rows, vocab), dtype=torch.float32, device=self.device)
-            self._active = torch.ones(self.rows, dtype=torch.bool, device=self.device)
-            self._pass_out = torch.zeros((PASS_BUCKETS[-1], vocab), dtype=torch.float32, device=self.device)
-            shapes = [(1, b) for b in PASS_BUCKETS if b <= self.max_len]
-            shapes += [(b, 1) for b in BATCH_BUCKETS[1:] if b <= self.rows]
-            for shape in [(1, 1), *shapes]:
-                self._inputs[shape] = torch.zeros(shape, dtype=torch.long, device=self.device)
-            seconds = {shape: timed(self.device, lambda shape=shape: self._capture(shape, self.model, pool)) for shape in shapes}
+            self._pass_out = torch.zeros((self.rows, PASS_KEEP, vocab), dtype=torch.float32, device=self.device)
+            self.cache.counts.zero_()
             compiled = self.capture.compile(self.model)
-            try:
-                seconds[(1, 1)] = timed(self.device, lambda: self._capture((1, 1), compiled, pool))
-            except RuntimeError as error:  # no compiler here (e.g. no Triton): capture it as it is
-                logger.warning("%s: compiling the decode step failed (%s); capturing it uncompiled", self.loaded.name, error)
-                compiled = self.model
-                seconds[(1, 1)] = timed(self.device, lambda: self._capture((1, 1), self.model, pool))
+            for key in self.graph_keys():
+                rows, length, _ = key
+                self._inputs.setdefault((rows, length), torch.zeros((rows, length), dtype=torch.long, device=self.device))
+                forward = compiled if (rows, length) == (1, 1) else self.model
+                try:
+                    seconds[key] = timed(self.device, lambda key=key, forward=forward: self._capture(key, forward, pool))
+                except RuntimeError as error:
+                    if forward is self.model:
+                        raise
+                    logger.warning("%s: compiling the decode step failed (%s); capturing it uncompiled", self.loaded.name, error)
+                    compiled = self.model
+                    seconds[key] = timed(self.device, lambda key=key: self._capture(key, self.model, pool))
         self.graphs_ready = True
         self.report = self.report.model_copy(
             update={
                 "fast_path": "graphs",
-                "decode_capture_seconds": sum(t for (rows, length), t in seconds.items() if length == 1),
-                "passes_capture_seconds": sum(t for (rows, length), t in seconds.items() if length > 1),
-                "graph_mib": (self._device_memory() - memory_before) / 2**20,
-                "captured_lengths": sorted(length for rows, length in seconds if rows == 1),
-                "captured_batches": sorted(rows for rows, length in seconds if length == 1),
+                "decode_capture_seconds": sum(t for (_, length, _), t in seconds.items() if length == 1),
+                "passes_capture_seconds": sum(t for (_, length, _), t in seconds.items() if length > 1),
+                "graph_mib": memory.mib,
+                "captured_lengths": sorted({length for _, length, _ in seconds}),
+                "captured_batches": sorted({rows for rows, _, _ in seconds}),
+                "captured_attend": sorted({attend for _, length, attend in seconds if length == 1}),
                 "decode_compiled": compiled is not self.model,
             }
         )
-        logger.info("%s: graphs captured for %s in %.1f s", self.loaded.name, sorted(seconds), self.report.seconds)
+        logger.info("%s: %d graphs captured in %.1f s", self.loaded.name, len(seconds), self.report.seconds)
         return self.report
 
-    def replay_decode(self, count: int) -> None:
-        """Replay the captured one-token step `count` times back to back from slot 0, with no
-        host work between: the floor under the engine's decode loop (for benchmarks)."""
+    def replay_decode(self, count: int, *, live: int = 1) -> None:
+        """Replay the captured one-row step `count` times back to back at position `live - 1`,
+        with no host work between: the floor under the engine's decode loop (for benchmarks)."""
+        key = (1, 1, self.attend_for(live))
         with torch.inference_mode():
-            self.cache.lengths.zero_()
+            self.cache.starts[:1].fill_(live - 1)
+            self.cache.counts[:1].fill_(1)
             for _ in range(count):
-                self._replays[(1, 1)]()
+                self._replays[key]()
 
     def abandon_graphs(self) -> None:
         """Forget a warm-up that failed part way: eager passes only."""
         self.graphs_ready = False
         self._replays.clear()
         self._inputs.clear()
-        self._decode_out = self._pass_out = self._active = None
+        self._decode_out = self._pass_out = None
 
-    def _capture(self, shape: tuple[int, int], forward: object, pool: object) -> None:
-        rows, length = shape
-        inputs = self._inputs[shape]
-        out = self._decode_out if length == 1 else self._pass_out
-        assert out is not None
+    def _capture(self, key: GraphKey, forward: object, pool: object) -> None:
+        rows, length, attend = key
+        inputs = self._inputs[(rows, length)]
+        keep = 1 if length == 1 else min(length, PASS_KEEP)
+        counts = self.cache.counts[:rows]
 
-        def run() -> None:
-            logits = self._pass(forward, inputs, self.max_len, length, slice(0, rows))
-            if length == 1:  # a row's logits change only when it stepped: others may not have read theirs
-                assert self._active is not None
-                out[:rows].copy_(torch.where(self._active[:rows, None], logits[:, -1], out[:rows]))
+        def run() -> None:  # a row's logits change only when it stepped: others may not have read theirs
+            logits = self._pass(forward, inputs, attend, keep, slice(0, rows))  # (rows, keep, vocab)
+            stepped = (counts > 0)[:, None]
+            if length == 1:
+                out = self._decode_out[:rows]  # type: ignore[index]
+                out.copy_(torch.where(stepped, logits[:, -1].float(), out))
             else:
-                out[:length].copy_(logits[0])
+                out = self._pass_out[:rows, :keep]  # type: ignore[index]
+                out.copy_(torch.where(stepped[:, :, None], logits.float(), out))
 
-        self._replays[shape] = self.capture.capture(run, pool, reset=self.cache.lengths.zero_, device=self.device)
-
-    def _device_memory(self) -> int:
-        return torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
-
-
-def _padded(tokens: Sequence[int], length: int) -> list[int]:
-    """Tokens padded to `length` by repeating the last: any valid id will do, padding is rolled back."""
-    return [*tokens, *[tokens[-1]] * (length - len(tokens))]
-
-
-def _contiguous(jobs: list[PassJob]) -> list[list[PassJob]]:
-    """Jobs (sorted by row) split into runs of consecutive rows."""
-    runs: list[list[PassJob]] = []
-    for job in jobs:
-        if runs and runs[-1][-1].row + 1 == job.row:
-            runs[-1].append(job)
-        else:
-            runs.append([job])
-    return runs
+        self._replays[key] = self.capture.capture(run, pool, reset=self.cache.counts.zero_, device=self.device)

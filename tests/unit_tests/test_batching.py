@@ -153,12 +153,12 @@ def test_a_failing_request_fails_alone(tiny_engine: ConfSpecEngine, monkeypatch:
 
     def poisoned(self, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:  # type: ignore[no-untyped-def]
         if self is tiny_engine.target.model and bool((input_ids == poison).any()):
-            raise RuntimeError("device-side assert triggered")
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
         return forward(self, input_ids, *args, **kwargs)
 
     monkeypatch.setattr(model, "forward", poisoned)
     results = together([*(lambda q=q: engine.generate(turns(q), settings) for q in questions), lambda: engine.generate(turns(QUESTIONS[0]), settings)])
-    assert isinstance(results[-1], GenerationError) and "device-side assert" in str(results[-1])
+    assert isinstance(results[-1], GenerationError) and "shapes cannot be multiplied" in str(results[-1])
     assert [r.text for r in results[:-1]] == alone
 
 
