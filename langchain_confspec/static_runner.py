@@ -11,9 +11,9 @@ A pass attends to the first `attend` slots of its rows, where `attend` is the sm
 *attend bucket* (`attend_buckets`: 1,024 slots, growing fourfold, then the whole row) that
 holds the furthest row's context: a decode step's cost follows the live context, not the
 window. With graphs, one-token steps replay graphs captured per (rows, attend bucket), and
-passes of up to `PASS_BUCKETS[-1]` tokens per (rows, length bucket), for any rows and any
-batch; graphs write logits only for the rows that stepped and only the last `keep` positions
-a caller reads. Longer passes (a long prompt) run eagerly.
+passes of up to `PASS_BUCKETS[-1]` tokens per (rows, length bucket, attend bucket), for any
+rows and any batch; graphs write logits only for the rows that stepped and only the last
+`keep` positions a caller reads. Longer passes (a long prompt) run eagerly.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from langchain_confspec.static_cache import StaticKVCache
 
 logger = logging.getLogger(__name__)
 
-PASS_BUCKETS = (8, 16, 32, 64, 128, 256)
-"""Lengths captured for multi-token passes (verification suffixes, catch-up, proposal checks)."""
+PASS_BUCKETS = (16, 64, 256)
+"""Lengths captured for multi-token passes (verification suffixes, catch-up, proposal checks).
+Coarse, since a padded pass costs about what a short one does on a GPU (8 tokens 4.1 ms, 128
+tokens 4.7 ms at 0.5B: docs/performance.md), and each bucket multiplies the captures."""
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 """Numbers of rows the passes are captured for, up to the cache's rows."""
 PASS_KEEP = 16
@@ -70,7 +72,7 @@ class WarmupReport(BaseModel):
     graph_mib: float = Field(default=0.0, description="Device memory the captured graphs reserve (CUDA only).")
     captured_lengths: list[int] = Field(default_factory=list)
     captured_batches: list[int] = Field(default_factory=list, description="Rows the passes were captured for.")
-    captured_attend: list[int] = Field(default_factory=list, description="Attend buckets the one-token step was captured for.")
+    captured_attend: list[int] = Field(default_factory=list, description="Attend buckets the passes were captured for.")
     decode_compiled: bool = Field(default=False, description="Whether the captured one-row step was compiled first.")
 
     @computed_field  # type: ignore[prop-decorator]
@@ -147,15 +149,12 @@ class StaticRunner:
         """The captured pass that can serve these jobs, if any."""
         if not self.graphs_ready:
             return None
-        rows = next((b for b in BATCH_BUCKETS if b > max(job.row for job in jobs)), None)
+        rows = next((b for b in BATCH_BUCKETS if b > max(job.row for job in jobs)), 0)
         length = max(len(job.tokens) for job in jobs)
-        if length == 1:
-            key = (rows or 0, 1, self.attend_for(max(job.start for job in jobs) + 1))
-        else:
-            bucket = next((b for b in PASS_BUCKETS if b >= length), None)
-            if bucket is None or max(job.n_rows for job in jobs) > min(bucket, PASS_KEEP):
-                return None
-            key = (rows or 0, bucket, self.max_len)
+        bucket = 1 if length == 1 else next((b for b in PASS_BUCKETS if b >= length), None)
+        if bucket is None or max(job.n_rows for job in jobs) > min(bucket, PASS_KEEP):
+            return None
+        key = (rows, bucket, self.attend_for(max(job.start + len(job.tokens) for job in jobs)))
         return key if key in self._replays else None
 
     def _eager(self, jobs: list[PassJob], attend: int) -> list[torch.Tensor]:
@@ -220,12 +219,11 @@ class StaticRunner:
     # -- warm-up --------------------------------------------------------------------------------
 
     def graph_keys(self) -> list[GraphKey]:
-        """Every pass `warm_up_graphs` captures: one-token steps per rows and attend bucket,
-        multi-token passes per rows and length bucket (attending to the whole row)."""
+        """Every pass `warm_up_graphs` captures: per rows and attend bucket, the one-token step
+        and each multi-token length."""
         batches = [b for b in BATCH_BUCKETS if b <= self.rows] or [1]
-        keys = [(b, 1, attend) for b in batches for attend in self.attend_buckets]
-        keys += [(b, length, self.max_len) for b in batches for length in PASS_BUCKETS if length <= self.max_len]
-        return keys
+        lengths = [1, *(length for length in PASS_BUCKETS if length <= self.max_len)]
+        return [(b, length, attend) for length in lengths for b in batches for attend in self.attend_buckets]
 
     def warm_up_graphs(self) -> WarmupReport:
         """Capture every pass in `graph_keys` (the one-row step compiled first), once.
