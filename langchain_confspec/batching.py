@@ -42,6 +42,7 @@ class PassJob:
     n_rows: int
     graphs: bool = False
     result: torch.Tensor | None = None
+    greedy: int | None = None  # a one-token pass: the greedy choice, read back with the batch's
     error: BaseException | None = None
     batch_size: int = 0
     submitted: float = field(default_factory=time.perf_counter)

@@ -294,7 +294,7 @@ def write_step_texts(
     `answer`, and `final` says that filling the budget ends the answer."""
     step = StepBuilder(session, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)
     while True:
-        token = chooser.choose(session.next_logits())
+        token = session.choose_next(chooser)
         done = step.add(token)
         if token not in step.eos:  # an end-of-sequence token never enters the context
             session.append((token,))

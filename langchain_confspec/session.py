@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from transformers import DynamicCache
@@ -25,6 +25,9 @@ from langchain_confspec.batching import BatchScheduler, PassJob
 from langchain_confspec.loading import LoadedModel
 from langchain_confspec.records import ModelCounters
 from langchain_confspec.static_runner import StaticRunner
+
+if TYPE_CHECKING:
+    from langchain_confspec.decoding import TokenChooser
 
 
 class KVBackend(Protocol):
@@ -37,6 +40,12 @@ class KVBackend(Protocol):
 
     def rewind(self, length: int) -> None:
         """Forget every position from `length` on."""
+        ...
+
+    @property
+    def last_greedy(self) -> int | None:
+        """The greedy next token after the last one-token `forward`, if the backend read it
+        back already (a batched step reads every row's at once), else None."""
         ...
 
 
@@ -57,6 +66,7 @@ class DynamicKV:
         self._length = 0
         self._away = away
         self._turn = turn or nullcontext()
+        self.last_greedy: int | None = None
 
     def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
         assert start == self._length, "a dynamic cache reads on from where it ends"
@@ -95,14 +105,17 @@ class StaticKV:
         self.scheduler = scheduler
         self.role = role
         self.batch_sizes = batch_sizes if batch_sizes is not None else []
+        self.last_greedy: int | None = None
 
     def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
-        if self.scheduler is None:
-            self.batch_sizes.append(1)
-            return self.runner.forward(tokens, start, n_rows, graphs=self.graphs, row=self.row)
         job = PassJob(self.role, self.row, tokens, start, n_rows, self.graphs)
-        logits = self.scheduler.forward(job)
+        if self.scheduler is None:
+            (logits,) = self.runner.forward_rows([job])
+            job.batch_size = 1
+        else:
+            logits = self.scheduler.forward(job)
         self.batch_sizes.append(job.batch_size)
+        self.last_greedy = job.greedy
         return logits
 
     def rewind(self, length: int) -> None:
@@ -131,6 +144,7 @@ class ModelSession:
         self._kv = kv or DynamicKV(loaded)
         self._n_read = 0
         self._next_logits: torch.Tensor | None = None  # (vocab,): distribution after ids[:n_read]
+        self._next_greedy: int | None = None  # its greedy token, when the pass that made it read it back
         self._checkpoints: dict[int, torch.Tensor] = {}  # length -> next-token logits there (own copies)
         self.forward_passes = 0
         self.forward_tokens = 0
@@ -168,6 +182,14 @@ class ModelSession:
         assert self._next_logits is not None
         return self._next_logits
 
+    def choose_next(self, chooser: TokenChooser) -> int:
+        """The next token `chooser` picks after all ids: for greedy choice, the token a batched
+        step already read back when there is one (no synchronisation of this row's own)."""
+        logits = self.next_logits()
+        if chooser.greedy and self._next_greedy is not None:
+            return self._next_greedy
+        return chooser.choose(logits)
+
     def logits_from(self, start: int) -> torch.Tensor:
         """Next-token logits at every length from `start` to the end: (len(self) - start + 1, vocab).
 
@@ -188,6 +210,7 @@ class ModelSession:
             return
         self._n_read = length
         self._next_logits = self._checkpoints.get(length)
+        self._next_greedy = None
         if self._next_logits is None and length > 0:
             self._n_read -= 1  # unknown distribution here: re-read the last token to get it back
         self._kv.rewind(self._n_read)
@@ -217,6 +240,7 @@ class ModelSession:
         self.forward_tokens += len(pending)
         self._n_read = len(self.ids)
         self._next_logits = rows[-1]
+        self._next_greedy = getattr(self._kv, "last_greedy", None) if len(pending) == 1 else None
         first_length = len(self.ids) - n_rows + 1
         for length in kept_inside:
             self._save(length, rows[length - first_length])

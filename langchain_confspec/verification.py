@@ -61,6 +61,7 @@ class VerdictReader:
                 f"The {role} tokenizer cannot write the verdict words {missing} as tokens of their own, so its "
                 f"verdicts cannot be read. {fix}"
             )
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         overlap = set(self._accept) & set(self._reject)
         if overlap:
             shared = ", ".join(repr(tokenizer.decode([i])) for i in sorted(overlap))
@@ -70,11 +71,23 @@ class VerdictReader:
             )
 
     def read(self, logits: torch.Tensor) -> Verdict:
-        """The verdict in a next-token distribution, and how much probability it got at all."""
+        """The verdict in a next-token distribution, and how much probability it got at all:
+        one read back from the device (the answer tokens' ids live there already)."""
         probs = torch.softmax(logits.float(), dim=-1)
-        accept, reject = torch.stack([probs[self._accept].sum(), probs[self._reject].sum()]).tolist()
+        accept_ids, reject_ids = self._ids_on(logits.device)
+        accept, reject = torch.stack([probs[accept_ids].sum(), probs[reject_ids].sum()]).tolist()
         total = accept + reject
         return Verdict(p_accept=accept / total if total > 0 else 0.5, mass=min(total, 1.0))
+
+
+    def _ids_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The accepting and rejecting token ids as index tensors on `device`, made once."""
+        if device not in self._on_device:
+            self._on_device[device] = (
+                torch.tensor(self._accept, dtype=torch.long, device=device),
+                torch.tensor(self._reject, dtype=torch.long, device=device),
+            )
+        return self._on_device[device]
 
 
 def judge(session: ModelSession, reader: VerdictReader, *, keep: Sequence[int] = ()) -> Verdict:

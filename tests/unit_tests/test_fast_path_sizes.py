@@ -318,3 +318,70 @@ def test_a_sticky_cuda_error_ends_the_engine_with_a_restart_message(monkeypatch:
         with pytest.raises(DeviceContextLostError, match="restart the process"):
             engine.generate(QUESTION, build_config(max_tokens=4, fast_path=path))
     assert issubclass(DeviceContextLostError, GenerationError)
+
+
+# -- host synchronisations ----------------------------------------------------------------------------
+
+
+class SyncCounter:
+    """Counts reads of device values by the host (what a synchronisation is on a GPU)."""
+
+    READS = ("tolist", "item", "__int__", "__float__", "__bool__", "__index__")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        for name in self.READS:
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._counting(original))
+
+    def _counting(self, original: Any) -> Any:
+        def read(tensor: torch.Tensor, *args: Any) -> Any:
+            self.count += 1
+            return original(tensor, *args)
+
+        return read
+
+
+@pytest.mark.parametrize("graphs", [False, True], ids=["static", "rehearsed-graphs"])
+def test_a_batched_decode_step_reads_every_row_back_with_one_sync(graphs: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = qwen(256, layers=1)
+    runner = StaticRunner(loaded, 256, EagerRehearsal(), rows=4)
+    if graphs:
+        runner.warm_up_graphs()
+    rng = random.Random(2)
+    prompts = {row: tokens(5 + row, rng) for row in range(4)}
+    runner.forward_rows([PassJob("t", row, ids, 0, 1, graphs) for row, ids in prompts.items()])
+    jobs = [PassJob("t", row, [9], len(ids), 1, graphs) for row, ids in prompts.items()]
+    counter = SyncCounter(monkeypatch)
+    outputs = runner.forward_rows(jobs)
+    assert counter.count == 1
+    monkeypatch.undo()
+    for job, output in zip(jobs, outputs):
+        assert job.greedy == int(torch.argmax(output[-1, : loaded.vocab_size]))
+
+
+def test_a_verdict_is_read_with_one_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_confspec.verification import VerdictReader
+
+    reader = VerdictReader(TOKENIZER, build_config())
+    logits = torch.randn(len(TOKENIZER))
+    expected = reader.read(logits)
+    with IndexLog() as log:
+        assert reader.read(logits) == expected
+    counter = SyncCounter(monkeypatch)
+    assert reader.read(logits) == expected
+    assert counter.count == 1
+    assert log.indices and not any(isinstance(i, list | tuple) for i in log.indices)  # a list index is a copy from the host
+
+
+class IndexLog(torch.overrides.TorchFunctionMode):
+    """Records what tensors are indexed with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.indices: list[object] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.Tensor.__getitem__:
+            self.indices.append(args[1])
+        return func(*args, **(kwargs or {}))
