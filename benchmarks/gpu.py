@@ -58,7 +58,7 @@ from langchain_confspec.session import ModelSession
 from langchain_confspec.static_runner import PASS_BUCKETS, StaticRunner
 from langchain_confspec.verification import VerdictReader
 
-BANDWIDTH = 3.0e12  # bytes/s: what the H100's HBM3 sustains (../shared/docs/gpu.md)
+BANDWIDTH = 3.0e12  # bytes/s: what the H100's HBM3 sustains (measured; docs/benchmarks.md)
 NEVER = ["\x00never"]  # a delimiter no token writes: steps run to their budget
 
 SHAPES = {
@@ -91,12 +91,15 @@ class Plan:
     rewrite_share: float
     problems: int
     hf_compiled: bool
+    windows: tuple[int, int] = (32_768, 2_048)  # the window section: a long and a short window
+    live_tokens: int = 1_000
 
     @classmethod
     def for_args(cls, args: argparse.Namespace) -> Plan:
         if args.smoke:
             return cls(torch.device("cpu"), torch.float32, EagerRehearsal(), 2_000, (("tiny-a", "tiny-b"),), 1024,
-                       40, 8, 2, (8, 64, 300), 48, 8, (0.5, 0.7, 0.9), args.rewrite_share, 2, False)  # fmt: skip
+                       40, 8, 2, (8, 64, 300), 48, 8, (0.5, 0.7, 0.9), args.rewrite_share, 2, False,
+                       (4096, 512), 200)  # fmt: skip
         if not torch.cuda.is_available():
             sys.exit("benchmarks/gpu.py needs CUDA (or --smoke)")
         return cls(torch.device("cuda"), torch.bfloat16, CudaGraphCapture(compile_decode=not args.no_compile),
@@ -179,22 +182,25 @@ def median_seconds(plan: Plan, work: Callable[[], object], repeats: int) -> floa
 # -- 1. decode cost per token ------------------------------------------------------------------------
 
 
-def engine_ms_per_token(plan: Plan, engine: ConfSpecEngine, role: str, path: FastPath, tokens: int) -> float:
+def engine_ms_per_token(
+    plan: Plan, engine: ConfSpecEngine, role: str, path: FastPath, tokens: int, prompt: list[int] | None = None
+) -> float:
     """`write_step` over a session on `path`: the engine's own decode loop, token by token."""
     loaded = getattr(engine, role)
     chooser = TokenChooser(build_config())
     times = []
+    ids = prompt if prompt is not None else loaded.render_prompt(prompt_turns(plan.prompt_words))
     for repeat in range(plan.repeats + 1):
         kv, _, _ = engine.fast_paths.backend(role, path)
-        session = ModelSession(loaded, loaded.render_prompt(prompt_turns(plan.prompt_words)), kv=kv, context_length=engine.context[role])
+        session = ModelSession(loaded, ids, kv=kv, context_length=engine.context[role])
         session.next_logits()  # the prompt is read before the clock starts
         synchronize(plan.device)
         started = time.perf_counter()
-        write_step(session, chooser, budget=tokens, delimiters=NEVER, stops=StopScanner([]))
+        step = write_step(session, chooser, budget=tokens, delimiters=NEVER, stops=StopScanner([]))
         synchronize(plan.device)
-        if repeat:  # the first round warms up
-            times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times) / tokens
+        if repeat:  # the first round warms up; each round's time per token it really wrote
+            times.append((time.perf_counter() - started) / max(1, len(step.ids)))
+    return 1000 * statistics.median(times)
 
 
 def bare_step_ms(plan: Plan, runner: StaticRunner, tokens: int) -> float:
@@ -209,12 +215,16 @@ def hf_cache_len(plan: Plan, ids: torch.Tensor) -> int:
 
 def hf_ms_per_token(plan: Plan, loaded: LoadedModel, *, static: bool, new: int) -> float:
     """HF `generate` per token: (time for `new` tokens - time for 1) / (new - 1). With a static
-    cache it compiles the forward itself on CUDA (auto-compile)."""
+    cache it compiles the forward itself on CUDA (auto-compile); one cache serves every run,
+    reset in between, so nothing is re-recorded inside a timed run."""
     ids = torch.tensor([loaded.render_prompt(prompt_turns(plan.prompt_words))], device=plan.device)
+    reused = StaticCache(config=loaded.model.config, max_cache_len=hf_cache_len(plan, ids)) if static else None
 
     def generate(n: int) -> None:
-        cache = StaticCache(config=loaded.model.config, max_cache_len=hf_cache_len(plan, ids)) if static else None
+        cache = reused
         with torch.inference_mode():
+            if cache is not None:
+                cache.reset()
             loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                                   do_sample=False, pad_token_id=0, **{loaded.cache_argument: cache})  # fmt: skip
 
@@ -231,6 +241,8 @@ def decode_section(plan: Plan, engines: dict[str, ConfSpecEngine]) -> list[dict[
         assert runner is not None
         row = {
             "model": name,
+            "context": runner.max_len,
+            "rows": runner.rows,
             "weights_gib": weight_bytes(loaded) / 2**30,
             "floor_ms": 1000 * weight_bytes(loaded) / BANDWIDTH,
             "bare_graph_step_ms": bare_step_ms(plan, runner, plan.decode_tokens),
@@ -242,7 +254,28 @@ def decode_section(plan: Plan, engines: dict[str, ConfSpecEngine]) -> list[dict[
         }
         row["host_overhead_pct"] = 100 * (row["engine_graphs_ms"] / row["bare_graph_step_ms"] - 1)
         rows.append(row)
-        log(f"decode {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float)))
+        log(f"decode {name} ({row['context']} tokens x {row['rows']} rows): " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float)))
+    return rows
+
+
+def window_section(plan: Plan) -> list[dict[str, Any]]:
+    """The pair's target decoding with the same ~1,000 live tokens at the engine's defaults (its
+    window, default KV budget), in a long window and in a short one (max_batch 1 each)."""
+    name = plan.pairs[0][1]
+    loaded = random_model(name, plan, word_tokenizer(plan.vocab))
+    loaded.model.config.max_position_embeddings = plan.windows[0]
+    prompt = (loaded.render_prompt(prompt_turns(plan.prompt_words)) * 100)[: plan.live_tokens - plan.decode_tokens]
+    rows = []
+    for label, window in (("defaults", None), ("long window", plan.windows[0]), ("short window", plan.windows[1])):
+        engine = ConfSpecEngine(loaded, loaded, max_context=window, graph_capture=plan.capture, max_batch=1 if window else 8)
+        engine.warmup(FastPath.GRAPHS)
+        runner = engine.fast_paths.runner("target")
+        assert runner is not None
+        ms = engine_ms_per_token(plan, engine, "target", FastPath.GRAPHS, plan.decode_tokens, prompt)
+        rows.append({"model": name, "run": label, "context": runner.max_len, "rows": runner.rows, "live_tokens": plan.live_tokens,
+                     "engine_graphs_ms": ms, "cache_mib": runner.report.cache_mib})  # fmt: skip
+        log(f"window {name} {label}: {runner.max_len} tokens x {runner.rows} rows, {plan.live_tokens} live: {ms:.2f} ms/token")
+        del engine, runner
     return rows
 
 
@@ -381,9 +414,13 @@ def hf_answer_seconds(plan: Plan, engine: ConfSpecEngine, turns: list[dict[str, 
     target = engine.target
     ids = torch.tensor([target.render_prompt(turns)], device=plan.device)
 
+    reused = StaticCache(config=target.model.config, max_cache_len=hf_cache_len(plan, ids)) if static else None
+
     def generate() -> None:
-        cache = StaticCache(config=target.model.config, max_cache_len=hf_cache_len(plan, ids)) if static else None
+        cache = reused
         with torch.inference_mode():
+            if cache is not None:
+                cache.reset()
             target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=plan.answer_tokens,
                                   min_new_tokens=plan.answer_tokens, do_sample=False, pad_token_id=0,
                                   **{target.cache_argument: cache}, **kwargs)  # fmt: skip
@@ -512,6 +549,34 @@ def build_engines(plan: Plan, max_batch: int = 1) -> tuple[dict[str, ConfSpecEng
     return engines, reports
 
 
+def judge_goals(results: dict[str, Any]) -> list[dict[str, str]]:
+    """Every goal this benchmark states, with the figure it measured and met / not met (or not
+    measured, where its section or model did not run)."""
+    decode = {r["model"]: r for r in results.get("decode", [])}
+    passes = {(r["model"], r["tokens"]): r for r in results.get("passes", [])}
+    window = {r["run"]: r for r in results.get("window", [])}
+    pair = {r["draft_keeps"]: r for r in results.get("pair", {}).get("patterns", [])}
+    goals: list[tuple[str, Callable[[], tuple[float, float, str]]]] = [
+        ("0.5B decode <= 1.8 ms/token", lambda: (decode["0.5B"]["engine_graphs_ms"], 1.8, "ms")),
+        ("7B decode <= 7.9 ms/token", lambda: (decode["7B"]["engine_graphs_ms"], 7.9, "ms")),
+        ("7B engine within 8% of the bare step", lambda: (decode["7B"]["host_overhead_pct"], 8.0, "%")),
+        ("7B 64-token pass <= 13 ms", lambda: (passes[("7B", 64)]["graph_ms"], 13.0, "ms")),
+        ("confspec >= 2.24x target_only at 70% kept", lambda: (-pair[0.7]["speedup"], -2.24, "x")),
+        ("long window with 1k live tokens within 10% of the short window",
+         lambda: (100 * (window["long window"]["engine_graphs_ms"] / window["short window"]["engine_graphs_ms"] - 1), 10.0, "%")),
+    ]  # fmt: skip
+    judged = []
+    for goal, measure in goals:
+        try:
+            value, limit, unit = measure()
+        except (KeyError, TypeError):
+            judged.append({"goal": goal, "figure": "-", "verdict": "not measured"})
+            continue
+        shown = f"{-value:.2f}x" if unit == "x" else f"{value:.2f}{unit}"
+        judged.append({"goal": goal, "figure": shown, "verdict": "met" if value <= limit else "not met"})
+    return judged
+
+
 def log(message: str) -> None:
     print(message, flush=True)
 
@@ -519,10 +584,10 @@ def log(message: str) -> None:
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# Fast-path benchmark ({results['device']}, {results['dtype']}, {results['date']})", ""]
     if "decode" in results:
-        lines += ["## Decode, ms/token", "", "| model | floor | bare graph step | engine graphs | host overhead | engine static | engine off | HF eager | HF static |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["## Decode, ms/token", "", "| model | context x rows | floor | bare graph step | engine graphs | host overhead | engine static | engine off | HF eager | HF static |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in results["decode"]:
             hf_static = f"{r['hf_static_ms']:.2f}" if r["hf_static_ms"] is not None else "-"
-            lines.append(f"| {r['model']} | {r['floor_ms']:.2f} | {r['bare_graph_step_ms']:.2f} | {r['engine_graphs_ms']:.2f} | {r['host_overhead_pct']:.1f}% | {r['engine_static_ms']:.2f} | {r['engine_off_ms']:.2f} | {r['hf_eager_ms']:.2f} | {hf_static} |")
+            lines.append(f"| {r['model']} | {r['context']} x {r['rows']} | {r['floor_ms']:.2f} | {r['bare_graph_step_ms']:.2f} | {r['engine_graphs_ms']:.2f} | {r['host_overhead_pct']:.1f}% | {r['engine_static_ms']:.2f} | {r['engine_off_ms']:.2f} | {r['hf_eager_ms']:.2f} | {hf_static} |")
         lines.append("")
     if "passes" in results:
         lines += ["## Multi-token passes, ms", "", "| model | tokens | captured graph | eager |", "|---|---|---|---|"]
@@ -548,9 +613,18 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {r['mode']} | {r['right']}/{b['problems']} | {r['identical_to_off']}/{b['problems']} | {r['speedup_vs_target_only']:.2f}x | {r['graphs_vs_off']:.2f}x | {r['target_passes']} |")
         lines.append("")
     if "warmup" in results:
-        lines += ["## Warm-up and memory", "", "| model | weights GiB | cache MiB | graphs MiB | allocate s | decode compile + capture s | passes capture s |", "|---|---|---|---|---|---|---|"]
+        lines += ["## Warm-up and memory", "", "| model | weights GiB | context x rows | cache MiB | graphs MiB | allocate s | decode compile + capture s | passes capture s |", "|---|---|---|---|---|---|---|---|"]
         for r in results["warmup"]:
-            lines.append(f"| {r['model']} | {r['weights_gib']:.2f} | {r['cache_mib']:.0f} | {r['graph_mib']:.0f} | {r['allocate_seconds']:.2f} | {r['decode_capture_seconds']:.1f} | {r['passes_capture_seconds']:.1f} |")
+            lines.append(f"| {r['model']} | {r['weights_gib']:.2f} | {r['cache_tokens']} x {r['cache_rows']} | {r['cache_mib']:.0f} | {r['graph_mib']:.0f} | {r['allocate_seconds']:.2f} | {r['decode_capture_seconds']:.1f} | {r['passes_capture_seconds']:.1f} |")
+        lines.append("")
+    if "window" in results:
+        lines += ["## Decode with ~1k live tokens: defaults, long and short window", "", "| model | run | context x rows | ms/token | cache MiB |", "|---|---|---|---|---|"]
+        for r in results["window"]:
+            lines.append(f"| {r['model']} | {r['run']} | {r['context']} x {r['rows']} | {r['engine_graphs_ms']:.2f} | {r['cache_mib']:.0f} |")
+        lines.append("")
+    if "goals" in results:
+        lines += ["## Goals", "", "| goal | figure | verdict |", "|---|---|---|"]
+        lines += [f"| {g['goal']} | {g['figure']} | {g['verdict']} |" for g in results["goals"]]
         lines.append("")
     return "\n".join(lines)
 
@@ -559,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU, graphs rehearsed eagerly")
-    parser.add_argument("--sections", default="decode,passes,pair,bundled,warmup")
+    parser.add_argument("--sections", default="decode,passes,pair,bundled,warmup,window")
     parser.add_argument("--sizes", default="0.5B,1.5B,7B,14B", help="shapes measured besides the 0.5B/7B pair")
     parser.add_argument("--problems", type=int, default=50, help="bundled-pair problems")
     parser.add_argument("--rewrite-share", type=float, default=1 / 3, help="share of escalated steps the target rewrites")
@@ -596,6 +670,13 @@ def main(argv: list[str] | None = None) -> int:
     if "bundled" in sections:
         results["bundled"] = bundled_section(plan)
         save()
+    if "window" in sections:
+        results["window"] = window_section(plan)
+        save()
+    results["goals"] = judge_goals(results)
+    save()
+    for goal in results["goals"]:
+        log(f"goal {goal['goal']}: {goal['figure']} -> {goal['verdict']}")
     log(f"results in {args.out}/results.json and results.md")
     return 0
 

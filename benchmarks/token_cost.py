@@ -1,13 +1,17 @@
 """Per-token decode cost of the draft and the target, on the engine's own decode path.
 
     python benchmarks/token_cost.py [--draft ID --target ID] [--tokens 64] [--repeats 5]
-                                    [--fast-paths off,static]
+                                    [--fast-paths off,static] [--window-check]
 
 Step-level speculation pays only when a draft token is much cheaper than a target token, so
 this is the first number to know about a pair. It times `write_step` over a `ModelSession`
 (one forward pass per token) on each fast path named, after a warm-up, and reports the
 median milliseconds per token and the target/draft ratio. The comparison of `off` and
 `static` on the CPU is what `fast_path="auto"` picks there by (docs/performance.md).
+
+`--window-check` adds the target on `static` with about 1,000 live tokens in a 32,768-token
+window against the same call in a 1,024-token window: attention follows the live context, so
+the two should cost the same (goal: within 15%).
 """
 
 from __future__ import annotations
@@ -28,13 +32,20 @@ from langchain_confspec.session import ModelSession
 PROMPT = [{"role": "user", "content": "Mia has 27 shells. Mia finds 38 more. How many shells does Mia have now?"}]
 
 
-def ms_per_token(engine: ConfSpecEngine, role: str, path: FastPath, tokens: int, repeats: int) -> float:
+WINDOW_CHECK = (32_768, 1_024)
+LIVE_TOKENS = 950
+
+
+def ms_per_token(
+    engine: ConfSpecEngine, role: str, path: FastPath, tokens: int, repeats: int, prompt: list[int] | None = None
+) -> float:
     loaded = getattr(engine, role)
     chooser = TokenChooser(build_config())
     timings = []
     for repeat in range(repeats + 1):
         kv, _, _ = engine.fast_paths.backend(role, path)
-        session = ModelSession(loaded, loaded.render_prompt(PROMPT), kv=kv, context_length=engine.context[role])
+        ids = prompt if prompt is not None else loaded.render_prompt(PROMPT)
+        session = ModelSession(loaded, ids, kv=kv, context_length=engine.context[role])
         session.next_logits()  # prefill is not decode
         started = time.perf_counter()
         step = write_step(session, chooser, budget=tokens, delimiters=["\x00never"], stops=StopScanner([]))
@@ -51,6 +62,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fast-paths", default="off,static", help="comma-separated: off, static, graphs")
+    parser.add_argument("--window-check", action="store_true", help="also time a long window against a short one")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -67,6 +79,26 @@ def main() -> None:
         print(f"{role:6s} {loaded.name}: {n_params / 1e6:.2f}M parameters, ms/token: {figures}")
     for p in paths:
         print(f"target/draft cost per token on {p.value}: {costs['target'][p] / costs['draft'][p]:.2f}x")
+    if args.window_check:
+        window_check(args.target, args.tokens, args.repeats)
+
+
+def window_check(target: str, tokens: int, repeats: int) -> None:
+    """The target on `static` with the same ~1,000 live tokens in a long and a short window."""
+    costs = {}
+    for window in WINDOW_CHECK:
+        loaded = load_model(target, role="target")
+        loaded.model.config.max_position_embeddings = window  # RoPE needs no table: any window works for timing
+        engine = ConfSpecEngine(loaded, loaded, max_context=window, max_batch=1)
+        ids = loaded.render_prompt(PROMPT)
+        prompt = (ids * (LIVE_TOKENS // len(ids) + 1))[: LIVE_TOKENS - tokens]
+        costs[window] = ms_per_token(engine, "target", FastPath.STATIC, tokens, repeats, prompt)
+        runner = engine.fast_paths.runner("target")
+        assert runner is not None
+        print(f"target static, window {window:,} ({runner.cache.max_len:,} slots a row), {LIVE_TOKENS} live tokens: {costs[window]:.2f} ms/token")
+    long, short = WINDOW_CHECK
+    ratio = costs[long] / costs[short]
+    print(f"window {long:,} / window {short:,}: {ratio:.2f}x (goal <= 1.15: {'met' if ratio <= 1.15 else 'not met'})")
 
 if __name__ == "__main__":
     main()

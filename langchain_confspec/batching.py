@@ -41,8 +41,9 @@ class PassJob:
     start: int
     n_rows: int
     graphs: bool = False
+    wants_greedy: bool = False  # its generation decodes greedily: a batch reads its choice back for it
     result: torch.Tensor | None = None
-    greedy: int | None = None  # a one-token pass: the greedy choice, read back with the batch's
+    greedy: int | None = None  # a one-token pass in a batch: the greedy choice, read back with the batch's
     error: BaseException | None = None
     batch_size: int = 0
     submitted: float = field(default_factory=time.perf_counter)

@@ -410,7 +410,9 @@ class _Generation:
             path = self._paths[role]
             if path.reason:
                 logger.debug("%s model on fast_path=%r: %s", role, path.path.value, path.reason)
-            kv = self.engine.fast_paths.kv(role, path.path, row=row, scheduler=self.engine.scheduler, batch_sizes=self.batch_sizes)
+            kv = self.engine.fast_paths.kv(
+                role, path.path, row=row, scheduler=self.engine.scheduler, batch_sizes=self.batch_sizes, greedy=self.chooser.greedy
+            )
             session = ModelSession(
                 getattr(self.engine, role),
                 self._prompts[role],

@@ -131,13 +131,19 @@ class FastPaths:
         return path, seconds
 
     def kv(
-        self, role: str, path: FastPath, *, row: int, scheduler: BatchScheduler, batch_sizes: list[int]
+        self, role: str, path: FastPath, *, row: int, scheduler: BatchScheduler, batch_sizes: list[int], greedy: bool = False
     ) -> KVBackend:
         """A generation's KV backend for `role` on a prepared `path`, in cache row `row`."""
         if path is FastPath.OFF:
             return DynamicKV(self.models[role], away=scheduler.away, turn=self._turns[role])
         return StaticKV(
-            self._runners[role], graphs=path is FastPath.GRAPHS, row=row, scheduler=scheduler, role=role, batch_sizes=batch_sizes
+            self._runners[role],
+            graphs=path is FastPath.GRAPHS,
+            row=row,
+            scheduler=scheduler,
+            role=role,
+            batch_sizes=batch_sizes,
+            greedy=greedy,
         )
 
     def backend(self, role: str, path: FastPath) -> tuple[KVBackend | None, FastPath, float]:

@@ -98,8 +98,10 @@ class StaticKV:
         scheduler: BatchScheduler | None = None,
         role: str = "",
         batch_sizes: list[int] | None = None,
+        greedy: bool = False,
     ) -> None:
         self.runner = runner
+        self.greedy = greedy  # the generation decodes greedily: batched steps read its choice back
         self.graphs = graphs
         self.row = row
         self.scheduler = scheduler
@@ -108,7 +110,7 @@ class StaticKV:
         self.last_greedy: int | None = None
 
     def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
-        job = PassJob(self.role, self.row, tokens, start, n_rows, self.graphs)
+        job = PassJob(self.role, self.row, tokens, start, n_rows, self.graphs, wants_greedy=self.greedy)
         if self.scheduler is None:
             (logits,) = self.runner.forward_rows([job])
             job.batch_size = 1

@@ -145,13 +145,14 @@ class StaticRunner:
             if self.attended is not None:
                 self.attended.append(attend)
             outputs = self._replay(jobs, key) if key is not None else self._eager(jobs, attend)
-            if all(len(job.tokens) == 1 for job in jobs):
+            if len(jobs) > 1 and any(job.wants_greedy for job in jobs) and all(len(job.tokens) == 1 for job in jobs):
                 self._read_greedy(jobs, outputs, key)
             return outputs
 
     def _read_greedy(self, jobs: list[PassJob], outputs: list[torch.Tensor], key: GraphKey | None) -> None:
-        """Each decoding job's greedy next token, all read back with one synchronisation (a
-        replayed step computed them inside its graph)."""
+        """Each job's greedy next token in a batched decode step, all read back with one
+        synchronisation instead of one per row (a replayed step computed them inside its graph).
+        A lone job reads its own choice, as it would anyway."""
         if key is not None:
             assert self._decode_choice is not None
             choices = self._decode_choice[: key[0]].tolist()

@@ -351,7 +351,7 @@ def test_a_batched_decode_step_reads_every_row_back_with_one_sync(graphs: bool, 
     rng = random.Random(2)
     prompts = {row: tokens(5 + row, rng) for row in range(4)}
     runner.forward_rows([PassJob("t", row, ids, 0, 1, graphs) for row, ids in prompts.items()])
-    jobs = [PassJob("t", row, [9], len(ids), 1, graphs) for row, ids in prompts.items()]
+    jobs = [PassJob("t", row, [9], len(ids), 1, graphs, wants_greedy=True) for row, ids in prompts.items()]
     counter = SyncCounter(monkeypatch)
     outputs = runner.forward_rows(jobs)
     assert counter.count == 1
