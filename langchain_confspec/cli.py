@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from langchain_confspec.cache_budget import validate_budget
 from langchain_confspec.config import Mode, build_config
 from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
 from langchain_confspec.display import (
@@ -19,7 +20,7 @@ from langchain_confspec.display import (
     format_step_table,
 )
 from langchain_confspec.engine import ConfSpecEngine, RunResult
-from langchain_confspec.errors import ConfSpecError
+from langchain_confspec.errors import ConfigurationError, ConfSpecError
 from langchain_confspec.loading import load_model
 
 
@@ -84,8 +85,12 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=DEMO_TARGET, help="target model id or path")
     parser.add_argument("--device-map", default=None, help='e.g. "auto" to use GPUs')
     parser.add_argument("--dtype", default=None, help='e.g. "bfloat16"')
+    parser.add_argument("--max-context", type=int, default=None, help="context window to use, in tokens")
     parser.add_argument(
-        "--max-context", type=int, default=None, help="context window to use, in tokens (sizes the static KV caches)"
+        "--kv-cache-memory",
+        type=_budget,
+        default=None,
+        help="memory for the static KV caches: bytes (e.g. 4e9) or a fraction of the free device memory (e.g. 0.3)",
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. --set accept_threshold=0.9"
@@ -95,7 +100,21 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 def _engine(args: argparse.Namespace) -> ConfSpecEngine:
     draft = load_model(args.draft, role="draft", device_map=args.device_map, torch_dtype=args.dtype)
     target = load_model(args.target, role="target", device_map=args.device_map, torch_dtype=args.dtype)
-    return ConfSpecEngine(draft, target, max_context=args.max_context)
+    return ConfSpecEngine(draft, target, max_context=args.max_context, kv_cache_memory=args.kv_cache_memory)
+
+
+def _budget(text: str) -> int | float:
+    """`--kv-cache-memory`: a fraction up to 1, else a number of bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    budget = value if 0.0 < value <= 1.0 else int(value)
+    try:
+        validate_budget(budget)
+    except ConfigurationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return budget
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -44,6 +44,6 @@ def test_the_gpu_benchmark_runs_every_section_in_smoke_mode(tmp_path: Path) -> N
 def test_the_batching_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
     rows = smoke_results("batching.py", tmp_path)["rows"]
     assert [row["concurrent"] for row in rows] == [1, 4]
-    assert all(row["same_answers"] for row in rows)  # batched answers are the answers one by one
+    assert all(row["same_answers"] and row["same_share"] == 1.0 for row in rows)  # fp32: batched answers are the answers alone
     assert rows[1]["mean_batch_size"] > 1 and rows[0]["mean_batch_size"] == 1
     assert "| tiny pair | 4 |" in (tmp_path / "results.md").read_text()
