@@ -23,9 +23,16 @@ def smoke_results(script: str, out: Path) -> dict[str, Any]:
 
 def test_the_gpu_benchmark_runs_every_section_in_smoke_mode(tmp_path: Path) -> None:
     results = smoke_results("gpu.py", tmp_path)
-    assert {"decode", "passes", "pair", "bundled", "warmup"} <= set(results)
+    assert {"decode", "passes", "pair", "bundled", "warmup", "window", "goals"} <= set(results)
     for row in results["decode"]:
         assert 0 < row["bare_graph_step_ms"] and 0 < row["engine_graphs_ms"] and 0 < row["engine_off_ms"]
+        assert row["context"] > 0 and row["rows"] >= 1  # every row says what it measured
+    window = {r["run"]: r for r in results["window"]}
+    assert window["long window"]["context"] > window["short window"]["context"] and window["defaults"]["rows"] > 1
+    verdicts = {g["goal"]: g["verdict"] for g in results["goals"]}
+    assert len(verdicts) == 6 and set(verdicts.values()) <= {"met", "not met", "not measured"}
+    assert verdicts["7B decode <= 7.9 ms/token"] == "not measured"  # no 7B in smoke mode: never judged on nothing
+    assert verdicts["confspec >= 2.24x target_only at 70% kept"] != "not measured"
     assert {r["tokens"] for r in results["passes"]} == {8, 64, 300}
     patterns = results["pair"]["patterns"]
     for pattern in patterns:  # the scripted acceptance pattern is the one that ran
@@ -37,7 +44,7 @@ def test_the_gpu_benchmark_runs_every_section_in_smoke_mode(tmp_path: Path) -> N
     for row in bundled["rows"]:  # the graph path (rehearsed) answers exactly as the dynamic one
         assert row["identical_to_off"] == bundled["problems"], row
     markdown = (tmp_path / "results.md").read_text()
-    for heading in ("## Decode", "## Multi-token passes", "fixed acceptance", "## The bundled pair", "## Warm-up"):
+    for heading in ("## Decode", "## Multi-token passes", "fixed acceptance", "## The bundled pair", "## Warm-up", "## Goals"):
         assert heading in markdown
 
 
