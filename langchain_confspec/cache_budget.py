@@ -8,7 +8,8 @@ the device after the weights; by default half of that on CUDA (the rest stays fo
 and the captured graphs' pools) and a quarter of the available memory on the CPU.
 
 The plan keeps every row at least `USEFUL_CONTEXT` tokens (or the whole window, if smaller)
-and gives up rows before it gives up context; rows cap how many calls answer at once. Where
+and gives up rows before it gives up context; rows cap how many calls answer at once, and a
+row's length the context of a call on the static path (a call on `off` keeps the window). Where
 not even one row of `MIN_CONTEXT` tokens fits, the static path is not possible and `auto`
 takes `off` for that engine, saying so.
 """
@@ -28,6 +29,10 @@ MIN_CONTEXT = 256
 """A row shorter than this is no use: the static path is refused instead."""
 CUDA_FRACTION = 0.5
 CPU_FRACTION = 0.25
+
+KVBudget = int | float
+"""`kv_cache_memory`: an int is bytes, a float in (0, 1] a fraction of the free memory (the two
+are told apart at run time, so neither type stands for the other here)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class CachePlan:
         )
 
 
-def validate_budget(setting: int | float | None) -> None:
+def validate_budget(setting: KVBudget | None) -> None:
     """Refuse a `kv_cache_memory` that cannot be a budget, naming it."""
     if setting is None:
         return
@@ -64,7 +69,7 @@ def validate_budget(setting: int | float | None) -> None:
         raise ConfigurationError(f"kv_cache_memory must be a positive number of bytes, not {setting}.")
 
 
-def resolve_budget(setting: int | float | None, device: torch.device) -> int:
+def resolve_budget(setting: KVBudget | None, device: torch.device) -> int:
     """The budget in bytes: as given, or a fraction of what `device` has free now."""
     validate_budget(setting)
     if isinstance(setting, int):

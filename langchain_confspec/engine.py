@@ -21,7 +21,12 @@ import torch
 
 from langchain_confspec.answer_text import AnswerText
 from langchain_confspec.batching import BatchScheduler, PassJob
-from langchain_confspec.cache_budget import CachePlan, plan_caches, resolve_budget
+from langchain_confspec.cache_budget import (
+    CachePlan,
+    KVBudget,
+    plan_caches,
+    resolve_budget,
+)
 from langchain_confspec.config import FastPath, Mode, SpecConfig
 from langchain_confspec.constrained import Node, write_json
 from langchain_confspec.cuda_graphs import CudaGraphCapture, GraphCapture
@@ -125,8 +130,8 @@ class ConfSpecEngine:
 
     `max_context` caps the context window the engine uses for both models; `kv_cache_memory`
     (bytes, or a fraction of the free device memory) bounds their static caches, whose rows
-    and row length come out of it (`cache_budget`) and may cap both `max_batch` and the
-    context further; `graph_capture` says how graphs are captured (CUDA graphs by default;
+    and row length come out of it (`cache_budget`): the rows cap `max_batch`, the row length
+    the context of calls on `static` and `graphs`; `graph_capture` says how graphs are captured (CUDA graphs by default;
     `EagerRehearsal` runs the graph path's passes eagerly on any device).
     """
 
@@ -139,7 +144,7 @@ class ConfSpecEngine:
         max_context: int | None = None,
         graph_capture: GraphCapture | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
-        kv_cache_memory: int | float | None = None,
+        kv_cache_memory: KVBudget | None = None,
     ) -> None:
         if max_context is not None and max_context < 2:
             raise ConfigurationError(f"max_context must be at least 2 tokens, not {max_context}.")
@@ -164,17 +169,30 @@ class ConfSpecEngine:
             for role, loaded in (("draft", draft), ("target", target))
         }
         self.cache_plan = self._plan_caches(kv_cache_memory, max_batch)
+        self.static_context = dict(self.cache_plan.tokens) if isinstance(self.cache_plan, CachePlan) else {}
+        """Positions a static-cache row holds per model: the context of calls on `static` and `graphs`."""
         self.max_batch = self.cache_plan.rows if isinstance(self.cache_plan, CachePlan) else max_batch
         self.fast_paths = FastPaths(
-            {"draft": draft, "target": target}, self.context, graph_capture or CudaGraphCapture(), plan=self.cache_plan
+            {"draft": draft, "target": target},
+            {**self.context, **self.static_context},
+            graph_capture or CudaGraphCapture(),
+            plan=self.cache_plan,
         )
         self.scheduler = BatchScheduler(self.max_batch, self._run_batch)
         self._preparing = threading.Lock()
         self.lost: DeviceContextLostError | None = None  # set for good by a sticky CUDA error
 
-    def _plan_caches(self, kv_cache_memory: int | float | None, max_batch: int) -> CachePlan | str:
-        """Size the static caches of the models that can have one to the KV budget; the
-        row length becomes their context on every path. A reason where none fits."""
+    def window(self, role: str, path: FastPath) -> tuple[int, str]:
+        """The context `role`'s model has on `path`, and what set it (for errors)."""
+        if path is not FastPath.OFF and self.static_context.get(role, self.context[role]) < self.context[role]:
+            assert isinstance(self.cache_plan, CachePlan)
+            budget = self.cache_plan.budget_bytes / 2**20
+            return self.static_context[role], f"static KV cache row (sized by kv_cache_memory={budget:,.1f} MiB)"
+        return self.context[role], self.context_limit[role]
+
+    def _plan_caches(self, kv_cache_memory: KVBudget | None, max_batch: int) -> CachePlan | str:
+        """Size the static caches of the models that can have one to the KV budget (a call on
+        `off` keeps the whole window); a reason where none fits."""
         static = {}
         for role, loaded in (("target", self.target), ("draft", self.draft)):
             try:
@@ -189,12 +207,8 @@ class ConfSpecEngine:
         plan = plan_caches(per_token, {role: self.context[role] for role in static}, max_batch, budget)
         if isinstance(plan, str):
             logger.warning("static KV caches: %s; fast_path 'auto' uses 'off'", plan)
-            return plan
-        for role, tokens in plan.tokens.items():
-            if tokens < self.context[role]:
-                self.context[role] = tokens
-                self.context_limit[role] = f"context window (cut by the KV cache budget, kv_cache_memory={budget / 2**20:,.1f} MiB)"
-        logger.info("%s", plan.describe())
+        else:
+            logger.info("%s", plan.describe())
         return plan
 
     def warmup(self, fast_path: FastPath | str = FastPath.AUTO) -> list[WarmupReport]:
@@ -344,10 +358,11 @@ class _Generation:
         uses_draft = config.mode is not Mode.TARGET_ONLY or config.token_speculation
         uses_target = config.mode is not Mode.DRAFT_ONLY
         self._used = [role for role, used in (("draft", uses_draft), ("target", uses_target)) if used]
+        self._paths = {role: engine.fast_paths.resolve(config.fast_path, role) for role in self._used}
         self._prompts: dict[str, list[int]] = {}  # every model whose window holds the prompt
         for role in ("draft", "target"):
             try:
-                self._prompts[role] = self._prompt(engine, role, turns, tools)
+                self._prompts[role] = self._prompt(role, turns, tools)
             except ContextLengthError:
                 if role in self._used:
                     raise
@@ -355,7 +370,6 @@ class _Generation:
             role: len(getattr(engine, role).tokenizer.encode(config.verification_suffix, add_special_tokens=False))
             for role in self._prompts
         }
-        self._paths = {role: engine.fast_paths.resolve(config.fast_path, role) for role in self._used}
         self._warmup: dict[str, float] = {}
         self.batch_sizes: list[int] = []  # the batch size of every static-cache pass, in order
         self.draft: ModelSession | None = None
@@ -377,15 +391,20 @@ class _Generation:
             Mode.ALWAYS_VERIFY: self._speculative_step,
         }[config.mode]
 
-    @staticmethod
-    def _prompt(
-        engine: ConfSpecEngine, role: str, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None
-    ) -> list[int]:
-        loaded: LoadedModel = getattr(engine, role)
+    def _window(self, role: str) -> tuple[int, str]:
+        """`role`'s context on the path this call takes, and what set it."""
+        path = self._paths.get(role)
+        return self.engine.window(role, path.path if path is not None else FastPath.OFF)
+
+    def _prompt(self, role: str, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+        loaded: LoadedModel = getattr(self.engine, role)
         prompt = loaded.render_prompt(turns, tools)
-        window = engine.context[role]
+        window, limit = self._window(role)
+        if len(prompt) >= window and self.config.fast_path is FastPath.AUTO and len(prompt) < self.engine.context[role]:
+            # Too long for a static row, not for the model: `auto` answers this call on `off`.
+            self._paths[role] = ModelPath(FastPath.OFF, f"the prompt ({len(prompt)} tokens) does not fit the {limit}")
+            window, limit = self._window(role)
         if len(prompt) >= window:
-            limit = engine.context_limit[role]
             raise ContextLengthError(
                 f"The prompt is {len(prompt)} tokens long for the {role} model, whose {limit} "
                 f"is {window} tokens: no room is left to answer."
@@ -417,7 +436,7 @@ class _Generation:
                 getattr(self.engine, role),
                 self._prompts[role],
                 kv=kv,
-                context_length=self.engine.context[role],
+                context_length=self._window(role)[0],
                 fast_path=path.path.value,
                 warmup_seconds=self._warmup.get(role, 0.0),
             )
@@ -481,7 +500,7 @@ class _Generation:
         limits = [self.config.max_tokens - self.tokens_used]
         for role, prompt in self._prompts.items():
             session: ModelSession | None = getattr(self, role)
-            room = session.room if session is not None else self.engine.context[role] - len(prompt) - self.tokens_used
+            room = session.room if session is not None else self._window(role)[0] - len(prompt) - self.tokens_used
             limits.append(room - self._reserve[role])
         answer_limit = min(limits)
         if self.constraint is not None:

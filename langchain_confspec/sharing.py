@@ -16,6 +16,7 @@ import threading
 import weakref
 from typing import Any
 
+from langchain_confspec.cache_budget import KVBudget
 from langchain_confspec.engine import ConfSpecEngine
 from langchain_confspec.loading import (
     LoadedModel,
@@ -64,7 +65,7 @@ def model_object(model: Any, tokenizer: Any, *, role: str, name: str) -> LoadedM
 
 
 def engine_for(
-    draft: LoadedModel, target: LoadedModel, *, max_context: int | None, max_batch: int, kv_cache_memory: int | float | None = None
+    draft: LoadedModel, target: LoadedModel, *, max_context: int | None, max_batch: int, kv_cache_memory: KVBudget | None = None
 ) -> ConfSpecEngine:
     """The engine over these two models with this context limit, batch size and KV budget, made once."""
     key = (id(draft), id(target), max_context, max_batch, kv_cache_memory)

@@ -62,9 +62,10 @@ class _RowLayer(CacheLayerMixin):
         # key_states: (span, kv_heads, L, head_dim); write_rows: (span, 1); write_slots: (span, L)
         owner = self._owner
         assert owner.write_slots is not None, "StaticKVCache.begin_pass must run before a forward pass"
-        where = (owner.write_rows, slice(None), owner.write_slots)  # indexes (span, L, kv_heads, head_dim)
-        self.keys.index_put_(_indices(where, self.keys), key_states.transpose(1, 2).to(self.dtype))
-        self.values.index_put_(_indices(where, self.values), value_states.transpose(1, 2).to(self.dtype))
+        # index tensors broadcast to (span, L, kv_heads): the values' layout, (span, L, kv_heads, head_dim)
+        where = (owner.write_rows[:, :, None], owner.head_ids[None, None, :], owner.write_slots[:, :, None])
+        self.keys.index_put_(where, key_states.transpose(1, 2).to(self.dtype))
+        self.values.index_put_(where, value_states.transpose(1, 2).to(self.dtype))
         span = owner.span
         return self.keys[span, :, : owner.attend_len], self.values[span, :, : owner.attend_len]
 
@@ -76,13 +77,6 @@ class _RowLayer(CacheLayerMixin):
 
     def get_max_length(self) -> int:
         return self._owner.max_len
-
-
-def _indices(where: tuple[torch.Tensor, slice, torch.Tensor], buffer: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """`buffer[rows, :, slots]` as the index tensors `index_put_` takes: (span, L, heads) each."""
-    rows, _, slots = where
-    heads = torch.arange(buffer.shape[1], device=buffer.device)
-    return rows[:, :, None], heads[None, None, :], slots[:, :, None]
 
 
 class StaticKVCache(Cache):
@@ -110,6 +104,7 @@ class StaticKVCache(Cache):
         self.counts = torch.zeros(rows, dtype=torch.long, device=device)
         self._offsets = torch.arange(max_len + 1, device=device)
         self._row_ids = torch.arange(rows, device=device)
+        self.head_ids = torch.arange(heads, device=device)
         self._open = torch.zeros((), dtype=self.dtype, device=device)  # additive mask values (eager attention)
         self._closed = torch.full((), torch.finfo(self.dtype).min, dtype=self.dtype, device=device)
         self.write_slots: torch.Tensor | None = None

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from langchain_confspec import ConfSpecEngine, wrap_model
 from langchain_confspec.batching import PassJob
@@ -25,7 +32,12 @@ from langchain_confspec.errors import (
     ModelOutOfMemoryError,
 )
 from langchain_confspec.loading import LoadedModel
-from langchain_confspec.static_runner import ATTEND_BASE, PASS_BUCKETS, StaticRunner, attend_buckets
+from langchain_confspec.static_runner import (
+    ATTEND_BASE,
+    PASS_BUCKETS,
+    StaticRunner,
+    attend_buckets,
+)
 from langchain_confspec.tiny import build_tokenizer
 
 TOKENIZER = build_tokenizer()
@@ -158,8 +170,20 @@ def test_a_131k_window_starts_under_a_small_budget_and_refuses_what_cannot_fit()
     answer = engine.generate(QUESTION, build_config(max_tokens=8, fast_path="static"))
     assert answer.summary.target.fast_path == "static" and answer.records
     too_long = [{"role": "user", "content": "apples " * (runner.max_len + 10)}]
-    with pytest.raises(ContextLengthError, match=r"kv_cache_memory=4\.0 MiB"):
+    with pytest.raises(ContextLengthError, match=r"static KV cache row \(sized by kv_cache_memory=4\.0 MiB\)"):
         engine.generate(too_long, build_config(max_tokens=8, fast_path="static"))
+
+
+def test_auto_answers_a_prompt_longer_than_a_static_row_on_off() -> None:
+    """The budget bounds the static rows, not the model: `auto` takes `off` for such a call."""
+    loaded = qwen(8192)
+    engine = ConfSpecEngine(loaded, loaded, max_batch=1, kv_cache_memory=600_000, graph_capture=EagerRehearsal())
+    assert engine.static_context["target"] < 8192
+    long_prompt = [{"role": "user", "content": "apples " * (engine.static_context["target"] + 10)}]
+    answer = engine.generate(long_prompt, build_config(max_tokens=4))
+    assert answer.summary.target.fast_path == "off" and answer.records
+    short = engine.generate(QUESTION, build_config(max_tokens=4))
+    assert short.summary.target.fast_path == "graphs"
 
 
 def test_the_plan_gives_up_rows_before_context_and_says_when_nothing_fits() -> None:
