@@ -95,7 +95,7 @@ def free_memory(device: torch.device) -> int:
 
 def plan_caches(per_token: dict[str, int], windows: dict[str, int], max_rows: int, budget: int) -> CachePlan | str:
     """The largest plan within `budget`: every row's context as long as its window while up to
-    `max_rows` rows fit, then rows given up (down to one) to keep `USEFUL_CONTEXT`, then
+    `max_rows` rows fit, then rows given up one by one (down to one) to keep `USEFUL_CONTEXT`, then
     context shortened; a reason string where not one row of `MIN_CONTEXT` tokens fits.
 
     `per_token`: bytes one position takes in each model's cache; `windows`: each model's context.
@@ -107,7 +107,7 @@ def plan_caches(per_token: dict[str, int], windows: dict[str, int], max_rows: in
     wanted = min(longest, USEFUL_CONTEXT)
     rows = max_rows
     while rows > 1 and cost(rows, wanted) > budget:
-        rows //= 2
+        rows -= 1
     length = longest
     if cost(rows, length) > budget:  # the largest length that fits, found by bisection
         low, high = 0, longest

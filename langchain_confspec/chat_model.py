@@ -251,8 +251,9 @@ class ConfSpecChatModel(BaseChatModel):
     """Memory for both models' static KV caches: bytes (an int) or a fraction of the device's
     free memory after the weights (a float in (0, 1]); default half of it on CUDA, a quarter of
     the available memory on the CPU. Rows and each row's context come out of it: rows are given
-    up before a row drops below 4,096 tokens, then the row shrinks (a longer prompt goes to
-    `off` under `auto`, and is refused at once, naming the budget, on `static`/`graphs`); where
+    up before a row drops below 4,096 tokens, then the row shrinks (a call whose prompt and
+    `max_tokens` do not fit goes to `off` under `auto`; a prompt longer than a row is refused at
+    once, naming the budget, on `static`/`graphs`); where
     not one row of 256 tokens fits, `auto` uses `off`. The warm-up report and an INFO log line
     say what was chosen."""
     streaming: bool = False

@@ -180,7 +180,7 @@ class ConfSpecEngine:
         )
         self.scheduler = BatchScheduler(self.max_batch, self._run_batch)
         self._preparing = threading.Lock()
-        self.lost: DeviceContextLostError | None = None  # set for good by a sticky CUDA error
+        self.lost: str | None = None  # why, once a sticky CUDA error broke the device context for good
 
     def window(self, role: str, path: FastPath) -> tuple[int, str]:
         """The context `role`'s model has on `path`, and what set it (for errors)."""
@@ -215,6 +215,7 @@ class ConfSpecEngine:
         """Allocate static caches and capture graphs for `fast_path` now, and build each
         tokenizer's token-text table, so that no call pays for them; one report per model.
         Waits until no generation is running, and holds new ones back meanwhile."""
+        self._check_device()
         with self.scheduler.exclusive(), self._model_failures():
             for loaded in (self.draft, self.target):
                 token_texts(loaded.tokenizer)
@@ -238,8 +239,7 @@ class ConfSpecEngine:
         settles, before the step's record.
         """
         started = time.perf_counter()
-        if self.lost is not None:
-            raise self.lost
+        self._check_device()
         generation = _Generation(self, turns, config, tools, constraint, stream_text)
         if not generation.paths_ready():
             with self._preparing:  # one call warms up; the others then find the paths ready
@@ -257,6 +257,11 @@ class ConfSpecEngine:
             with self.scheduler.away():
                 yield result
 
+    def _check_device(self) -> None:
+        """Refuse at once when a sticky CUDA error has broken the device context."""
+        if self.lost is not None:
+            raise DeviceContextLostError(self.lost)
+
     @contextmanager
     def _model_failures(self) -> Iterator[None]:
         """`_model_failures`, and a sticky CUDA error marks the engine lost for every later call."""
@@ -266,11 +271,11 @@ class ConfSpecEngine:
         except GenerationError as error:
             cause = error.__cause__
             if cause is not None and is_sticky_cuda_error(cause):
-                self.lost = DeviceContextLostError(
+                self.lost = (
                     f"The CUDA context is no longer usable ({type(cause).__name__}: {cause}): restart the process. "
                     "A device-side assert or illegal memory access breaks every later CUDA call in this process."
                 )
-                raise self.lost from cause
+                raise DeviceContextLostError(self.lost) from cause
             raise
 
     def _run_batch(self, role: str, jobs: list[PassJob]) -> list[torch.Tensor]:
@@ -400,9 +405,10 @@ class _Generation:
         loaded: LoadedModel = getattr(self.engine, role)
         prompt = loaded.render_prompt(turns, tools)
         window, limit = self._window(role)
-        if len(prompt) >= window and self.config.fast_path is FastPath.AUTO and len(prompt) < self.engine.context[role]:
-            # Too long for a static row, not for the model: `auto` answers this call on `off`.
-            self._paths[role] = ModelPath(FastPath.OFF, f"the prompt ({len(prompt)} tokens) does not fit the {limit}")
+        whole = self.engine.context[role]
+        if len(prompt) + self.config.max_tokens > window < whole and self.config.fast_path is FastPath.AUTO:
+            # A static row would cut this call short, the model's window would not: `auto` takes `off`.
+            self._paths[role] = ModelPath(FastPath.OFF, f"prompt and max_tokens do not fit the {limit}")
             window, limit = self._window(role)
         if len(prompt) >= window:
             raise ContextLengthError(
@@ -429,9 +435,7 @@ class _Generation:
             path = self._paths[role]
             if path.reason:
                 logger.debug("%s model on fast_path=%r: %s", role, path.path.value, path.reason)
-            kv = self.engine.fast_paths.kv(
-                role, path.path, row=row, scheduler=self.engine.scheduler, batch_sizes=self.batch_sizes, greedy=self.chooser.greedy
-            )
+            kv = self.engine.fast_paths.kv(role, path.path, row=row, scheduler=self.engine.scheduler, batch_sizes=self.batch_sizes)
             session = ModelSession(
                 getattr(self.engine, role),
                 self._prompts[role],

@@ -59,6 +59,9 @@ STICKY_CUDA_ERRORS = (
     "misaligned address",
     "illegal instruction",
     "cudaErrorLaunchFailure",
+    "CUBLAS_STATUS_EXECUTION_FAILED",
+    "the launch timed out",
+    "uncorrectable ECC error",
 )
 """Phrases of CUDA errors after which the context cannot be used again (they are not cleared)."""
 

@@ -135,7 +135,7 @@ class FastPaths:
         return path, seconds
 
     def kv(
-        self, role: str, path: FastPath, *, row: int, scheduler: BatchScheduler, batch_sizes: list[int], greedy: bool = False
+        self, role: str, path: FastPath, *, row: int, scheduler: BatchScheduler, batch_sizes: list[int]
     ) -> KVBackend:
         """A generation's KV backend for `role` on a prepared `path`, in cache row `row`."""
         if path is FastPath.OFF:
@@ -147,7 +147,6 @@ class FastPaths:
             scheduler=scheduler,
             role=role,
             batch_sizes=batch_sizes,
-            greedy=greedy,
         )
 
     def backend(self, role: str, path: FastPath) -> tuple[KVBackend | None, FastPath, float]:
@@ -178,23 +177,25 @@ class FastPaths:
 
     def _allocate(self, role: str) -> StaticRunner:
         assert isinstance(self.plan, CachePlan)
-        loaded = self.models[role]
+        size = f"{self.plan.rows} rows of {self.context[role]:,} tokens"
         try:
             runner = StaticRunner(
-                loaded, self.context[role], self.capture, rows=self.plan.rows, budget_mib=self.plan.budget_bytes / 2**20
+                self.models[role], self.context[role], self.capture, rows=self.plan.rows, budget_mib=self.plan.budget_bytes / 2**20
             )
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
             if not isinstance(error, torch.OutOfMemoryError | MemoryError) and "out of memory" not in str(error).lower():
                 raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            raise ModelOutOfMemoryError(
-                f"the {role} model's static KV cache ({self.plan.rows} rows of {self.context[role]:,} tokens) could not "
-                f"be allocated ({type(error).__name__}); set kv_cache_memory lower (now {self.plan.budget_bytes / 2**20:,.0f} MiB "
-                "for both caches)"
-            ) from error
-        logger.info("%s model: %s", role, self.plan.describe())
-        return runner
+            failure = f"{type(error).__name__}: {str(error)[:200]}"
+        else:
+            logger.info("%s model: %s", role, self.plan.describe())
+            return runner
+        # Out of the handler: the traceback, and the half-built cache it holds, are gone.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise ModelOutOfMemoryError(
+            f"the {role} model's static KV cache ({size}) could not be allocated ({failure}); set kv_cache_memory "
+            f"lower (now {self.plan.budget_bytes / 2**20:,.0f} MiB for both caches)"
+        )
 
     def _warm_up_graphs(self, role: str, runner: StaticRunner) -> float:
         device = self.models[role].device

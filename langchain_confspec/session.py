@@ -42,11 +42,11 @@ class KVBackend(Protocol):
         """Forget every position from `length` on."""
         ...
 
-    @property
-    def last_greedy(self) -> int | None:
-        """The greedy next token after the last one-token `forward`, if the backend read it
-        back already (a batched step reads every row's at once), else None."""
-        ...
+    greedy: bool
+    """Set while the session makes a greedy choice: a batched pass then reads this row's back."""
+    last_greedy: int | None
+    """The greedy next token after the last one-token `forward`, if the backend read it back
+    already (a batched step reads every row's at once), else None."""
 
 
 class DynamicKV:
@@ -66,6 +66,7 @@ class DynamicKV:
         self._length = 0
         self._away = away
         self._turn = turn or nullcontext()
+        self.greedy = False  # a dynamic cache's pass is never batched: nothing to read back for it
         self.last_greedy: int | None = None
 
     def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
@@ -98,10 +99,9 @@ class StaticKV:
         scheduler: BatchScheduler | None = None,
         role: str = "",
         batch_sizes: list[int] | None = None,
-        greedy: bool = False,
     ) -> None:
         self.runner = runner
-        self.greedy = greedy  # the generation decodes greedily: batched steps read its choice back
+        self.greedy = False  # set around a greedy choice: a batched step then reads this row's back
         self.graphs = graphs
         self.row = row
         self.scheduler = scheduler
@@ -186,8 +186,13 @@ class ModelSession:
 
     def choose_next(self, chooser: TokenChooser) -> int:
         """The next token `chooser` picks after all ids: for greedy choice, the token a batched
-        step already read back when there is one (no synchronisation of this row's own)."""
-        logits = self.next_logits()
+        step already read back when there is one (no synchronisation of this row's own). Only
+        this caller asks a batch for it: others (proposals, constrained choices) read their own."""
+        self._kv.greedy = chooser.greedy
+        try:
+            logits = self.next_logits()
+        finally:
+            self._kv.greedy = False
         if chooser.greedy and self._next_greedy is not None:
             return self._next_greedy
         return chooser.choose(logits)
@@ -242,7 +247,7 @@ class ModelSession:
         self.forward_tokens += len(pending)
         self._n_read = len(self.ids)
         self._next_logits = rows[-1]
-        self._next_greedy = getattr(self._kv, "last_greedy", None) if len(pending) == 1 else None
+        self._next_greedy = self._kv.last_greedy if len(pending) == 1 else None
         first_length = len(self.ids) - n_rows + 1
         for length in kept_inside:
             self._save(length, rows[length - first_length])

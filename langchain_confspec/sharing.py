@@ -68,7 +68,8 @@ def engine_for(
     draft: LoadedModel, target: LoadedModel, *, max_context: int | None, max_batch: int, kv_cache_memory: KVBudget | None = None
 ) -> ConfSpecEngine:
     """The engine over these two models with this context limit, batch size and KV budget, made once."""
-    key = (id(draft), id(target), max_context, max_batch, kv_cache_memory)
+    budget = (type(kv_cache_memory).__name__, kv_cache_memory)  # 1 byte is not 1.0 of the memory
+    key = (id(draft), id(target), max_context, max_batch, budget)
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None or engine.draft is not draft or engine.target is not target:

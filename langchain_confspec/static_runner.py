@@ -36,7 +36,7 @@ PASS_BUCKETS = (16, 64, 256)
 Coarse, since a padded pass costs about what a short one does on a GPU (8 tokens 4.1 ms, 128
 tokens 4.7 ms at 0.5B: docs/performance.md), and each bucket multiplies the captures."""
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-"""Numbers of rows the passes are captured for, up to the cache's rows."""
+"""Numbers of rows the passes are captured for below the cache's rows (and the rows themselves)."""
 PASS_KEEP = 16
 """Positions whose logits a captured multi-token pass returns per row (its last ones): a
 verification or catch-up pass reads one, a proposal check one more than it proposed."""
@@ -95,6 +95,7 @@ class StaticRunner:
         self.cache_argument = loaded.cache_argument  # read once: a traced pass must not call into the loader
         self.device = self.model.get_input_embeddings().weight.device
         self.attend_buckets = attend_buckets(context_length)
+        self.batch_buckets = sorted({b for b in BATCH_BUCKETS if b < rows} | {rows})  # the last one holds every row
         with torch.inference_mode():
             self.allocate_seconds = timed(self.device, self._allocate)
         self.graphs_ready = False
@@ -168,7 +169,7 @@ class StaticRunner:
         """The captured pass that can serve these jobs, if any."""
         if not self.graphs_ready:
             return None
-        rows = next((b for b in BATCH_BUCKETS if b > max(job.row for job in jobs)), 0)
+        rows = next(b for b in self.batch_buckets if b > max(job.row for job in jobs))
         length = max(len(job.tokens) for job in jobs)
         bucket = 1 if length == 1 else next((b for b in PASS_BUCKETS if b >= length), None)
         if bucket is None or max(job.n_rows for job in jobs) > min(bucket, PASS_KEEP):
@@ -240,7 +241,7 @@ class StaticRunner:
     def graph_keys(self) -> list[GraphKey]:
         """Every pass `warm_up_graphs` captures: per rows and attend bucket, the one-token step
         and each multi-token length."""
-        batches = [b for b in BATCH_BUCKETS if b <= self.rows] or [1]
+        batches = self.batch_buckets
         lengths = [1, *(length for length in PASS_BUCKETS if length <= self.max_len)]
         return [(b, length, attend) for length in lengths for b in batches for attend in self.attend_buckets]
 

@@ -184,6 +184,21 @@ def test_auto_answers_a_prompt_longer_than_a_static_row_on_off() -> None:
     assert answer.summary.target.fast_path == "off" and answer.records
     short = engine.generate(QUESTION, build_config(max_tokens=4))
     assert short.summary.target.fast_path == "graphs"
+    # A prompt that fits a row but whose answer would be cut short by it goes to `off` too.
+    cut_short = engine.generate(QUESTION, build_config(max_tokens=engine.static_context["target"], mode="target_only"))
+    assert cut_short.summary.target.fast_path == "off"
+
+
+def test_any_number_of_rows_replays_graphs() -> None:
+    """Rows that are not a power of two get a captured bucket of their own."""
+    loaded = qwen(128, layers=1)
+    runner = StaticRunner(loaded, 128, EagerRehearsal(), rows=3)
+    runner.warm_up_graphs()
+    assert runner.batch_buckets == [1, 2, 3]
+    jobs = [PassJob("t", 0, [5], 0, 1, True), PassJob("t", 2, [6], 0, 1, True)]
+    assert runner._graph_key(jobs) == (3, 1, 128)
+    out = runner.forward_rows(jobs)
+    torch.testing.assert_close(out[1], alone(loaded, [6], [], 1), rtol=1e-4, atol=1e-4)
 
 
 def test_the_plan_gives_up_rows_before_context_and_says_when_nothing_fits() -> None:
