@@ -41,9 +41,11 @@ class PassJob:
     start: int
     n_rows: int
     graphs: bool = False
-    wants_greedy: bool = False  # its generation decodes greedily: a batch reads its choice back for it
+    pick: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """Its generation's choice of the next token, on the device (greedy or sampled with its own
+    generator): a batched decode step makes every row's choice and reads them back at once."""
     result: torch.Tensor | None = None
-    greedy: int | None = None  # a one-token pass in a batch: the greedy choice, read back with the batch's
+    chosen: int | None = None  # what `pick` chose, when a batched step read it back
     error: BaseException | None = None
     batch_size: int = 0
     submitted: float = field(default_factory=time.perf_counter)

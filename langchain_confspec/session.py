@@ -42,11 +42,12 @@ class KVBackend(Protocol):
         """Forget every position from `length` on."""
         ...
 
-    greedy: bool
-    """Set while the session makes a greedy choice: a batched pass then reads this row's back."""
-    last_greedy: int | None
-    """The greedy next token after the last one-token `forward`, if the backend read it back
-    already (a batched step reads every row's at once), else None."""
+    pick: Callable[[torch.Tensor], torch.Tensor] | None
+    """Set while the session chooses a token: a batched pass then makes this row's choice and
+    reads it back with every other row's."""
+    last_choice: int | None
+    """The token `pick` chose after the last one-token `forward`, if the backend read it back
+    already, else None."""
 
 
 class DynamicKV:
@@ -66,8 +67,8 @@ class DynamicKV:
         self._length = 0
         self._away = away
         self._turn = turn or nullcontext()
-        self.greedy = False  # a dynamic cache's pass is never batched: nothing to read back for it
-        self.last_greedy: int | None = None
+        self.pick: Callable[[torch.Tensor], torch.Tensor] | None = None  # never batched: unused
+        self.last_choice: int | None = None
 
     def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
         assert start == self._length, "a dynamic cache reads on from where it ends"
@@ -101,23 +102,23 @@ class StaticKV:
         batch_sizes: list[int] | None = None,
     ) -> None:
         self.runner = runner
-        self.greedy = False  # set around a greedy choice: a batched step then reads this row's back
+        self.pick: Callable[[torch.Tensor], torch.Tensor] | None = None  # set around a choice of the next token
         self.graphs = graphs
         self.row = row
         self.scheduler = scheduler
         self.role = role
         self.batch_sizes = batch_sizes if batch_sizes is not None else []
-        self.last_greedy: int | None = None
+        self.last_choice: int | None = None
 
     def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
-        job = PassJob(self.role, self.row, tokens, start, n_rows, self.graphs, wants_greedy=self.greedy)
+        job = PassJob(self.role, self.row, tokens, start, n_rows, self.graphs, pick=self.pick)
         if self.scheduler is None:
             (logits,) = self.runner.forward_rows([job])
             job.batch_size = 1
         else:
             logits = self.scheduler.forward(job)
         self.batch_sizes.append(job.batch_size)
-        self.last_greedy = job.greedy
+        self.last_choice = job.chosen
         return logits
 
     def rewind(self, length: int) -> None:
@@ -146,7 +147,7 @@ class ModelSession:
         self._kv = kv or DynamicKV(loaded)
         self._n_read = 0
         self._next_logits: torch.Tensor | None = None  # (vocab,): distribution after ids[:n_read]
-        self._next_greedy: int | None = None  # its greedy token, when the pass that made it read it back
+        self._next_choice: int | None = None  # the next token, when the batched pass that made the logits chose it
         self._checkpoints: dict[int, torch.Tensor] = {}  # length -> next-token logits there (own copies)
         self.forward_passes = 0
         self.forward_tokens = 0
@@ -185,17 +186,16 @@ class ModelSession:
         return self._next_logits
 
     def choose_next(self, chooser: TokenChooser) -> int:
-        """The next token `chooser` picks after all ids: for greedy choice, the token a batched
-        step already read back when there is one (no synchronisation of this row's own). Only
-        this caller asks a batch for it: others (proposals, constrained choices) read their own."""
-        self._kv.greedy = chooser.greedy
+        """The next token `chooser` picks after all ids. In a batched decode step every row's
+        choice is made on the device and read back at once, so this row needs no
+        synchronisation of its own; alone, it chooses as `chooser.choose` does."""
+        self._kv.pick = chooser.pick
         try:
             logits = self.next_logits()
         finally:
-            self._kv.greedy = False
-        if chooser.greedy and self._next_greedy is not None:
-            return self._next_greedy
-        return chooser.choose(logits)
+            self._kv.pick = None
+        choice, self._next_choice = self._next_choice, None  # a choice is used once: a second draw samples anew
+        return choice if choice is not None else chooser.choose(logits)
 
     def logits_from(self, start: int) -> torch.Tensor:
         """Next-token logits at every length from `start` to the end: (len(self) - start + 1, vocab).
@@ -217,7 +217,7 @@ class ModelSession:
             return
         self._n_read = length
         self._next_logits = self._checkpoints.get(length)
-        self._next_greedy = None
+        self._next_choice = None
         if self._next_logits is None and length > 0:
             self._n_read -= 1  # unknown distribution here: re-read the last token to get it back
         self._kv.rewind(self._n_read)
@@ -247,7 +247,7 @@ class ModelSession:
         self.forward_tokens += len(pending)
         self._n_read = len(self.ids)
         self._next_logits = rows[-1]
-        self._next_greedy = self._kv.last_greedy if len(pending) == 1 else None
+        self._next_choice = self._kv.last_choice if len(pending) == 1 else None
         first_length = len(self.ids) - n_rows + 1
         for length in kept_inside:
             self._save(length, rows[length - first_length])

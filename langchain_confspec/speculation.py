@@ -137,21 +137,27 @@ def verify_proposal(
     """How many proposed tokens the target keeps, and the token it adds after them.
 
     `target_logits` holds the target's next-token logits before each proposed token and after
-    the last one: (len(proposal.tokens) + 1, vocab).
+    the last one: (len(proposal.tokens) + 1, vocab). Greedy: one host synchronisation;
+    sampling: two (every acceptance ratio at once, then the token drawn after them).
     """
-    if chooser.greedy:  # one host synchronisation for the whole round
+    if chooser.greedy:  # one host synchronisation for the check
         choices = torch.argmax(target_logits, dim=-1).tolist()
         kept = next((i for i, token in enumerate(proposal.tokens) if choices[i] != token), len(proposal.tokens))
         return kept, choices[kept]
     assert proposal.draft_probs is not None
-    for i, token in enumerate(proposal.tokens):
-        p = chooser.distribution(target_logits[i])
-        q = proposal.draft_probs[i]
-        if chooser.uniform() >= min(1.0, float(p[token] / q[token])):
-            residual = (p - q).clamp_min(0.0)
-            total = float(residual.sum())
-            return i, chooser.sample(residual / total) if total > 0 else chooser.sample(p)
-    return len(proposal.tokens), chooser.choose(target_logits[-1])
+    # Every proposed token's acceptance ratio p/q, read back at once: one synchronisation.
+    depth = len(proposal.tokens)
+    ids = torch.tensor(proposal.tokens, device=target_logits.device)
+    target_probs = torch.stack([chooser.distribution(target_logits[i]).clone() for i in range(depth)])  # (depth, vocab)
+    rows = torch.arange(depth, device=target_logits.device)
+    ratios = (target_probs[rows, ids] / proposal.draft_probs[rows, ids]).tolist()
+    for i, ratio in enumerate(ratios):
+        if chooser.uniform() >= min(1.0, ratio):  # rejected: the second (and last) read is the resample
+            residual = (target_probs[i] - proposal.draft_probs[i]).clamp_min(0.0)
+            total = residual.sum()
+            fallback = total <= 0  # p == q there: sample the target itself
+            return i, int(chooser.draw(torch.where(fallback, target_probs[i], residual / total.clamp_min(1e-30))))
+    return depth, chooser.choose(target_logits[-1])
 
 
 def speculative_step_texts(

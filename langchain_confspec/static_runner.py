@@ -103,7 +103,6 @@ class StaticRunner:
         self._replays: dict[GraphKey, Replay] = {}
         self._inputs: dict[tuple[int, int], torch.Tensor] = {}  # (rows, tokens) -> its input ids buffer
         self._decode_out: torch.Tensor | None = None  # (rows, vocab): each row's logits from its last decode step
-        self._decode_choice: torch.Tensor | None = None  # (rows,): each row's greedy token from its last decode step
         self._pass_out: torch.Tensor | None = None  # (rows, PASS_KEEP, vocab): each row's last pass's logits
         self.report = WarmupReport(
             model=loaded.name,
@@ -146,24 +145,20 @@ class StaticRunner:
             if self.attended is not None:
                 self.attended.append(attend)
             outputs = self._replay(jobs, key) if key is not None else self._eager(jobs, attend)
-            if len(jobs) > 1 and any(job.wants_greedy for job in jobs) and all(len(job.tokens) == 1 for job in jobs):
-                self._read_greedy(jobs, outputs, key)
+            if len(jobs) > 1 and all(len(job.tokens) == 1 for job in jobs):
+                self._read_choices(jobs, outputs)
             return outputs
 
-    def _read_greedy(self, jobs: list[PassJob], outputs: list[torch.Tensor], key: GraphKey | None) -> None:
-        """Each job's greedy next token in a batched decode step, all read back with one
-        synchronisation instead of one per row (a replayed step computed them inside its graph).
-        A lone job reads its own choice, as it would anyway."""
-        if key is not None:
-            assert self._decode_choice is not None
-            choices = self._decode_choice[: key[0]].tolist()
-            for job in jobs:
-                job.greedy = choices[job.row]
+    def _read_choices(self, jobs: list[PassJob], outputs: list[torch.Tensor]) -> None:
+        """Each decoding job's next token, chosen on the device by its own generation's rule
+        (greedy, or sampled with its own seeded generator) and all read back with one
+        synchronisation instead of one per row. A lone job chooses and reads its own, as before."""
+        vocab = self.loaded.vocab_size  # padded embedding rows never win
+        picked = [(job, job.pick(output[-1, :vocab])) for job, output in zip(jobs, outputs) if job.pick is not None]
+        if not picked:
             return
-        vocab = self.loaded.vocab_size
-        chosen = torch.stack([torch.argmax(output[-1, :vocab]) for output in outputs]).tolist()
-        for job, token in zip(jobs, chosen):
-            job.greedy = token
+        for (job, _), token in zip(picked, torch.stack([choice for _, choice in picked]).tolist()):
+            job.chosen = int(token)
 
     def _graph_key(self, jobs: list[PassJob]) -> GraphKey | None:
         """The captured pass that can serve these jobs, if any."""
@@ -258,7 +253,6 @@ class StaticRunner:
         seconds: dict[GraphKey, float] = {}
         with torch.inference_mode(), graph_memory(self.device) as memory:
             self._decode_out = torch.zeros((self.rows, vocab), dtype=torch.float32, device=self.device)
-            self._decode_choice = torch.zeros(self.rows, dtype=torch.long, device=self.device)
             self._pass_out = torch.zeros((self.rows, PASS_KEEP, vocab), dtype=torch.float32, device=self.device)
             self.cache.counts.zero_()
             compiled = self.capture.compile(self.model)
@@ -305,22 +299,20 @@ class StaticRunner:
         self.graphs_ready = False
         self._replays.clear()
         self._inputs.clear()
-        self._decode_out = self._pass_out = self._decode_choice = None
+        self._decode_out = self._pass_out = None
 
     def _capture(self, key: GraphKey, forward: object, pool: object) -> None:
         rows, length, attend = key
         inputs = self._inputs[(rows, length)]
         keep = 1 if length == 1 else min(length, PASS_KEEP)
         counts = self.cache.counts[:rows]
-        vocab = self.loaded.vocab_size  # padded embedding rows never win
 
         def run() -> None:  # a row's logits change only when it stepped: others may not have read theirs
             logits = self._pass(forward, inputs, attend, keep, slice(0, rows))  # (rows, keep, vocab)
             stepped = (counts > 0)[:, None]
             if length == 1:
-                out, choice = self._decode_out[:rows], self._decode_choice[:rows]  # type: ignore[index]
+                out = self._decode_out[:rows]  # type: ignore[index]
                 out.copy_(torch.where(stepped, logits[:, -1].float(), out))
-                choice.copy_(torch.argmax(out[:, :vocab], dim=-1))
             else:
                 out = self._pass_out[:rows, :keep]  # type: ignore[index]
                 out.copy_(torch.where(stepped[:, :, None], logits.float(), out))

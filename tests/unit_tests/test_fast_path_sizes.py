@@ -24,6 +24,7 @@ from langchain_confspec.batching import PassJob
 from langchain_confspec.cache_budget import MIN_CONTEXT, USEFUL_CONTEXT, plan_caches
 from langchain_confspec.config import build_config
 from langchain_confspec.cuda_graphs import CudaGraphCapture, EagerRehearsal
+from langchain_confspec.decoding import TokenChooser
 from langchain_confspec.errors import (
     ConfigurationError,
     ContextLengthError,
@@ -369,20 +370,36 @@ class SyncCounter:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
+        self.paused = False
         for name in self.READS:
             original = getattr(torch.Tensor, name)
             monkeypatch.setattr(torch.Tensor, name, self._counting(original))
+        uniform = TokenChooser.uniform
+
+        def host_uniform(chooser: TokenChooser) -> float:  # drawn from a CPU generator: no device sync
+            self.paused = True
+            try:
+                return uniform(chooser)
+            finally:
+                self.paused = False
+
+        monkeypatch.setattr(TokenChooser, "uniform", host_uniform)
 
     def _counting(self, original: Any) -> Any:
         def read(tensor: torch.Tensor, *args: Any) -> Any:
-            self.count += 1
+            self.count += not self.paused
             return original(tensor, *args)
 
         return read
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("graphs", [False, True], ids=["static", "rehearsed-graphs"])
-def test_a_batched_decode_step_reads_every_row_back_with_one_sync(graphs: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batched_decode_step_reads_every_row_back_with_one_sync(
+    graphs: bool, temperature: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each row's choice (greedy, or sampled with its own seed) is made on the device and all
+    rows' tokens come back with one read; each is what that row's chooser alone would pick."""
     loaded = qwen(256, layers=1)
     runner = StaticRunner(loaded, 256, EagerRehearsal(), rows=4)
     if graphs:
@@ -390,13 +407,38 @@ def test_a_batched_decode_step_reads_every_row_back_with_one_sync(graphs: bool, 
     rng = random.Random(2)
     prompts = {row: tokens(5 + row, rng) for row in range(4)}
     runner.forward_rows([PassJob("t", row, ids, 0, 1, graphs) for row, ids in prompts.items()])
-    jobs = [PassJob("t", row, [9], len(ids), 1, graphs, wants_greedy=True) for row, ids in prompts.items()]
+    config = {row: build_config(temperature=temperature, top_p=0.9, seed=row) for row in prompts}
+    choosers = {row: TokenChooser(config[row]) for row in prompts}
+    jobs = [PassJob("t", row, [9], len(ids), 1, graphs, pick=choosers[row].pick) for row, ids in prompts.items()]
     counter = SyncCounter(monkeypatch)
     outputs = runner.forward_rows(jobs)
     assert counter.count == 1
     monkeypatch.undo()
     for job, output in zip(jobs, outputs):
-        assert job.greedy == int(torch.argmax(output[-1, : loaded.vocab_size]))
+        assert job.chosen == TokenChooser(config[job.row]).choose(output[-1, : loaded.vocab_size])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
+def test_checking_a_proposal_reads_back_at_most_twice(temperature: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_confspec.speculation import Proposal, verify_proposal
+
+    vocab, depth = len(TOKENIZER), 5
+    torch.manual_seed(3)
+    draft_logits, target_logits = torch.randn(depth, vocab), torch.randn(depth + 1, vocab)
+    for seed in range(6):  # rejections at different depths, and full acceptance
+        config = build_config(temperature=temperature, top_p=0.9, seed=seed)
+        proposer = TokenChooser(config)
+        proposal = Proposal([], [], None if temperature == 0 else torch.empty(depth, vocab))
+        for i in range(depth):
+            if proposal.draft_probs is None:
+                proposal.tokens.append(int(torch.argmax(draft_logits[i])))
+            else:
+                proposal.tokens.append(int(proposer.draw(proposer.distribution(draft_logits[i], out=proposal.draft_probs[i]))))
+        expected = verify_proposal(target_logits, proposal, TokenChooser(config))
+        counter = SyncCounter(monkeypatch)
+        assert verify_proposal(target_logits, proposal, TokenChooser(config)) == expected
+        assert counter.count <= (1 if temperature == 0 else 2)
+        monkeypatch.undo()
 
 
 def test_a_verdict_is_read_with_one_sync(monkeypatch: pytest.MonkeyPatch) -> None:
