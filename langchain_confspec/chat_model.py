@@ -230,6 +230,11 @@ class ConfSpecChatModel(BaseChatModel):
     it the draft's verdict is uncertain (the step escalates) and the target's a rejection."""
     token_speculation: bool = False
     """Let the draft propose tokens inside the target's own steps (same output, fewer target passes)."""
+    rewrite_from_rejected: bool = True
+    """When the target rewrites a rejected step (greedy decoding), check the rejected step as its
+    first proposal: the rewrite keeps the prefix the target would write itself, so an identical
+    rewrite costs one target pass (none after the target's own verdict) instead of one per token.
+    Same output either way."""
     temperature: float = 0.0
     """0 decodes greedily."""
     top_p: float = 1.0

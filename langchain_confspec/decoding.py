@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import weakref
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import torch
@@ -121,6 +121,7 @@ class WrittenStep:
     end: StepEnd
     stop_at: int | None = None  # index in `text` where a stop string begins
     tokens_before_stop: int | None = None  # with a stop: the tokens whose text begins before it
+    reused: int = 0  # leading tokens taken from a seed (a rejected step) rather than decoded
 
     @property
     def n_tokens(self) -> int:
@@ -288,11 +289,22 @@ def write_step_texts(
     answer: AnswerText | None = None,
     final: bool = False,
     stream: bool = False,
+    seed: Sequence[int] = (),
 ) -> Generator[str, None, WrittenStep]:
     """Decode one step of at most `budget` tokens, appending it to `session`; with `stream`,
     yield its settled text as it grows. Returns the step: its text is what it adds to
-    `answer`, and `final` says that filling the budget ends the answer."""
+    `answer`, and `final` says that filling the budget ends the answer. With a `seed` (greedy
+    decoding only: a rejected step in this model's vocabulary, which the session must end
+    with), the step starts with as much of it as the model agrees with (`take_seed`)."""
+    reused = 0
     step = StepBuilder(session, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)
+    if seed:
+        assert chooser.greedy, "a seed is checked greedily"
+        done, reused = take_seed(session, step, seed)
+        if stream and (text := step.new_text(done)):
+            yield text
+        if done is not None:
+            return replace(done, reused=reused)
     while True:
         token = session.choose_next(chooser)
         done = step.add(token)
@@ -302,7 +314,33 @@ def write_step_texts(
         if stream and (text := step.new_text(done)):
             yield text
         if done is not None:
-            return done
+            return replace(done, reused=reused) if seed else done
+
+
+def take_seed(session: ModelSession, step: StepBuilder, seed: Sequence[int]) -> tuple[WrittenStep | None, int]:
+    """Start `step` with the longest prefix of `seed` that `session`'s model would write itself
+    (greedy), then its own next token: a rejected step checked as a token-level proposal, so an
+    identical rewrite costs one pass instead of one per token. `session` ends with `seed`; one
+    forward pass reads it (none when it was read already with its logits kept) and one read
+    brings the choices back. Returns the step if it ended there, and the seed tokens it kept.
+    """
+    base = len(session) - len(seed)
+    assert session.ids[base:] == list(seed), "the session must end with the seed"
+    choices = torch.argmax(session.logits_from(base), dim=-1).tolist()  # (len(seed) + 1,)
+    kept = next((i for i, token in enumerate(seed) if choices[i] != token), len(seed))
+    consumed: list[int] = []  # tokens that join the step
+    done = None
+    for token in [*seed[:kept], choices[kept]]:
+        done = step.add(token)
+        if token not in step.eos:
+            consumed.append(token)
+        if done is not None:
+            break
+    reused = min(kept, len(consumed))
+    session.truncate(base + reused)
+    session.append(consumed[reused:])
+    session.tokens_written += len(consumed)
+    return done, reused
 
 
 def write_step(session: ModelSession, chooser: TokenChooser, **step: Any) -> WrittenStep:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -513,7 +513,9 @@ class _Generation:
 
     # -- one step per mode ---------------------------------------------------------------
 
-    def _write(self, session: ModelSession, budget: StepBudget) -> Generator[TextDelta, None, WrittenStep]:
+    def _write(
+        self, session: ModelSession, budget: StepBudget, seed: Sequence[int] = ()
+    ) -> Generator[TextDelta, None, WrittenStep]:
         writer = Writer.DRAFT if session is self.draft else Writer.TARGET
         if self.constraint is not None:
             return write_json(session, self.chooser, self.constraint.plan, budget=budget.tokens)
@@ -526,17 +528,19 @@ class _Generation:
             answer=self.texts[writer.value],
             final=budget.ends_answer,
             stream=self.stream_text,
+            seed=seed,
         )
         return (yield from self._deltas(texts, writer))
 
     def _write_as_target(
-        self, budget: StepBudget
+        self, budget: StepBudget, seed: list[int] | None = None
     ) -> Generator[TextDelta, None, tuple[WrittenStep, TokenSpeculation | None]]:
         """The target writes a step; with token speculation the draft proposes ahead of it and
-        both sessions end holding the step."""
+        both sessions end holding the step. A `seed` (a rejected step both sessions end with,
+        or only the target without token speculation) is checked first."""
         assert self.target is not None
         if not self.config.token_speculation or self.constraint is not None:
-            return (yield from self._write(self.target, budget)), None
+            return (yield from self._write(self.target, budget, seed or ())), None
         assert self.draft is not None
         texts = speculative_step_texts(
             self.target,
@@ -550,6 +554,7 @@ class _Generation:
             final=budget.ends_answer,
             stream=self.stream_text,
             samples=self.engine.depth_samples,
+            seed=seed or (),
         )
         return (yield from self._deltas(texts, Writer.TARGET))
 
@@ -592,10 +597,13 @@ class _Generation:
             action = gate(draft_verdict, self.config)
 
         target_verdict = None
+        seeded = self.config.rewrite_from_rejected and self.chooser.greedy and self.constraint is None
         if action is GateAction.ESCALATE:
             self._hand_over(proposal, target)
+            # A seeded rewrite reads the step's logits from this pass: keep every length in it.
+            keep = range(target_start, len(target) + 1) if seeded else (target_start,)
             with clock.phase("target_verify"):
-                target_verdict = judge(target, self.target_reader, keep=(target_start,))
+                target_verdict = judge(target, self.target_reader, keep=keep)
             accepted = target_accepts(target_verdict, self.config)
         else:
             accepted = action is GateAction.ACCEPT
@@ -616,10 +624,18 @@ class _Generation:
             decision = Decision.ACCEPTED_BY_TARGET if escalated else Decision.ACCEPTED_BY_DRAFT
             return self._record(proposal, Writer.DRAFT, decision, **verdicts)
 
-        draft.truncate(draft_start)
-        target.truncate(target_start)
+        seed: list[int] = []
+        if seeded:  # both sessions end with the rejected step: the rewrite checks it first
+            seed = list(proposal.ids) if self.engine.shared_vocabulary else _retokenized(proposal, target.loaded)
+            if not escalated:
+                target.append(seed)
+            if not self.config.token_speculation:
+                draft.truncate(draft_start)
+        else:
+            draft.truncate(draft_start)
+            target.truncate(target_start)
         with clock.phase("target_write"):
-            rewrite, speculation = yield from self._write_as_target(budget)
+            rewrite, speculation = yield from self._write_as_target(budget, seed)
         if speculation is None:  # with token speculation the draft already holds the step
             self._hand_over(rewrite, draft)
         decision = Decision.REJECTED_BY_TARGET if escalated else Decision.REJECTED_BY_DRAFT
@@ -631,6 +647,7 @@ class _Generation:
             regenerated=True,
             rejected_text=proposal.text,
             rejected_tokens=len(proposal.ids),
+            rewrite_reused_tokens=rewrite.reused,
             **verdicts,
         )
 

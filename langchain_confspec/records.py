@@ -120,6 +120,9 @@ class StepRecord(BaseModel):
     regenerated: bool = False
     rejected_text: str | None = Field(default=None, description="The draft's step that the target rewrote.")
     rejected_tokens: int = 0
+    rewrite_reused_tokens: int = Field(
+        default=0, description="Leading tokens of a rewrite kept from the rejected step (checked in one pass, not decoded)."
+    )
     token_speculation: TokenSpeculation | None = Field(
         default=None, description="Set on target-written steps when token-level speculation ran."
     )

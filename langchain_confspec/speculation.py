@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from langchain_confspec.decoding import (
     TokenChooser,
     WrittenStep,
     drain,
+    take_seed,
 )
 from langchain_confspec.records import TokenSpeculation
 from langchain_confspec.session import ModelSession
@@ -173,16 +174,28 @@ def speculative_step_texts(
     final: bool = False,
     stream: bool = False,
     samples: list[tuple[float, bool]] | None = None,
+    seed: Sequence[int] = (),
 ) -> Generator[str, None, tuple[WrittenStep, TokenSpeculation]]:
     """The target writes one step, with the draft proposing tokens ahead of it; with `stream`,
     the step's settled text is yielded as the target's passes settle it.
 
     Both sessions must hold the same text (same vocabulary) when this starts, and hold the
-    written step when it returns. `samples` collects (entropy, kept) pairs for fitting a
-    `DepthPolicy`.
+    written step when it returns; with a `seed` (greedy only: a rejected step), both end with
+    it, and the target first keeps as much of it as it agrees with (`take_seed`). `samples`
+    collects (entropy, kept) pairs for fitting a `DepthPolicy`.
     """
     step = StepBuilder(target, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)
     stats = TokenSpeculation()
+    reused = 0
+    if seed:
+        draft_base = len(draft) - len(seed)
+        done, reused = take_seed(target, step, seed)
+        draft.truncate(draft_base + reused)
+        draft.append(step.ids[reused:])
+        if stream and (text := step.new_text(done)):
+            yield text
+        if done is not None:
+            return replace(done, reused=reused), stats
     while True:
         target_base, draft_base = len(target), len(draft)
         proposal = propose(draft, chooser, policy, limit=budget - len(step.ids))
@@ -214,7 +227,7 @@ def speculative_step_texts(
         if stream and (text := step.new_text(done)):
             yield text
         if done is not None:
-            return done, stats
+            return replace(done, reused=reused), stats
 
 
 def speculative_write_step(
