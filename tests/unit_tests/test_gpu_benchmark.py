@@ -54,3 +54,12 @@ def test_the_batching_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
     assert all(row["same_answers"] and row["same_share"] == 1.0 for row in rows)  # fp32: batched answers are the answers alone
     assert rows[1]["mean_batch_size"] > 1 and rows[0]["mean_batch_size"] == 1
     assert "| tiny pair | 4 |" in (tmp_path / "results.md").read_text()
+
+
+def test_the_rewrites_benchmark_runs_in_smoke_mode() -> None:
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "rewrites.py"), "--smoke"],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "same answers: True" in run.stdout and "| from the rejected step |" in run.stdout
