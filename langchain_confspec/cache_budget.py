@@ -48,9 +48,10 @@ class CachePlan:
 
     def describe(self) -> str:
         per_model = ", ".join(f"{tokens:,} tokens for the {role}" for role, tokens in self.tokens.items())
+        cut = "; the budget cut rows or context" if self.limited else ""
         return (
             f"KV cache budget {self.budget_bytes / 2**20:,.0f} MiB: {self.rows} row(s) of {per_model} "
-            f"({self.cache_bytes / 2**20:,.1f} MiB)"
+            f"({self.cache_bytes / 2**20:,.1f} MiB{cut})"
         )
 
 

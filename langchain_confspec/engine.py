@@ -131,8 +131,9 @@ class ConfSpecEngine:
     `max_context` caps the context window the engine uses for both models; `kv_cache_memory`
     (bytes, or a fraction of the free device memory) bounds their static caches, whose rows
     and row length come out of it (`cache_budget`): the rows cap `max_batch`, the row length
-    the context of calls on `static` and `graphs`; `graph_capture` says how graphs are captured (CUDA graphs by default;
-    `EagerRehearsal` runs the graph path's passes eagerly on any device).
+    the context of calls on `static` and `graphs`; `graph_capture` says how graphs are
+    captured (CUDA graphs by default; `EagerRehearsal` runs the graph path's passes eagerly
+    on any device).
     """
 
     def __init__(

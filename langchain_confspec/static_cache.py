@@ -87,7 +87,6 @@ class StaticKVCache(Cache):
         config = model.config.get_text_config(decoder=True)
         check_static_support(model, max_len)
         self.max_len = max_len
-        self.rows = rows
         self.dump = max_len
         self.attention = config._attn_implementation
         self.dtype = model.dtype
