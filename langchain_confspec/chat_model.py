@@ -63,7 +63,7 @@ from langchain_confspec.errors import ConfigurationError
 from langchain_confspec.loading import LoadedModel
 from langchain_confspec.messages import to_chat_turns
 from langchain_confspec.prompting import render_prompt
-from langchain_confspec.records import StepRecord
+from langchain_confspec.records import Span, StepRecord
 from langchain_confspec.sharing import (
     engine_for,
     model_by_name,
@@ -72,6 +72,7 @@ from langchain_confspec.sharing import (
 )
 from langchain_confspec.static_runner import WarmupReport
 from langchain_confspec.structured import (
+    REASON_FIRST_KWARG,
     SCHEMA_KWARG,
     answer_shape,
     resolve_tool_choice,
@@ -408,18 +409,24 @@ class ConfSpecChatModel(BaseChatModel):
         method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
         include_raw: bool = False,
         strict: bool | None = None,
+        reason_first: bool = True,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
         """Answers parsed into `schema` (a pydantic class, TypedDict, JSON schema or tool dict).
 
-        `json_schema` (default) writes the answer under a constraint built from the schema;
+        `json_schema` (default) writes the reasoning steps as for a plain answer, then the
+        object under a constraint built from the schema, with the steps in context; the
+        steps come back as the message's `reasoning_content` (see `include_raw`), the object
+        as its content. `reason_first=False` constrains the answer from its first token.
         `function_calling` forces a call of a tool shaped like the schema; `json_mode` only
         asks for JSON and parses what comes (no constraint). With `include_raw`, returns
         `{"raw", "parsed", "parsing_error"}` instead of raising on a parsing error.
         """
         if kwargs:
             raise ValueError(f"Unexpected arguments: {sorted(kwargs)}")
-        return structured_output_runnable(self, schema, method=method, include_raw=include_raw, strict=strict)
+        return structured_output_runnable(
+            self, schema, method=method, include_raw=include_raw, strict=strict, reason_first=reason_first
+        )
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -542,6 +549,7 @@ class ConfSpecChatModel(BaseChatModel):
             kwargs.pop("tool_choice", None),
             kwargs.pop(SCHEMA_KWARG, None),
             strict=bool(kwargs.pop("strict", None)),
+            reason_first=bool(kwargs.pop(REASON_FIRST_KWARG, True)),
         )
         return _Request(to_chat_turns(messages), self._call_config(stop, kwargs), tools, constraint)
 
@@ -624,7 +632,7 @@ class ConfSpecChatModel(BaseChatModel):
 
 
 # Call options besides the engine's settings: LangChain's own, tools and structured output, ours.
-_CALL_OPTIONS = {"stream", "tools", "tool_choice", "strict", SCHEMA_KWARG, _EMITTER_KWARG, _TOKENS_KWARG}
+_CALL_OPTIONS = {"stream", "tools", "tool_choice", "strict", SCHEMA_KWARG, REASON_FIRST_KWARG, _EMITTER_KWARG, _TOKENS_KWARG}
 _BIND_OPTIONS = {"ls_structured_output_format"}  # bound by with_structured_output, read by LangChain
 
 
@@ -670,10 +678,13 @@ class _Chunker:
 
     With tools bound, text from the first `<tool_call>` on is held back and the calls come
     as `tool_call_chunks` on the last chunk, so no half-written call is streamed as text.
+    Reasoning steps before a constrained object go out as `reasoning_content`, so that the
+    content is the object alone.
     """
 
     def __init__(self, model: ConfSpecChatModel, request: _Request) -> None:
         self.model = model
+        self.reasoning_first = request.constraint is not None and request.constraint.after_reasoning
         self.holdback = StopHoldback(request.config.stop)
         self.tool_holdback = ToolCallHoldback() if request.tools else None
         self._streamed: dict[int, int] = {}  # step index -> characters of it already streamed
@@ -685,8 +696,18 @@ class _Chunker:
             if item.provisional:  # a draft step awaiting its verdict: announced by an event only
                 return None
             self._streamed[item.step] = self._streamed.get(item.step, 0) + len(item.text)
-            return self._text_chunk(item.text)
-        return self._text_chunk(item.text[self._streamed.pop(item.index, 0) :])  # what was not streamed yet
+            return self._reasoning_chunk(item.text) if self._is_reasoning(item.span) else self._text_chunk(item.text)
+        rest = item.text[self._streamed.pop(item.index, 0) :]  # what was not streamed yet
+        return self._reasoning_chunk(rest) if self._is_reasoning(item.span) else self._text_chunk(rest)
+
+    def _is_reasoning(self, span: Span) -> bool:
+        return self.reasoning_first and span is Span.TEXT
+
+    @staticmethod
+    def _reasoning_chunk(text: str) -> ChatGenerationChunk | None:
+        if not text:
+            return None
+        return ChatGenerationChunk(message=AIMessageChunk(content="", additional_kwargs={"reasoning_content": text}))
 
     def _text_chunk(self, text: str) -> ChatGenerationChunk | None:
         text = self.holdback.feed(text)
@@ -698,7 +719,10 @@ class _Chunker:
         # Usage, names and float-valued summaries go on the last chunk only: merging chunks
         # sums usage, concatenates strings and refuses two different floats.
         metadata = self.model._response_metadata(result)
-        rest = self.holdback.finish(result.text)
+        content = result.text
+        if self.reasoning_first:
+            content = "".join(r.text for r in result.records if r.span is not Span.TEXT)
+        rest = self.holdback.finish(content)
         call_chunks: list[ToolCallChunk] = []
         if self.tool_holdback is not None:
             answer = parse_tool_calls(result.text)

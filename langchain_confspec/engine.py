@@ -74,10 +74,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Constraint:
-    """An answer that must follow a JSON plan, and what kind of span that makes it."""
+    """An answer that must follow a JSON plan, and what kind of span that makes it.
+
+    `after_reasoning`: the steps are written first, unconstrained and speculated as for a
+    plain answer, and the constrained span comes after them with the steps in context, so
+    that a chain-of-thought model can reason before it commits to the object.
+    """
 
     plan: Node
     span: Span
+    after_reasoning: bool = False
 
 
 T = TypeVar("T")
@@ -94,6 +100,7 @@ class TextDelta:
     step: int
     writer: Writer
     provisional: bool
+    span: Span = Span.TEXT
 
 
 class StepBudget(NamedTuple):
@@ -357,6 +364,7 @@ class _Generation:
         self.stream_text = stream_text
         self.config = config
         self.constraint = constraint
+        self.reasoning = constraint is not None and constraint.after_reasoning  # steps before the object
         if config.token_speculation and not engine.shared_vocabulary:
             raise ConfigurationError(
                 "token_speculation needs draft and target to share a vocabulary; these two tokenizers differ."
@@ -472,7 +480,9 @@ class _Generation:
                 record.index, record.decision.value, record.writer.value, record.draft_confidence, record.escalated,
                 record.text,
             )
-            if record.end in (StepEnd.EOS, StepEnd.STOP):
+            if self.reasoning and (record.end in (StepEnd.EOS, StepEnd.STOP) or self._reasoning_room() <= 0):
+                self._end_reasoning()
+            elif record.end in (StepEnd.EOS, StepEnd.STOP):
                 self.finish_reason = "stop"
             elif self.tokens_used >= self.config.max_tokens:
                 self.finish_reason = "length"
@@ -495,6 +505,26 @@ class _Generation:
         )
         return RunResult(text=text, records=self.records, summary=summary)
 
+    @property
+    def active_constraint(self) -> Constraint | None:
+        """The constraint the next step is written under: none while the steps before the
+        object are being written."""
+        return None if self.reasoning else self.constraint
+
+    def _end_reasoning(self) -> None:
+        """Start the constrained object on a new step after the reasoning, in every model's
+        context (the reasoning's end-of-sequence token never entered it)."""
+        self.reasoning = False
+        separator = self.config.step_delimiters[0] if self.config.step_delimiters else "\n\n"
+        for role in self._used:
+            session: ModelSession | None = getattr(self, role)
+            if session is not None:
+                session.append(session.loaded.tokenizer.encode(separator, add_special_tokens=False))
+
+    def _reasoning_room(self) -> int:
+        """Tokens the reasoning may still use: half the answer's budget, the object has the rest."""
+        return self.config.max_tokens // 2 - self.tokens_used
+
     # -- budgets -------------------------------------------------------------------------
 
     def _step_budget(self) -> StepBudget:
@@ -507,8 +537,10 @@ class _Generation:
             session: ModelSession | None = getattr(self, role)
             room = session.room if session is not None else self._window(role)[0] - len(prompt) - self.tokens_used
             limits.append(room - self._reserve[role])
+        if self.reasoning:
+            limits.append(self._reasoning_room())
         answer_limit = min(limits)
-        if self.constraint is not None:
+        if self.active_constraint is not None:
             return StepBudget(answer_limit, ends_answer=True)
         return StepBudget(min(answer_limit, self.config.max_step_tokens), ends_answer=answer_limit <= self.config.max_step_tokens)
 
@@ -518,8 +550,9 @@ class _Generation:
         self, session: ModelSession, budget: StepBudget, seed: Sequence[int] = ()
     ) -> Generator[TextDelta, None, WrittenStep]:
         writer = Writer.DRAFT if session is self.draft else Writer.TARGET
-        if self.constraint is not None:
-            return write_json(session, self.chooser, self.constraint.plan, budget=budget.tokens)
+        constraint = self.active_constraint
+        if constraint is not None:
+            return write_json(session, self.chooser, constraint.plan, budget=budget.tokens)
         texts = write_step_texts(
             session,
             self.chooser,
@@ -540,7 +573,7 @@ class _Generation:
         both sessions end holding the step. A `seed` (a rejected step both sessions end with,
         or only the target without token speculation) is checked first."""
         assert self.target is not None
-        if not self.config.token_speculation or self.constraint is not None:
+        if not self.config.token_speculation or self.active_constraint is not None:
             return (yield from self._write(self.target, budget, seed or ())), None
         assert self.draft is not None
         texts = speculative_step_texts(
@@ -568,7 +601,8 @@ class _Generation:
                 text = next(texts)
             except StopIteration as written:
                 return written.value  # type: ignore[no-any-return]
-            yield TextDelta(text, step=len(self.records), writer=writer, provisional=provisional)
+            span = self.active_constraint.span if self.active_constraint is not None else Span.TEXT
+            yield TextDelta(text, step=len(self.records), writer=writer, provisional=provisional, span=span)
 
     def _target_only_step(self, budget: StepBudget, clock: _PhaseClock) -> Generator[TextDelta, None, StepRecord]:
         with clock.phase("target_write"):
@@ -598,7 +632,7 @@ class _Generation:
             action = gate(draft_verdict, self.config)
 
         target_verdict = None
-        seeded = self.config.rewrite_from_rejected and self.chooser.greedy and self.constraint is None
+        seeded = self.config.rewrite_from_rejected and self.chooser.greedy and self.active_constraint is None
         if action is GateAction.ESCALATE:
             self._hand_over(proposal, target)
             # A seeded rewrite reads the step's logits from this pass: keep every length in it.
@@ -666,8 +700,8 @@ class _Generation:
         if not self.engine.shared_vocabulary:
             reader = "draft" if writer is Writer.TARGET else "target"
             self.texts[reader].receive(_retokenized(step, getattr(self.engine, reader)), text)
-        if self.constraint is not None:
-            span = self.constraint.span
+        if self.active_constraint is not None:
+            span = self.active_constraint.span
         else:
             span = Span.TOOL_CALL if OPEN_TAG in text else Span.TEXT
         return StepRecord(

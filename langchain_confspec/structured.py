@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 # Call option carrying the JSON schema that `with_structured_output` constrains answers to.
 SCHEMA_KWARG = "json_schema"
+# Call option: write the reasoning steps before the constrained object (True by default).
+REASON_FIRST_KWARG = "reason_first"
 _FORCING = ("any", "required")
 
 
@@ -70,11 +72,13 @@ def answer_shape(
     schema: dict[str, Any] | None,
     *,
     strict: bool,
+    reason_first: bool = True,
 ) -> tuple[list[dict[str, Any]] | None, Constraint | None]:
     """The tools to show and the constraint to write under, for one call (a `tool_choice`
-    given straight to `invoke` is read as `bind_tools` reads it)."""
+    given straight to `invoke` is read as `bind_tools` reads it). A schema's object comes
+    after the reasoning steps unless `reason_first` is false."""
     if schema is not None:
-        return tools, Constraint(compile_schema(schema, strict=strict), Span.JSON)
+        return tools, Constraint(compile_schema(schema, strict=strict), Span.JSON, after_reasoning=reason_first)
     if not tools:
         return None, None
     tool_choice = resolve_tool_choice(tool_choice, [t["function"]["name"] for t in tools])
@@ -109,6 +113,7 @@ def structured_output_runnable(
     method: Literal["json_schema", "function_calling", "json_mode"],
     include_raw: bool,
     strict: bool | None,
+    reason_first: bool = True,
 ) -> Runnable[LanguageModelInput, Any]:
     is_pydantic = isinstance(schema, type) and issubclass(schema, BaseModel | BaseModelV1)
     if schema is None and method != "json_mode":
@@ -124,7 +129,9 @@ def structured_output_runnable(
         )
     elif method == "json_schema":
         json_schema = convert_to_json_schema(schema)  # type: ignore[arg-type]
-        bound = model.bind(**{SCHEMA_KWARG: json_schema}, strict=strict, ls_structured_output_format=tracing)
+        bound = model.bind(
+            **{SCHEMA_KWARG: json_schema, REASON_FIRST_KWARG: reason_first}, strict=strict, ls_structured_output_format=tracing
+        )
         parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
     elif method == "json_mode":
         bound = model.bind(ls_structured_output_format=tracing)

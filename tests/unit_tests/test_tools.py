@@ -221,6 +221,33 @@ def test_structured_output_methods(model: ConfSpecChatModel) -> None:
     assert isinstance(raw["raw"], AIMessage) and isinstance(raw["parsed"], Person) and raw["parsing_error"] is None
 
 
+def test_structured_output_reasons_first_then_writes_the_object(model: ConfSpecChatModel) -> None:
+    raw = model.with_structured_output(Person, include_raw=True).invoke("Who?")["raw"]
+    steps = raw.response_metadata["confspec"]["steps"]
+    assert len(steps) >= 2 and steps[-1]["span"] == "json"
+    assert {s["span"] for s in steps[:-1]} == {"text"}
+    reasoning = "".join(s["text"] for s in steps[:-1])
+    assert raw.additional_kwargs.get("reasoning_content", "") == reasoning  # the steps, apart from the content
+    assert raw.content == steps[-1]["text"] and Person.model_validate_json(raw.content)
+
+
+def test_structured_output_can_be_constrained_from_the_first_token(model: ConfSpecChatModel) -> None:
+    raw = model.with_structured_output(Person, include_raw=True, reason_first=False).invoke("Who?")["raw"]
+    assert [s["span"] for s in raw.response_metadata["confspec"]["steps"]] == ["json"]
+    assert "reasoning_content" not in raw.additional_kwargs
+
+
+def test_streamed_reasoning_merges_into_the_same_message(model: ConfSpecChatModel) -> None:
+    bound = model.bind(json_schema=Person.model_json_schema())
+    chunks = list(bound.stream("Who?"))
+    merged = chunks[0]
+    for chunk in chunks[1:]:
+        merged += chunk
+    invoked = bound.invoke("Who?")
+    assert merged.content == invoked.content and Person.model_validate_json(str(merged.content))
+    assert merged.additional_kwargs.get("reasoning_content", "") == invoked.additional_kwargs.get("reasoning_content", "")
+
+
 def test_json_mode_reports_unparsable_output_with_include_raw(model: ConfSpecChatModel) -> None:
     result = model.with_structured_output(None, method="json_mode", include_raw=True).invoke("Who?")
     assert result["parsed"] is None and result["parsing_error"] is not None  # random weights write no JSON
