@@ -2,11 +2,18 @@
 
     python scripts/train_demo_pair.py --out langchain_confspec/demo/pair --seed 0
 
-Both models learn to solve the arithmetic word problems of `langchain_confspec.demo.problems`
-step by step and to answer the engine's verification prompt about a step (correct steps and
-corrupted ones). Training sequences are token-for-token what the engine builds at run time:
-the chat template, each step encoded on its own, and the verification suffix appended after
-a step. The draft is small and trained briefly; the target is several times larger.
+One command, two phases, about an hour on a 2-core CPU. Both models learn to solve the
+problems of `langchain_confspec.demo.problems` step by step (stories and bare expressions),
+to answer anything else with its one-line refusal, to solve stories with the calculator tool,
+and to answer the engine's verification prompt about a step (right steps and corrupted ones).
+In the second phase the draft writes steps itself and both models learn to judge those too:
+the draft's own mistakes are what the gate must catch at run time. Training sequences are
+token-for-token what the engine builds: the chat template, each step encoded on its own, and
+the verification suffix after a step.
+
+The target is deep and the draft shallow: on a CPU the cost of a token of a model this small
+grows with its layer count, and the target must cost several times the draft per token for
+speculation to pay, as a 7B target does against a 0.5B draft on a GPU.
 """
 
 from __future__ import annotations
@@ -22,30 +29,30 @@ from typing import Any
 
 import torch
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langchain_confspec.config import DEFAULT_BINARY_PROMPT
 from langchain_confspec.demo.problems import (
+    OFF_DOMAIN_ANSWER,
     STEP_SEPARATOR,
     Problem,
     corrupt_step,
+    make_off_domain,
     make_problems,
+    make_story,
 )
 from langchain_confspec.demo.tools import calculator, evaluate
 from langchain_confspec.prompting import render_prompt
-from langchain_confspec.tiny import (
-    TOOLS_CHAT_TEMPLATE,
-    build_model,
-    train_tokenizer,
-    with_ascii_alphabet,
-)
+from langchain_confspec.tiny import TOOLS_CHAT_TEMPLATE, build_model, train_tokenizer
 from langchain_confspec.tool_calls import format_tool_call
 
 SHAPES = {
-    "draft": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "ffn_multiple": 3},
-    "target": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "ffn_multiple": 3},
+    "draft": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "ffn_multiple": 3},
+    "target": {"hidden_size": 64, "num_layers": 20, "num_heads": 4, "ffn_multiple": 3},
 }
-LEARNING_RATES = {"draft": 3e-3, "target": 2e-3}
+LEARNING_RATES = {"draft": 3e-3, "target": 1.5e-3}
+NUMBER_KEYS = ("value", "answer", "result", "total", "count", "number")
+TEXT_KEYS = ("item", "unit", "label", "things")
+CONTEXT = 2048  # room for a tool-calling agent's prompt with a structured-output tool
 CALCULATOR_SCHEMA = convert_to_openai_tool(calculator)
 # Whole-word tokens for the words of tool definitions and calls, which the arithmetic corpus
 # never had: without them a tool prompt is spelled letter by letter (twice as long).
@@ -78,7 +85,7 @@ def tokenizer_corpus(problems: list[Problem]) -> list[str]:
         texts.append(problem.question)
         texts.extend(problem.steps)
     texts += [DEFAULT_BINARY_PROMPT + " Yes", DEFAULT_BINARY_PROMPT + " No", "system user assistant"]
-    return texts
+    return texts + [OFF_DOMAIN_ANSWER] * (len(problems) // 20)
 
 
 class ExampleMaker:
@@ -89,18 +96,24 @@ class ExampleMaker:
         self.tokenizer = tokenizer
         self.suffix = self.encode(DEFAULT_BINARY_PROMPT)
         self.yes, self.no = self.encode(" Yes")[0], self.encode(" No")[0]
+        self._encoded: dict[Problem, tuple[list[int], list[list[int]]]] = {}
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def encoded(self, problem: Problem) -> tuple[list[int], list[list[int]]]:
+        """The problem's prompt and steps as ids, rendered once (the chat template is slow)."""
+        if problem not in self._encoded:
+            self._encoded[problem] = (render_prompt(self.tokenizer, problem.turns()), [self.encode(s) for s in problem.steps])
+        return self._encoded[problem]
+
     def before(self, problem: Problem, index: int) -> list[int]:
-        prompt = render_prompt(self.tokenizer, problem.turns())
-        return prompt + [i for step in problem.steps[:index] for i in self.encode(step)]
+        prompt, steps = self.encoded(problem)
+        return prompt + [i for step in steps[:index] for i in step]
 
     def solving(self, problem: Problem) -> Example:
-        prompt = render_prompt(self.tokenizer, problem.turns())
         ids = self.before(problem, len(problem.steps)) + [self.tokenizer.eos_token_id]
-        return Example(ids, len(prompt))
+        return Example(ids, len(self.encoded(problem)[0]))
 
     def verdict(self, problem: Problem, index: int, step: str, correct: bool) -> Example:
         ids = self.before(problem, index) + self.encode(step) + self.suffix + [self.yes if correct else self.no]
@@ -139,6 +152,23 @@ class ExampleMaker:
                 turns.append({"role": "assistant", "content": problem.steps[k], "tool_calls": [call]})
                 turns.append({"role": "tool", "content": str(evaluate(call["args"]["expression"])), "tool_call_id": call["id"]})
         return examples
+
+    def structured(self, problem: Problem, rng: random.Random) -> Example:
+        """The solution, then the answer as a JSON object (as `with_structured_output` asks for
+        it after the steps): a number field, and for a story sometimes a text field."""
+        assert problem.answer is not None
+        fields: dict[str, Any] = {rng.choice(NUMBER_KEYS): problem.answer}
+        item = problem.steps[0].split(" starts with ")[-1].split(" ")[-1].rstrip(".\n")
+        if " starts with " in problem.steps[0] and rng.random() < 0.5:
+            key = rng.choice(TEXT_KEYS)
+            fields = {key: item, **fields} if rng.random() < 0.3 else {**fields, key: item}
+        before = self.before(problem, len(problem.steps)) + self.encode(STEP_SEPARATOR)
+        return Example(before + self.encode(json.dumps(fields)) + [self.tokenizer.eos_token_id], len(before))
+
+    def off_domain(self, problem: Problem, rng: random.Random, elsewhere: Problem) -> list[Example]:
+        """The refusal written and judged right, and a step of another problem judged wrong."""
+        step = rng.choice(elsewhere.steps)
+        return [self.solving(problem), self.verdict(problem, 0, OFF_DOMAIN_ANSWER, True), self.verdict(problem, 0, step, False)]
 
     def checks(self, problem: Problem, rng: random.Random, n_verify: int) -> list[Example]:
         """`n_verify` verdicts on steps of `problem`, half of them on a corrupted step."""
@@ -216,6 +246,8 @@ def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int,
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     started = time.time()
+    if not steps:
+        return model.to("cpu").eval()
     stream = batches(examples, batch_size, model.config.pad_token_id, rng)
     for step in range(steps):
         ids, labels = next(stream)
@@ -231,92 +263,96 @@ def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int,
     return model.to("cpu").eval()
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One pass of training both models on one mix of examples."""
+
+    name: str
+    draft_steps: int
+    target_steps: int
+    lr_scale: float
+
+
+def phase_one_examples(maker: ExampleMaker, problems: list[Problem], args: argparse.Namespace, rng: random.Random) -> list[Example]:
+    """Solving (twice), verdicts on right and corrupted steps, the answer as JSON after the
+    steps, the refusal, the tool loop."""
+    examples = [e for p in problems for e in maker.checks(p, rng, args.n_verify)]
+    examples += [maker.solving(p) for p in problems] * 2
+    examples += [maker.structured(p, rng) for p in problems[: args.structured]]
+    off_rng = random.Random(args.seed + 3000)
+    examples += [e for _ in range(args.off_domain) for e in maker.off_domain(make_off_domain(off_rng), rng, rng.choice(problems))]
+    story_rng = random.Random(args.seed + 2000)
+    examples += [e for _ in range(args.tool_use) for e in maker.tool_use(make_story(story_rng), rng)]
+    return examples
+
+
+def train_phase(phase: Phase, examples: list[Example], args: argparse.Namespace, models: dict, log: dict) -> None:  # type: ignore[type-arg]
+    print(f"phase {phase.name}: {len(examples)} examples", flush=True)
+    for role, model in models.items():
+        steps = phase.draft_steps if role == "draft" else phase.target_steps
+        lr = LEARNING_RATES[role] * phase.lr_scale
+        started = time.time()
+        train(model, examples, steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed, device=args.device)
+        log[role].append({"phase": phase.name, "examples": len(examples), "steps": steps, "lr": lr,
+                          "seconds": round(time.time() - started, 1)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("langchain_confspec/demo/pair"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--problems", type=int, default=60000)
-    parser.add_argument("--draft-steps", type=int, default=1600)
-    parser.add_argument("--target-steps", type=int, default=3600)
+    parser.add_argument("--problems", type=int, default=40000, help="problems of the first phase")
+    parser.add_argument("--off-domain", type=int, default=4000, help="messages outside the domain")
+    parser.add_argument("--structured", type=int, default=4000, help="problems also answered as JSON after the steps")
+    parser.add_argument("--tool-use", type=int, default=6000, help="stories also solved with the calculator tool")
+    parser.add_argument("--n-verify", type=int, default=2, help="verdicts on right/corrupted steps per problem")
+    parser.add_argument("--draft-attempts", type=int, default=6000, help="problems whose steps the draft writes itself")
+    parser.add_argument("--draft-steps", type=str, default="1800,500", help="steps of each phase for the draft")
+    parser.add_argument("--target-steps", type=str, default="2400,600", help="steps of each phase for the target")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--only", choices=["draft", "target"], help="train one model (the tokenizer must exist)")
-    parser.add_argument("--resume", action="store_true", help="continue training the saved model(s) in --out")
-    parser.add_argument("--lr", type=float, help="learning rate (default: per model)")
-    parser.add_argument("--focus-op", choices=["+", "-", "*"], help="train only on problems with this operation")
-    parser.add_argument("--n-verify", type=int, default=2, help="verdicts on right/corrupted steps per problem")
-    parser.add_argument(
-        "--draft-attempts", type=int, default=0,
-        help="problems whose steps the saved draft writes itself; each step becomes a verdict example",
-    )
-    parser.add_argument("--verify-only", action="store_true", help="train on verdict examples only")
-    parser.add_argument("--solve-repeats", type=int, default=1, help="copies of each solving example")
-    parser.add_argument("--tool-use", type=int, default=0, help="problems also solved with the calculator tool")
-    parser.add_argument(
-        "--tool-vocabulary", action="store_true",
-        help="add printable ASCII and the words of tool calls to the tokenizer (and the embeddings)",
-    )
     args = parser.parse_args()
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
+    began = time.time()
     problems = make_problems(args.problems, seed=args.seed)
-    tokenizer_dir = args.out / "target"
-    if args.only and (tokenizer_dir / "tokenizer.json").exists():
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    else:
-        tokenizer = train_tokenizer(tokenizer_corpus(problems), vocab_size=400)
-    if args.tool_vocabulary:
-        tokenizer = with_ascii_alphabet(tokenizer)
-        tokenizer.add_tokens(TOOL_WORDS)
-    tokenizer.chat_template = TOOLS_CHAT_TEMPLATE  # renders plain chats as before, tools compactly
-    if args.focus_op:
-        problems = [p for p in problems if any(f" {args.focus_op} " in step for step in p.steps)]
+    tokenizer = train_tokenizer(tokenizer_corpus(problems), vocab_size=400)
+    tokenizer.add_tokens(TOOL_WORDS)
+    tokenizer.chat_template = TOOLS_CHAT_TEMPLATE  # renders plain chats as usual, tools compactly
+    tokenizer.model_max_length = CONTEXT
     rng = random.Random(args.seed)
     maker = ExampleMaker(tokenizer)
-    examples = [e for p in problems for e in maker.checks(p, rng, args.n_verify)]
-    if not args.verify_only:
-        examples += [maker.solving(p) for p in problems] * args.solve_repeats
-    if args.tool_use:
-        examples += [e for p in make_problems(args.tool_use, seed=args.seed + 2000) for e in maker.tool_use(p, rng)]
-    if args.draft_attempts:
-        draft = AutoModelForCausalLM.from_pretrained(args.out / "draft")
-        attempts = draft_attempts(draft, maker, make_problems(args.draft_attempts, seed=args.seed + 1000))
-        wrong = sum(not a.correct for a in attempts)
-        print(f"draft attempts: {len(attempts)} steps, {wrong} wrong", flush=True)
-        examples += [maker.verdict(a.problem, a.index, a.text, a.correct) for a in attempts]
-    print(f"{len(problems)} problems, {len(examples)} examples, vocabulary {len(tokenizer)}", flush=True)
+    models = {
+        role: build_model(tokenizer, seed=args.seed + (role == "target"), max_positions=CONTEXT, **SHAPES[role])
+        for role in ("draft", "target")
+    }
+    log: dict[str, list] = {"draft": [], "target": []}  # type: ignore[type-arg]
+    draft_steps = [int(n) for n in args.draft_steps.split(",")]
+    target_steps = [int(n) for n in args.target_steps.split(",")]
 
-    for role in ("draft", "target"):
-        if args.only and args.only != role:
-            continue
+    first = phase_one_examples(maker, problems, args, rng)
+    print(f"vocabulary {len(tokenizer)}", flush=True)
+    train_phase(Phase("solve, judge, refuse, call tools", draft_steps[0], target_steps[0], 1.0), first, args, models, log)
+
+    attempts = draft_attempts(models["draft"], maker, make_problems(args.draft_attempts, seed=args.seed + 1000))
+    wrong = sum(not a.correct for a in attempts)
+    print(f"draft attempts: {len(attempts)} steps, {wrong} wrong", flush=True)
+    judged = [maker.verdict(a.problem, a.index, a.text, a.correct) for a in attempts]
+    second = judged * 2 + rng.sample(first, min(len(first), 4 * len(judged)))
+    train_phase(Phase("judge the draft's own steps", draft_steps[1], target_steps[1], 0.4), second, args, models, log)
+
+    for role, model in models.items():
         path = args.out / role
-        if args.resume:
-            model = AutoModelForCausalLM.from_pretrained(path)
-            if model.get_input_embeddings().num_embeddings < len(tokenizer):
-                model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        else:
-            model = build_model(tokenizer, seed=args.seed + (role == "target"), **SHAPES[role])
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"training the {role}: {n_params / 1e6:.2f}M parameters", flush=True)
-        steps = args.draft_steps if role == "draft" else args.target_steps
-        started = time.time()
-        lr = args.lr or LEARNING_RATES[role]
-        if steps:  # 0 steps: only take the tokenizer (e.g. --tool-vocabulary) and resize
-            train(model, examples, steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed, device=args.device)
-        history = json.loads((path / "training.json").read_text())["phases"] if args.resume else []
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
-        phase = {
-            "seed": args.seed, "problems": args.problems, "focus_op": args.focus_op, "steps": steps,
-            "batch_size": args.batch_size, "lr": lr, "n_verify": args.n_verify,
-            "draft_attempts": args.draft_attempts, "verify_only": args.verify_only, "solve_repeats": args.solve_repeats,
-            "tool_use": args.tool_use, "tool_vocabulary": args.tool_vocabulary,
-            "loss": "per-example mean", "seconds": round(time.time() - started, 1),
+        record = {
+            "command": "python scripts/train_demo_pair.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "shape": SHAPES[role], "phases": log[role], "draft_attempts_wrong": f"{wrong} of {len(attempts)}",
+            "total_seconds": round(time.time() - began, 1),
         }
-        (path / "training.json").write_text(
-            json.dumps({"parameters": n_params, "shape": SHAPES[role], "phases": [*history, phase]}, indent=2)
-        )
+        (path / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

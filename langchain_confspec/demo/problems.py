@@ -1,9 +1,12 @@
-"""Arithmetic word problems with reasoning steps of graded difficulty.
+"""Arithmetic problems with reasoning steps of graded difficulty, and what lies outside them.
 
-The demo pair is trained and evaluated on these. Each problem is a short story about a
-quantity (below 200) changing; each reasoning step is one line separated from the next by a blank line,
-and the answer ends with `Answer: N`. Step difficulty ranges from copying a number, through
-small sums, to two-digit sums with carries and products (hard for the small draft).
+The demo pair is trained and evaluated on these. A problem is either a short story about a
+quantity (below 200) changing one to four times, or a bare expression with `+ - *` and
+parentheses, evaluated with the usual precedence. Each reasoning step is one line separated
+from the next by a blank line, and the answer ends with `Answer: N`. Step difficulty ranges
+from copying a number, through small sums, to two-digit sums with carries and products (hard
+for the small draft). Anything else (a greeting, a world question, another language) gets
+`OFF_DOMAIN_ANSWER`, one short step, so that the pair says what it can do instead of guessing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ STEP_SEPARATOR = "\n\n"
 _NAMES = ("Tom", "Ann", "Sam", "Mia", "Leo", "Zoe", "Ben", "Eva", "Max", "Ivy")
 _ITEMS = ("apples", "books", "coins", "cards", "stamps", "shells", "pens", "cups", "eggs", "nuts")
 _LIMIT = 199  # every quantity stays below 200
+OFF_DOMAIN_ANSWER = "I can only do arithmetic: a story about a quantity, or a sum like 3 + 5 * 3."
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,7 @@ class Problem:
 
     question: str
     steps: tuple[str, ...]
-    answer: int
+    answer: int | None  # None: outside the domain, answered with OFF_DOMAIN_ANSWER
 
     @property
     def solution(self) -> str:
@@ -71,13 +75,22 @@ _OPERATIONS: tuple[Callable[[random.Random, str, int], Operation | None], ...] =
 )
 
 
+EXPRESSION_SHARE = 0.3
+"""The share of bare expressions among the problems `make_problem` draws."""
+
+
 def make_problem(rng: random.Random) -> Problem:
-    """One random problem with two or three operations."""
+    """One random problem: a bare expression (`EXPRESSION_SHARE` of them) or a story."""
+    return make_expression(rng) if rng.random() < EXPRESSION_SHARE else make_story(rng)
+
+
+def make_story(rng: random.Random, n_operations: int | None = None) -> Problem:
+    """A story about a quantity changing one to four times (`n_operations` to choose)."""
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     value = rng.randint(2, 60)
     sentences = [f"{name} has {value} {item}."]
     steps = [f"{name} starts with {value} {item}."]
-    n_operations = rng.randint(2, 3)
+    n_operations = n_operations or rng.randint(1, 4)
     while len(steps) - 1 < n_operations:
         made = rng.choice(_OPERATIONS)(rng, name, value)
         if made is None:
@@ -86,9 +99,89 @@ def make_problem(rng: random.Random) -> Problem:
         sentences.append(sentence)
         steps.append(step)
     sentences.append(f"How many {item} does {name} have now?")
-    steps.append(f"Answer: {value}")
-    with_separators = tuple(s + STEP_SEPARATOR for s in steps[:-1]) + (steps[-1],)
-    return Problem(" ".join(sentences), with_separators, value)
+    return Problem(" ".join(sentences), _with_answer(steps, value), value)
+
+
+def _with_answer(steps: list[str], value: int) -> tuple[str, ...]:
+    lines = [*steps, f"Answer: {value}"]
+    return tuple(line + STEP_SEPARATOR for line in lines[:-1]) + (lines[-1],)
+
+
+@dataclass(frozen=True)
+class _Expression:
+    """A node of an expression tree: a number, or an operation on two subtrees."""
+
+    value: int
+    text: str
+    precedence: int  # 1 for + and -, 2 for *, 3 for a number or a parenthesised group
+    steps: tuple[str, ...] = ()
+
+
+def _number(rng: random.Random) -> _Expression:
+    value = rng.randint(1, 9) if rng.random() < 0.4 else rng.randint(10, 99)
+    return _Expression(value, str(value), 3)
+
+
+def _combine(left: _Expression, op: str, right: _Expression) -> _Expression | None:
+    """`left op right`, parenthesised where precedence needs it; None outside the domain."""
+    value = {"+": left.value + right.value, "-": left.value - right.value, "*": left.value * right.value}[op]
+    if not 0 <= value <= _LIMIT or (op == "*" and min(left.value, right.value) > 9):
+        return None
+    precedence = 2 if op == "*" else 1
+    left_text = left.text if left.precedence >= precedence else f"({left.text})"
+    # an operand on the right of the same precedence is grouped: `a - (b + c)`, `a * (b * c)`
+    right_text = right.text if right.precedence > precedence else f"({right.text})"
+    step = f"{left.value} {op} {right.value} = {value}."
+    return _Expression(value, f"{left_text} {op} {right_text}", precedence, (*left.steps, *right.steps, step))
+
+
+def _expression(rng: random.Random, n_operations: int) -> _Expression | None:
+    if n_operations == 0:
+        return _number(rng)
+    on_left = rng.randint(0, n_operations - 1)
+    left, right = _expression(rng, on_left), _expression(rng, n_operations - 1 - on_left)
+    if left is None or right is None:
+        return None
+    return _combine(left, rng.choice("+-*"), right)
+
+
+_EXPRESSION_QUESTIONS = ("What is {}?", "{}", "{} = ?", "Compute {}.", "Calculate {}.", "What is {} ?")
+
+
+def make_expression(rng: random.Random, n_operations: int | None = None) -> Problem:
+    """A bare expression with one to three operations, solved one operation a step in the
+    order of precedence (left to right among equals); every value stays in 0..199."""
+    n_operations = n_operations or rng.randint(1, 3)
+    while (tree := _expression(rng, n_operations)) is None:
+        pass
+    question = rng.choice(_EXPRESSION_QUESTIONS).format(tree.text)
+    return Problem(question, _with_answer(list(tree.steps), tree.value), tree.value)
+
+
+_GREETINGS = ("hello", "hi", "Hello!", "hey there", "good morning", "thanks", "Thank you!", "bye", "ok", "yes")
+_FOREIGN = ("bonjour", "hola", "hallo", "ciao", "Wie geht es dir?", "Comment vas-tu ?", "Que tal?", "merci")
+_TOPICS = ("the capital of France", "the weather today", "your name", "the meaning of life", "a cat",
+           "the tallest mountain", "love", "Python", "the moon", "time")
+_WORDS = ("tell", "me", "about", "please", "write", "a", "poem", "story", "why", "how", "do", "you", "know",
+          "who", "are", "the", "best", "explain", "code", "help", "can", "I", "say", "something")
+
+
+def make_off_domain(rng: random.Random) -> Problem:
+    """A message outside the arithmetic domain, answered with `OFF_DOMAIN_ANSWER`."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        question = rng.choice(_GREETINGS)
+    elif kind == 1:
+        question = rng.choice(_FOREIGN)
+    elif kind == 2:
+        question = rng.choice(("What is {}?", "Who is {}?", "Tell me about {}.", "Where is {}?")).format(rng.choice(_TOPICS))
+    elif kind == 3:
+        question = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 8))) + rng.choice(("", "?", "."))
+    elif kind == 4:
+        question = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ?!.,") for _ in range(rng.randint(1, 20)))
+    else:
+        question = rng.choice(("?", ".", "!", "...", "help", "test", "what?", "huh"))
+    return Problem(question.strip() or "?", (OFF_DOMAIN_ANSWER,), None)
 
 
 def make_problems(count: int, seed: int) -> list[Problem]:
