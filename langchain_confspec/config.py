@@ -75,7 +75,7 @@ class SpecConfig(BaseModel):
     rewrite_from_rejected: bool = True
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what torch.Generator takes
     fast_path: FastPath = FastPath.AUTO
 
     @field_validator("accept_threshold", "reject_threshold", "target_accept_threshold")

@@ -292,6 +292,8 @@ def test_preloaded_models_are_accepted() -> None:
         ({"max_tokens": 0}, "max_tokens"),
         ({"step_delimiters": [""]}, "step_delimiters"),
         ({"mode": "fastest"}, "mode"),
+        ({"seed": 2**64}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
     ],
 )
 def test_impossible_settings_are_refused_at_construction(

@@ -19,6 +19,7 @@ from transformers import LlamaForCausalLM
 
 from langchain_confspec import ConfSpecEngine, wrap_model
 from langchain_confspec.config import build_config
+from langchain_confspec.decoding import TokenChooser
 from langchain_confspec.speculation import DepthPolicy
 from langchain_confspec.tiny import build_model, build_tokenizer
 
@@ -156,3 +157,9 @@ def test_temperature_shapes_the_distribution(sampler: ConfSpecEngine) -> None:
         assert statistic < critical(dof), (temperature, statistic, dof)
         mismatch, other_dof = chi_square(drawn, other)
         assert mismatch > critical(other_dof), (temperature, mismatch, other_dof)
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, -(2**63)])
+def test_the_widest_seeds_torch_takes_are_accepted_and_sample(seed: int) -> None:
+    chooser = TokenChooser(build_config(temperature=1.0, seed=seed))
+    assert 0 <= chooser.choose(torch.zeros(5)) < 5
