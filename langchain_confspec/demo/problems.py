@@ -149,8 +149,8 @@ _EXPRESSION_QUESTIONS = ("What is {}?", "{}", "{} = ?", "Compute {}.", "Calculat
 
 
 def make_expression(rng: random.Random, n_operations: int | None = None) -> Problem:
-    """A bare expression with one to three operations, solved one operation a step in the
-    order of precedence (left to right among equals); every value stays in 0..199."""
+    """A bare expression with one to three operations, solved one operation a step as
+    precedence and parentheses group them (left operand first); every value stays in 0..199."""
     n_operations = n_operations or rng.randint(1, 3)
     while (tree := _expression(rng, n_operations)) is None:
         pass
@@ -187,6 +187,12 @@ def make_off_domain(rng: random.Random) -> Problem:
 def make_problems(count: int, seed: int) -> list[Problem]:
     rng = random.Random(seed)
     return [make_problem(rng) for _ in range(count)]
+
+
+def make_stories(count: int, seed: int) -> list[Problem]:
+    """Stories only: what the pair learned to solve with the calculator tool."""
+    rng = random.Random(seed)
+    return [make_story(rng) for _ in range(count)]
 
 
 _NUMBER = re.compile(r"-?\d+")

@@ -15,7 +15,12 @@ from langchain_confspec import (
 from langchain_confspec.config import build_config
 from langchain_confspec.demo import DEMO_SETTINGS
 from langchain_confspec.demo.agent import run_tool_loop
-from langchain_confspec.demo.problems import extract_answer, make_problems
+from langchain_confspec.demo.problems import (
+    OFF_DOMAIN_ANSWER,
+    extract_answer,
+    make_problems,
+    make_stories,
+)
 from langchain_confspec.demo.tools import calculator
 from langchain_confspec.loading import DEMO_PAIR_DIR
 
@@ -72,7 +77,7 @@ def test_the_demo_pair_solves_problems_with_its_calculator() -> None:
     """The agent loop for real: the model calls the calculator, reads the results, answers."""
     model = ConfSpecChatModel.demo(max_tokens=160)
     right = 0
-    for problem in make_problems(10, seed=20_003):
+    for problem in make_stories(10, seed=20_003):
         conversation = run_tool_loop(model, [calculator], problem.question)
         calls = [c for m in conversation if isinstance(m, AIMessage) for c in m.tool_calls]
         results = [m for m in conversation if isinstance(m, ToolMessage)]
@@ -80,3 +85,15 @@ def test_the_demo_pair_solves_problems_with_its_calculator() -> None:
         assert len(results) == len(calls) and all(m.status == "success" for m in results)
         right += extract_answer(str(conversation[-1].content)) == str(problem.answer)
     assert right >= 8
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["hello", "Bonjour, comment ça va ?", "What is the capital of Peru?", "?", "Write me a haiku about rain", "zxqv"],
+)
+def test_anything_outside_the_domain_gets_a_short_answer_that_ends_by_itself(message: str) -> None:
+    """A newcomer's first tries: a line saying what the pair can do, never a wall of words."""
+    answer = ConfSpecChatModel.demo(max_tokens=128).invoke(message)
+    assert answer.response_metadata["finish_reason"] == "stop"
+    assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] <= 40
+    assert answer.content == OFF_DOMAIN_ANSWER

@@ -56,8 +56,11 @@ def test_every_page_is_linked_from_the_readme() -> None:
     assert not unlinked, f"README.md does not link {unlinked}"
 
 
-# A demo question as the pair was trained on them: a start, operations, the question.
-_DEMO_QUESTION = re.compile(r"[A-Z][a-z]+ has \d+ [a-z]+\. [^\"'\n]*?How many [a-z]+ does [A-Z][a-z]+ have now\?")
+# A demo question as the pair was trained on them: a story (a start, operations, the question)
+# or a bare expression.
+_DEMO_QUESTION = re.compile(
+    r"[A-Z][a-z]+ has \d+ [a-z]+\. [^\"'\n]*?How many [a-z]+ does [A-Z][a-z]+ have now\?|What is [\d +*()-]+\?"
+)
 _OPERATION = re.compile(
     r"(?:(?:gets|finds|buys) (?P<add>\d+) more|(?:gives away|loses|sells) (?P<sub>\d+)"
     r"|has (?P<mul>twice|three times|\d+ times) as many)\."
@@ -66,6 +69,9 @@ _OPERATION = re.compile(
 
 def _solve(question: str) -> tuple[int, int]:
     """The right answer to a demo question and how many operations it has."""
+    if question.startswith("What is "):
+        expression = question.removeprefix("What is ").removesuffix("?")
+        return eval(expression, {"__builtins__": {}}), len(re.findall(r"[-+*]", expression))  # digits and + - * ( ) only
     value = int(re.match(r"[A-Z][a-z]+ has (\d+)", question)[1])  # type: ignore[index]
     operations = list(_OPERATION.finditer(question))
     for op in operations:
@@ -79,13 +85,17 @@ def _solve(question: str) -> tuple[int, int]:
 
 
 def test_every_demo_question_in_the_docs_and_examples_is_in_domain_and_answered_right() -> None:
-    """Examples show the pair at work on what it was trained for (two or three operations,
-    docs/model-card.md), so every answer they show is right."""
+    """Examples show the pair at work on what it was trained for (stories of one to four
+    operations, expressions of one to three, docs/model-card.md), so every answer they show
+    is right; they include both kinds and the shortest and longest stories."""
     questions = {q: path.name for path in [*PAGES, *EXAMPLES] for q in _DEMO_QUESTION.findall(path.read_text())}
-    assert len(questions) >= 8
+    solved = {q: _solve(q) for q in questions}
+    kinds = {(q.startswith("What is "), operations) for q, (_, operations) in solved.items()}
+    assert {(True, 2), (False, 1), (False, 4)} <= kinds and len(questions) >= 8
     model = ConfSpecChatModel.demo(max_tokens=128)
     for question, source in questions.items():
-        expected, operations = _solve(question)
-        assert 2 <= operations <= 3, f"{source}: {question!r} has {operations} operation(s), outside the demo's domain"
+        expected, operations = solved[question]
+        most = 3 if question.startswith("What is ") else 4
+        assert 1 <= operations <= most, f"{source}: {question!r} has {operations} operation(s), outside the demo's domain"
         answer = extract_answer(str(model.invoke(question).content))
         assert answer == str(expected), f"{source}: {question!r} answered {answer}, not {expected}"
