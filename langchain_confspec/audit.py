@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Literal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage, ChatMessage, HumanMessage
@@ -152,6 +152,23 @@ class ConfSpecAuditHandler(BaseCallbackHandler):
             return
         with self._runs_lock:
             start = (self._runs.pop(run_id, None) if name == SUMMARY_EVENT else self._runs.get(run_id)) or _RunStart()
+        self._write(name, data, run_id, start, tags, metadata)
+
+    def write_run(
+        self, question: str, records: list[StepRecord], summary: RunSummary, *, metadata: dict[str, Any] | None = None
+    ) -> UUID:
+        """Log one answer made outside LangChain (the engine called directly, as the CLI does),
+        in the same entries as a chat model's run; returns the run id it was logged under."""
+        run_id = uuid4()
+        start = _RunStart(None, question)
+        for record in records:
+            self._write(STEP_EVENT, record.model_dump(mode="json"), run_id, start, None, metadata)
+        self._write(SUMMARY_EVENT, summary.model_dump(mode="json"), run_id, start, None, metadata)
+        return run_id
+
+    def _write(
+        self, name: str, data: Any, run_id: UUID, start: _RunStart, tags: list[str] | None, metadata: dict[str, Any] | None
+    ) -> None:
         entry = {
             "kind": "step" if name == STEP_EVENT else "summary",
             "time": datetime.now(timezone.utc).isoformat(),

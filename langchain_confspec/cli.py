@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_confspec.cache_budget import validate_budget
 from langchain_confspec.config import Mode, build_config
@@ -22,6 +22,9 @@ from langchain_confspec.display import (
 from langchain_confspec.engine import ConfSpecEngine, RunResult
 from langchain_confspec.errors import ConfigurationError, ConfSpecError
 from langchain_confspec.loading import load_model
+
+if TYPE_CHECKING:
+    from langchain_confspec.audit import ConfSpecAuditHandler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", default=Mode.CONFSPEC.value, choices=[m.value for m in Mode])
     run.add_argument("--no-compare", action="store_true", help="skip the target_only run used for the speedup")
     run.add_argument("-v", "--verbose", action="store_true", help="print each step as soon as it is decided")
+    _audit_option(run)
     run.set_defaults(handler=_run)
 
     evaluate = commands.add_parser("eval", help="compare modes on a problem set")
@@ -63,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sweep", help="SETTING=START:STOP[:COUNT], e.g. accept_threshold=0.5:0.99:5")
     evaluate.add_argument("--out", type=Path, default=Path("confspec-eval"), help="folder for JSON, Markdown, PNG")
     evaluate.add_argument("--no-progress", action="store_true")
+    _audit_option(evaluate)
     evaluate.set_defaults(handler=_eval)
 
     fit = commands.add_parser("fit-depth", help="fit the token-speculation depth table of a model pair")
@@ -95,6 +100,18 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. --set accept_threshold=0.9"
     )
+
+
+def _audit_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--audit-log", type=Path, help="append every step record and summary to this JSONL file (read by `confspec report`)"
+    )
+
+
+def _audit_log(args: argparse.Namespace) -> ConfSpecAuditHandler | None:
+    from langchain_confspec.audit import ConfSpecAuditHandler
+
+    return ConfSpecAuditHandler(args.audit_log) if args.audit_log else None
 
 
 def _engine(args: argparse.Namespace) -> ConfSpecEngine:
@@ -153,6 +170,10 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(f"\n{result.text}")
     print(f"\n{format_outcome(result.summary)}.\nfinish {result.summary.finish_reason}, {elapsed * 1000:.0f} ms")
+    if (log := _audit_log(args)) is not None:
+        log.write_run(args.question, result.records, result.summary, metadata={"mode": args.mode})
+        log.close()
+        print(f"audit log: {log.path} (an HTML report: confspec report {log.path})")
     if not args.no_compare and args.mode != Mode.TARGET_ONLY.value:
         started = time.perf_counter()
         engine.generate(turns, build_config(**{**settings, "mode": Mode.TARGET_ONLY}))
@@ -184,6 +205,12 @@ def _eval(args: argparse.Namespace) -> int:
     engine = _engine(args)
     settings = _settings(args)
     engine.generate([{"role": "user", "content": "warm up"}], build_config(**{**settings, "max_tokens": 2}))
+    log = _audit_log(args)
+
+    def log_result(question: str, label: str, result: RunResult) -> None:
+        if log is not None:
+            log.write_run(question, result.records, result.summary, metadata={"mode": label})
+
     report = evaluate(
         engine,
         items,
@@ -191,7 +218,10 @@ def _eval(args: argparse.Namespace) -> int:
         base=settings,
         check_step=None if args.data else check_step,
         progress=not args.no_progress,
+        on_result=log_result,
     )
+    if log is not None:
+        log.close()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report.to_json(), indent=2))
     (args.out / "results.md").write_text(report.markdown() + "\n")
@@ -211,6 +241,8 @@ def _eval(args: argparse.Namespace) -> int:
     print(report.markdown())
     if report.interrupted:
         print(f"\ninterrupted: results cover the first {report.problems} problems", file=sys.stderr)
+    if log is not None:
+        written.append(log.path)
     print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
 

@@ -306,6 +306,10 @@ class RunPlan:
         return self.mode.value + (TOKENS_SUFFIX if self.settings.get("token_speculation") else "")
 
 
+ResultHook = Callable[[str, str, RunResult], None]
+"""Called with the question, the mode's label and the engine's answer."""
+
+
 def evaluate(
     engine: ConfSpecEngine,
     items: Sequence[EvalItem],
@@ -315,8 +319,10 @@ def evaluate(
     extract: AnswerExtractor = extract_answer,
     check_step: StepChecker | None = None,
     progress: bool = True,
+    on_result: ResultHook | None = None,
 ) -> EvalReport:
-    """Answer every item with every plan, plus a calibration pass; Ctrl-C keeps what is done."""
+    """Answer every item with every plan, plus a calibration pass; Ctrl-C keeps what is done.
+    `on_result` sees every answer the engine gives (an audit log, for one)."""
     if not items:
         raise ValueError("no problems to evaluate")
     if not plans:
@@ -340,6 +346,8 @@ def evaluate(
                     continue
                 result = engine.generate(turns, config)
                 report.add(result, extract(result.text) == item.answer)
+                if on_result is not None:
+                    on_result(item.question, plan.label, result)
             _calibrate(engine.generate(turns, calibration_config), calibration, check_step)
     except KeyboardInterrupt:
         interrupted = True

@@ -251,3 +251,23 @@ def test_verbose_run_prints_each_step_before_the_answer(
     header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("step"))
     rows = [line for line in lines[header + 2 :] if line[:4].strip().isdigit()]
     assert len(rows) >= 3 and [int(r[:4]) for r in rows] == list(range(len(rows)))
+
+
+def test_run_and_eval_write_an_audit_log_that_report_reads(
+    tiny_pair_paths: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    draft, target = tiny_pair_paths
+    models = ["--draft", str(draft), "--target", str(target), "--set", "max_tokens=12", "--set", "max_step_tokens=4"]
+    log = tmp_path / "a.jsonl"
+    assert cli_main(["run", "hi", *models, "--no-compare", "--audit-log", str(log)]) == 0
+    assert f"confspec report {log}" in capsys.readouterr().out  # says where the log is and what reads it
+    run = list(read_audit_log(log))
+    assert run[-1].kind == "summary" and run[-1].question == "hi" and run[-1].metadata == {"mode": "confspec"}
+    assert run[-1].summary is not None and [e.kind for e in run[:-1]] == ["step"] * run[-1].summary.n_steps
+    out = tmp_path / "eval"
+    argv = ["eval", *models, "--problems", "2", "--modes", "target_only,confspec", "--out", str(out), "--no-progress"]
+    assert cli_main([*argv, "--audit-log", str(log)]) == 0
+    summaries = [e for e in read_audit_log(log) if e.kind == "summary"]
+    assert [e.metadata["mode"] for e in summaries] == ["confspec", "target_only", "confspec", "target_only", "confspec"]
+    assert cli_main(["report", str(log), "-o", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").read_text().count('class="run"') == len(summaries)
