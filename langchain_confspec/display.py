@@ -23,17 +23,25 @@ def format_step_header() -> str:
 
 
 def format_step_row(record: StepRecord, *, text_width: int = 40) -> str:
-    """One step: index, writer, decision, draft confidence, time, and the start of its text."""
+    """One step: index, writer, decision, draft confidence, time, and the start of its text; a
+    rewrite shows the rejected text before it, or says that it is the same text."""
     confidence = f"{record.draft_confidence:.2f}" if record.draft_confidence is not None else "-"
     t = record.times
     millis = 1000 * (t.draft_write + t.draft_verify + t.target_verify + t.target_write)
-    text = " ".join(record.text.split())
-    if len(text) > text_width:
-        text = text[: text_width - 3] + "..."
+    text = _clip(record.text, text_width)
+    if record.identical_rewrite:
+        text += " (rewritten identically)"
+    elif record.regenerated and record.rejected_text is not None:
+        text = f"{_clip(record.rejected_text, text_width)} -> {text}"
     return (
         f"{record.index:>4}  {record.writer.value:<6}  {SHORT_DECISION[record.decision.value]:<15}  "
         f"{confidence:>5}  {millis:>7.1f}  {text}"
     )
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def format_step_table(records: Sequence[StepRecord], *, text_width: int = 40) -> str:
@@ -62,4 +70,6 @@ def format_outcome(summary: RunSummary) -> str:
     )
     if draft_rejected:
         line += f", {draft_rejected} rewritten on the draft's own rejection"
+    if summary.identical_rewrites:
+        line += f", {summary.identical_rewrites} of the rewrites identical to the rejected step"
     return line + f"; kept in all {by_draft + by_target} of {proposed} ({(by_draft + by_target) / proposed:.0%})"

@@ -682,6 +682,7 @@ class _Generation:
             regenerated=True,
             rejected_text=proposal.text,
             rejected_tokens=len(proposal.ids),
+            identical_rewrite=rewrite.text == proposal.text,
             rewrite_reused_tokens=rewrite.reused,
             **verdicts,
         )

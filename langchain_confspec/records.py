@@ -120,6 +120,9 @@ class StepRecord(BaseModel):
     regenerated: bool = False
     rejected_text: str | None = Field(default=None, description="The draft's step that the target rewrote.")
     rejected_tokens: int = 0
+    identical_rewrite: bool = Field(
+        default=False, description="A rewrite with the rejected step's very text: the rejection changed nothing."
+    )
     rewrite_reused_tokens: int = Field(
         default=0, description="Leading tokens of a rewrite kept from the rejected step (checked in one pass, not decoded)."
     )
@@ -149,6 +152,7 @@ class RunSummary(BaseModel):
     n_steps: int
     steps_by_decision: dict[str, int]
     draft_steps_proposed: int
+    identical_rewrites: int = Field(default=0, description="Rewritten steps whose new text equals the rejected one.")
     draft_acceptance_rate: float | None = Field(
         description="Share of draft-proposed steps kept, on the draft's own verdict or the target's (kept / proposed)."
     )
@@ -191,6 +195,7 @@ def summarize(
         n_steps=len(records),
         steps_by_decision=by_decision,
         draft_steps_proposed=proposed,
+        identical_rewrites=sum(r.identical_rewrite for r in records),
         draft_acceptance_rate=kept / proposed if proposed else None,
         escalation_rate=escalated / proposed if proposed else None,
         draft=draft,

@@ -43,6 +43,7 @@ h1, h2 { font-weight: 600; } table { border-collapse: collapse; } td, th { paddi
 .fate-unverified { background: #eee; }
 .note { color: #555; font-size: .85em; max-width: 45em; }
 .rejected { text-decoration: line-through; color: #a33; display: block; }
+.same { color: #777; font-style: italic; display: block; }
 .legend span { display: inline-block; padding: .1em .6em; margin-right: .5em; border-radius: 4px; }
 """
 
@@ -121,6 +122,7 @@ def _figures(runs: Sequence[RunView], steps: Sequence[StepRecord]) -> str:
         ("kept on the draft's verdict alone", _share(kept_by_draft, len(proposed))),
         ("escalated to the target", _share(escalated, len(proposed))),
         ("rewritten by the target", _share(sum(s.regenerated for s in proposed), len(proposed))),
+        ("rewritten identically (the same text again)", _share(sum(s.identical_rewrite for s in proposed), len(proposed))),
         ("wall time", f"{sum(r.summary.wall_time for r in runs if r.summary):.2f} s"),
         ("time saved against the target alone (estimated)", _saved_figure(saved)),
     ]
@@ -272,6 +274,8 @@ def _step(step: StepRecord) -> str:
     css, label = _FATES[step.decision]
     confidence = "" if step.draft_confidence is None else f"{step.draft_confidence:.2f}"
     rejected = f'<span class="rejected">{html.escape(step.rejected_text.rstrip())}</span>' if step.rejected_text else ""
+    if step.identical_rewrite:
+        rejected = '<span class="same">rewritten identically:</span>'  # nothing changed: no strike-through
     return (
         f'<div class="step {css}" title="{html.escape(label)}"><span class="conf">{confidence}</span>'
         f'<span class="fate">{SHORT_DECISION[step.decision.value]}</span>'

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from uuid import uuid4
+
 import pytest
 
 from langchain_confspec import ConfSpecEngine
+from langchain_confspec.audit import AuditEntry
 from langchain_confspec.config import build_config
 from langchain_confspec.decoding import StepBuilder, StopScanner, take_seed
+from langchain_confspec.display import format_outcome, format_step_row
+from langchain_confspec.report import render_report
 from langchain_confspec.session import ModelSession
 
 QUESTIONS = [
@@ -84,3 +90,22 @@ def test_a_seed_the_model_agrees_with_costs_one_pass_and_is_kept_whole(tiny_engi
     step = StepBuilder(session, budget=len(written), delimiters=["\x00never"], stops=StopScanner([]))
     done, reused = take_seed(session, step, wrong)
     assert reused == 1 and step.ids == written[:2] and session.ids == [*prompt, *written[:2]]
+
+
+def test_an_identical_rewrite_is_flagged_counted_and_shown_as_such(tiny_engine: ConfSpecEngine) -> None:
+    settings = build_config(**REJECTING[0], max_tokens=48, max_step_tokens=8)
+    twins = twin_engine(tiny_engine, "off").generate(QUESTIONS[0], settings)  # every rewrite is the same text
+    rewrites = [r for r in twins.records if r.regenerated]
+    assert rewrites and all(r.identical_rewrite for r in rewrites)
+    assert twins.summary.identical_rewrites == len(rewrites)
+    assert f"{len(rewrites)} of the rewrites identical" in format_outcome(twins.summary)
+    assert all("(rewritten identically)" in format_step_row(r) and " -> " not in format_step_row(r) for r in rewrites)
+    pair = tiny_engine.generate(QUESTIONS[0], settings)  # a different draft: rewrites that change the text
+    changed = [r for r in pair.records if r.regenerated and r.text != r.rejected_text]
+    assert changed and not any(r.identical_rewrite for r in changed)
+    assert all(" -> " in format_step_row(r, text_width=200) for r in changed)
+    assert pair.summary.identical_rewrites == sum(r.regenerated and r.text == r.rejected_text for r in pair.records)
+    when, run = datetime.now(timezone.utc), str(uuid4())
+    entries = [AuditEntry(kind="step", time=when, run_id=run, step=r) for r in twins.records]
+    page = render_report([*entries, AuditEntry(kind="summary", time=when, run_id=run, summary=twins.summary)])
+    assert page.count('class="same"') == len(rewrites) and "rewritten identically" in page
