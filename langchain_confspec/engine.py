@@ -188,6 +188,8 @@ class ConfSpecEngine:
         )
         self.scheduler = BatchScheduler(self.max_batch, self._run_batch)
         self._preparing = threading.Lock()
+        self._in_flight = 0  # calls inside run(): under `auto`, a busy CPU engine batches
+        self._in_flight_lock = threading.Lock()
         self.lost: str | None = None  # why, once a sticky CUDA error broke the device context for good
 
     def window(self, role: str, path: FastPath) -> tuple[int, str]:
@@ -248,7 +250,27 @@ class ConfSpecEngine:
         """
         started = time.perf_counter()
         self._check_device()
-        generation = _Generation(self, turns, config, tools, constraint, stream_text)
+        with self._in_flight_lock:
+            busy = self._in_flight > 0
+            self._in_flight += 1
+        try:
+            yield from self._run(turns, config, tools, constraint, stream_text, started=started, busy=busy)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+
+    def _run(
+        self,
+        turns: list[dict[str, Any]],
+        config: SpecConfig,
+        tools: list[dict[str, Any]] | None,
+        constraint: Constraint | None,
+        stream_text: bool,
+        *,
+        started: float,
+        busy: bool,
+    ) -> Iterator[StepRecord | TextDelta | RunResult]:
+        generation = _Generation(self, turns, config, tools, constraint, stream_text, busy=busy)
         if not generation.paths_ready():
             with self._preparing:  # one call warms up; the others then find the paths ready
                 if not generation.paths_ready():
@@ -359,6 +381,8 @@ class _Generation:
         tools: list[dict[str, Any]] | None,
         constraint: Constraint | None,
         stream_text: bool = False,
+        *,
+        busy: bool = False,
     ) -> None:
         self.engine = engine
         self.stream_text = stream_text
@@ -372,7 +396,7 @@ class _Generation:
         uses_draft = config.mode is not Mode.TARGET_ONLY or config.token_speculation
         uses_target = config.mode is not Mode.DRAFT_ONLY
         self._used = [role for role, used in (("draft", uses_draft), ("target", uses_target)) if used]
-        self._paths = {role: engine.fast_paths.resolve(config.fast_path, role) for role in self._used}
+        self._paths = {role: engine.fast_paths.resolve(config.fast_path, role, busy=busy) for role in self._used}
         self._prompts: dict[str, list[int]] = {}  # every model whose window holds the prompt
         for role in ("draft", "target"):
             try:

@@ -71,8 +71,10 @@ class FastPaths:
     def rows(self) -> int:
         return self.plan.rows if isinstance(self.plan, CachePlan) else 1
 
-    def resolve(self, requested: FastPath, role: str) -> ModelPath:
-        """The path `role`'s model takes when a call asks for `requested`."""
+    def resolve(self, requested: FastPath, role: str, *, busy: bool = False) -> ModelPath:
+        """The path `role`'s model takes when a call asks for `requested`. On the CPU `auto`
+        takes `off` for a lone call (the faster path there) and `static` when other calls are
+        in flight (`busy`), so that they share batched passes instead of taking turns."""
         if requested is FastPath.OFF:
             return ModelPath(FastPath.OFF)
         loaded = self.models[role]
@@ -93,7 +95,7 @@ class FastPaths:
                 "use 'static' or 'off' there (or 'auto', which picks for each device)."
             )
         if requested is FastPath.AUTO:
-            requested = FastPath.GRAPHS if graphs_possible else CPU_DEFAULT
+            requested = FastPath.GRAPHS if graphs_possible else (FastPath.STATIC if busy else CPU_DEFAULT)
         if requested is FastPath.GRAPHS and role in self._graph_failures:
             return ModelPath(FastPath.STATIC, self._graph_failures[role])
         return ModelPath(requested)

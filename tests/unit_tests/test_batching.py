@@ -235,3 +235,29 @@ def test_streams_stay_per_request(tiny_model_params: dict[str, str]) -> None:
         return "".join(str(chunk.content) for chunk in model.stream(question, mode="target_only"))  # type: ignore[return-value]
 
     assert together([lambda q=q: streamed(q) for q in QUESTIONS[:4]]) == alone
+
+
+def test_auto_on_the_cpu_batches_a_call_that_arrives_while_another_is_in_flight(tiny_engine: ConfSpecEngine) -> None:
+    """A lone call takes `off` (the faster path there); one that finds others running takes
+    `static`, where calls share batched passes instead of taking turns."""
+    engine = ConfSpecEngine(tiny_engine.draft, tiny_engine.target, max_batch=8)
+    engine.warmup("static")  # preparing a path waits for running calls: this test runs them in one thread
+    auto = config("auto", mode="target_only")
+    lone = engine.generate(turns(QUESTIONS[0]), auto)
+    first = engine.run(turns(QUESTIONS[0]), auto)
+    next(first)  # in flight
+    second = engine.generate(turns(QUESTIONS[3]), auto)
+    rest = list(first)
+    assert lone.summary.target.fast_path == "off" and rest[-1].summary.target.fast_path == "off"
+    assert second.summary.target.fast_path == "static"
+    assert second.text == engine.generate(turns(QUESTIONS[3]), config("off", mode="target_only")).text
+    assert engine.generate(turns(QUESTIONS[0]), auto).summary.target.fast_path == "off"  # alone again
+
+
+def test_batch_on_auto_answers_as_invoke_does_and_shares_passes(tiny_model_params: dict[str, str]) -> None:
+    model = ConfSpecChatModel(**tiny_model_params, max_tokens=30, max_step_tokens=7, max_batch=8)
+    alone = [model.invoke(q) for q in QUESTIONS[:4]]
+    batched = model.batch(QUESTIONS[:4])
+    assert [m.content for m in batched] == [m.content for m in alone]
+    paths = [m.response_metadata["confspec"]["summary"]["target"]["fast_path"] for m in batched]
+    assert "static" in paths  # the calls that found others in flight joined the batched path
