@@ -687,6 +687,7 @@ class _Chunker:
         self.reasoning_first = request.constraint is not None and request.constraint.after_reasoning
         self.holdback = StopHoldback(request.config.stop)
         self.tool_holdback = ToolCallHoldback() if request.tools else None
+        self.tools = request.tools
         self._streamed: dict[int, int] = {}  # step index -> characters of it already streamed
 
     def chunk(self, item: StepRecord | TextDelta | RunResult) -> ChatGenerationChunk | None:
@@ -725,7 +726,7 @@ class _Chunker:
         rest = self.holdback.finish(content)
         call_chunks: list[ToolCallChunk] = []
         if self.tool_holdback is not None:
-            answer = parse_tool_calls(result.text)
+            answer = parse_tool_calls(result.text, self.tools)
             rest = answer.content[self.tool_holdback.released :]
             call_chunks = tool_call_chunks(answer)
             if answer.tool_calls:

@@ -8,6 +8,7 @@ constraint, which must give well-formed results whatever the weights.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,6 +43,7 @@ from langchain_confspec.tool_calls import (
     ToolCallHoldback,
     format_tool_call,
     parse_tool_calls,
+    schema_mismatch,
 )
 
 
@@ -304,3 +306,37 @@ def test_auto_call_with_bad_json_is_an_invalid_call_with_its_error(model: ConfSp
     (invalid,) = message.invalid_tool_calls
     assert invalid["name"] == "shout" and "not valid JSON" in (invalid["error"] or "")
     assert json.dumps(message.response_metadata)  # metadata stays serialisable
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        ({"name": "calculator", "arguments": {"expression": "12 * 3"}}, r"'calculator' is not bound; the bound tools are \['shout'\]"),
+        ({"name": "shout", "arguments": {"text": 3}}, r"arguments\.text is int 3, not string"),
+        ({"name": "shout", "arguments": {}}, r"arguments lacks \['text'\]"),
+        ({"name": "shout", "arguments": {"text": "hi", "volume": 11}}, r"unknown keys \['volume'\]"),
+    ],
+)
+def test_a_call_the_agent_cannot_run_is_never_a_valid_tool_call(model: ConfSpecChatModel, call: dict[str, Any], error: str) -> None:
+    text = f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
+    message = _scripted(model, [text]).bind_tools([shout]).invoke("hi")
+    assert message.tool_calls == [] and len(message.invalid_tool_calls) == 1
+    assert message.invalid_tool_calls[0]["name"] == call["name"] and re.search(error, message.invalid_tool_calls[0]["error"] or "")
+
+
+def test_schema_mismatch_reads_the_shapes_tools_use() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "unit": {"anyOf": [{"enum": ["cm", "in"]}, {"type": "null"}]},
+        },
+        "required": ["n"],
+    }
+    assert schema_mismatch({"n": 2, "tags": ["a"], "unit": None}, schema) is None
+    assert schema_mismatch({"n": True}, schema) == "arguments.n is bool True, not integer"
+    assert schema_mismatch({"n": 1.5}, schema) == "arguments.n is float 1.5, not integer"
+    assert schema_mismatch({"n": 1, "tags": ["a", 2]}, schema) == "arguments.tags[1] is int 2, not string"
+    assert schema_mismatch({"n": 1, "unit": "m"}, schema) is not None
+    assert schema_mismatch({"n": 1, "x": 0}, {**schema, "additionalProperties": True}) is None
