@@ -56,6 +56,23 @@ def test_every_page_is_linked_from_the_readme() -> None:
     assert not unlinked, f"README.md does not link {unlinked}"
 
 
+_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+_OUTSIDE = re.compile(r"(?<![\w.])\.\./[\w./-]+")
+
+
+def test_the_docs_cite_only_what_a_clone_has() -> None:
+    """Every relative link resolves inside the repository, and no page names a path above it:
+    a fact the docs use lives in docs/ or benchmarks/, with the command that measured it."""
+    for page in [*PAGES, *EXAMPLES, *(ROOT / "benchmarks").glob("*.py")]:
+        text = page.read_text()
+        assert not _OUTSIDE.findall(text), f"{page.name} names paths outside the repository: {_OUTSIDE.findall(text)}"
+        for target in _LINK.findall(text) if page.suffix == ".md" else []:
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            resolved = (page.parent / target).resolve()
+            assert resolved.is_relative_to(ROOT) and resolved.exists(), f"{page.name} links {target}, which a clone lacks"
+
+
 # A demo question as the pair was trained on them: a story (a start, operations, the question)
 # or a bare expression.
 _DEMO_QUESTION = re.compile(
