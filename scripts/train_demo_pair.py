@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langchain_confspec.config import DEFAULT_BINARY_PROMPT
 from langchain_confspec.demo.problems import (
@@ -311,45 +312,59 @@ def main() -> None:
     parser.add_argument("--target-steps", type=str, default="2400,600", help="steps of each phase for the target")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--resume", type=Path,
+        help="go on training the pair in this folder (its tokenizer and shapes, learning rates scaled by --lr-scale)",
+    )
+    parser.add_argument("--lr-scale", type=float, default=1.0, help="scales both models' learning rates")
     args = parser.parse_args()
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     began = time.time()
     problems = make_problems(args.problems, seed=args.seed)
-    tokenizer = train_tokenizer(tokenizer_corpus(problems), vocab_size=400)
-    tokenizer.add_tokens(TOOL_WORDS)
+    if args.resume:
+        tokenizer = AutoTokenizer.from_pretrained(args.resume / "target")
+        models = {role: AutoModelForCausalLM.from_pretrained(args.resume / role) for role in ("draft", "target")}
+        for model in models.values():  # plain RoPE: a longer window is a setting, not new weights
+            model.config.max_position_embeddings = CONTEXT
+        history = {role: json.loads((args.resume / role / "training.json").read_text()) for role in models}
+    else:
+        tokenizer = train_tokenizer(tokenizer_corpus(problems), vocab_size=400)
+        tokenizer.add_tokens(TOOL_WORDS)
+        models = {
+            role: build_model(tokenizer, seed=args.seed + (role == "target"), max_positions=CONTEXT, **SHAPES[role])
+            for role in ("draft", "target")
+        }
+        history = {}
     tokenizer.chat_template = TOOLS_CHAT_TEMPLATE  # renders plain chats as usual, tools compactly
     tokenizer.model_max_length = CONTEXT
     rng = random.Random(args.seed)
     maker = ExampleMaker(tokenizer)
-    models = {
-        role: build_model(tokenizer, seed=args.seed + (role == "target"), max_positions=CONTEXT, **SHAPES[role])
-        for role in ("draft", "target")
-    }
     log: dict[str, list] = {"draft": [], "target": []}  # type: ignore[type-arg]
     draft_steps = [int(n) for n in args.draft_steps.split(",")]
     target_steps = [int(n) for n in args.target_steps.split(",")]
 
     first = phase_one_examples(maker, problems, args, rng)
     print(f"vocabulary {len(tokenizer)}", flush=True)
-    train_phase(Phase("solve, judge, refuse, call tools", draft_steps[0], target_steps[0], 1.0), first, args, models, log)
+    train_phase(Phase("solve, judge, refuse, call tools", draft_steps[0], target_steps[0], args.lr_scale), first, args, models, log)
 
     attempts = draft_attempts(models["draft"], maker, make_problems(args.draft_attempts, seed=args.seed + 1000))
     wrong = sum(not a.correct for a in attempts)
     print(f"draft attempts: {len(attempts)} steps, {wrong} wrong", flush=True)
     judged = [maker.verdict(a.problem, a.index, a.text, a.correct) for a in attempts]
     second = judged * 2 + rng.sample(first, min(len(first), 4 * len(judged)))
-    train_phase(Phase("judge the draft's own steps", draft_steps[1], target_steps[1], 0.4), second, args, models, log)
+    train_phase(Phase("judge the draft's own steps", draft_steps[1], target_steps[1], 0.4 * args.lr_scale), second, args, models, log)
 
     for role, model in models.items():
         path = args.out / role
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
         record = {
+            "earlier": history.get(role),  # the training of the pair this run went on from
             "command": "python scripts/train_demo_pair.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "shape": SHAPES[role], "phases": log[role], "draft_attempts_wrong": f"{wrong} of {len(attempts)}",
+            "shape": history[role]["shape"] if history else SHAPES[role], "phases": log[role], "draft_attempts_wrong": f"{wrong} of {len(attempts)}",
             "total_seconds": round(time.time() - began, 1),
         }
         (path / "training.json").write_text(json.dumps(record, indent=2) + "\n")

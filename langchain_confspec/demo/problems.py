@@ -20,7 +20,7 @@ STEP_SEPARATOR = "\n\n"
 _NAMES = ("Tom", "Ann", "Sam", "Mia", "Leo", "Zoe", "Ben", "Eva", "Max", "Ivy")
 _ITEMS = ("apples", "books", "coins", "cards", "stamps", "shells", "pens", "cups", "eggs", "nuts")
 _LIMIT = 199  # every quantity stays below 200
-OFF_DOMAIN_ANSWER = "I can only do arithmetic: a story about a quantity, or a sum like 3 + 5 * 3."
+OFF_DOMAIN_ANSWER = "I only do arithmetic, like 3 + 5 * 3."
 
 
 @dataclass(frozen=True)
