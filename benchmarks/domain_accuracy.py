@@ -1,0 +1,53 @@
+"""The demo pair's accuracy on each part of its domain, and what it says outside it.
+
+    python benchmarks/domain_accuracy.py [--per-kind 40] [--seed 20000]
+
+Stories of one to four operations and bare expressions of one to three, `--per-kind` of each
+(seed 20000: the tuning seed, apart from training and the held-out set), answered by
+`target_only` and `draft_only`; then a few messages outside the domain through the chat model
+with its settings: how each answer ends and how many tokens it took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+from transformers.utils import logging as hf_logging
+
+from langchain_confspec import ConfSpecChatModel, ConfSpecEngine, load_model
+from langchain_confspec.config import build_config
+from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET
+from langchain_confspec.demo.problems import extract_answer, make_expression, make_story
+
+OFF_DOMAIN = ["hello", "Bonjour, comment ça va ?", "What is the capital of Peru?", "?", "Write me a haiku about rain", "zxqv"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-kind", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=20000)
+    args = parser.parse_args()
+    hf_logging.disable_progress_bar()
+    engine = ConfSpecEngine(load_model(DEMO_DRAFT, role="draft"), load_model(DEMO_TARGET, role="target"))
+    rng = random.Random(args.seed)
+    kinds = {f"story, {n} operation(s)": [make_story(rng, n) for _ in range(args.per_kind)] for n in (1, 2, 3, 4)}
+    kinds |= {f"expression, {n} operation(s)": [make_expression(rng, n) for _ in range(args.per_kind)] for n in (1, 2, 3)}
+    print("| problems | target_only | draft_only |\n|---|---|---|")
+    for kind, problems in kinds.items():
+        right = dict.fromkeys(("target_only", "draft_only"), 0)
+        for problem in problems:
+            for mode in right:
+                text = engine.generate(problem.turns(), build_config(mode=mode, max_tokens=128)).text
+                right[mode] += extract_answer(text) == str(problem.answer)
+        print(f"| {kind} | {right['target_only']} of {len(problems)} | {right['draft_only']} of {len(problems)} |", flush=True)
+    model = ConfSpecChatModel.demo(max_tokens=512)
+    print("\n| message | answer | finish | tokens |\n|---|---|---|---|")
+    for message in OFF_DOMAIN:
+        answer = model.invoke(message)
+        tokens = answer.usage_metadata["output_tokens"] if answer.usage_metadata else "-"
+        print(f"| {message} | {answer.content} | {answer.response_metadata['finish_reason']} | {tokens} |")
+
+
+if __name__ == "__main__":
+    main()
