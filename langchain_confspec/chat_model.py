@@ -7,6 +7,7 @@ This module holds no algorithm. It turns messages into chat turns, call options 
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -429,6 +430,33 @@ class ConfSpecChatModel(BaseChatModel):
         )
 
     # -- calls --------------------------------------------------------------------------------
+
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """As LangChain's `batch`, with the shared static caches ready first, so that on the
+        CPU the calls batch their forward passes instead of taking turns."""
+        if len(inputs) > 1 and FastPath(kwargs.get("fast_path", self.fast_path)) is FastPath.AUTO:
+            self._get_engine().prepare_batching()
+        return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """As `batch`, for asyncio (the preparation runs in a worker thread)."""
+        if len(inputs) > 1 and FastPath(kwargs.get("fast_path", self.fast_path)) is FastPath.AUTO:
+            await asyncio.to_thread(self._get_engine().prepare_batching)
+        return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
 
     def stream(
         self,

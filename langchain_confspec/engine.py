@@ -231,6 +231,20 @@ class ConfSpecEngine:
                 token_texts(loaded.tokenizer)
             return self.fast_paths.warm_up(FastPath(fast_path))
 
+    def prepare_batching(self) -> None:
+        """Ready the static caches that concurrent calls share under `auto` on the CPU, before
+        a batch of calls starts (a no-op where they are ready, where `auto` takes graphs, or
+        where the pair has no static cache)."""
+        roles = ("draft", "target")
+        if any(self.fast_paths.capture.available(getattr(self, role).device) for role in roles):
+            return
+        if all(self.fast_paths.ready(role, FastPath.STATIC) for role in roles):
+            return
+        try:
+            self.warmup(FastPath.STATIC)
+        except ConfigurationError:
+            logger.debug("no static cache for batching: concurrent calls take turns on 'off'")
+
     def run(
         self,
         turns: list[dict[str, Any]],

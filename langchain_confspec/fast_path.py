@@ -74,7 +74,9 @@ class FastPaths:
     def resolve(self, requested: FastPath, role: str, *, busy: bool = False) -> ModelPath:
         """The path `role`'s model takes when a call asks for `requested`. On the CPU `auto`
         takes `off` for a lone call (the faster path there) and `static` when other calls are
-        in flight (`busy`), so that they share batched passes instead of taking turns."""
+        in flight (`busy`) and the static cache is ready, so that they share batched passes
+        instead of taking turns; preparing it would wait for the calls in flight, which may be
+        suspended in the caller's own thread (`ConfSpecEngine.prepare_batching` does it first)."""
         if requested is FastPath.OFF:
             return ModelPath(FastPath.OFF)
         loaded = self.models[role]
@@ -95,7 +97,8 @@ class FastPaths:
                 "use 'static' or 'off' there (or 'auto', which picks for each device)."
             )
         if requested is FastPath.AUTO:
-            requested = FastPath.GRAPHS if graphs_possible else (FastPath.STATIC if busy else CPU_DEFAULT)
+            batch = busy and self.ready(role, FastPath.STATIC)
+            requested = FastPath.GRAPHS if graphs_possible else (FastPath.STATIC if batch else CPU_DEFAULT)
         if requested is FastPath.GRAPHS and role in self._graph_failures:
             return ModelPath(FastPath.STATIC, self._graph_failures[role])
         return ModelPath(requested)

@@ -241,8 +241,13 @@ def test_auto_on_the_cpu_batches_a_call_that_arrives_while_another_is_in_flight(
     """A lone call takes `off` (the faster path there); one that finds others running takes
     `static`, where calls share batched passes instead of taking turns."""
     engine = ConfSpecEngine(tiny_engine.draft, tiny_engine.target, max_batch=8)
-    engine.warmup("static")  # preparing a path waits for running calls: this test runs them in one thread
     auto = config("auto", mode="target_only")
+    first = engine.run(turns(QUESTIONS[0]), auto)
+    next(first)  # in flight, suspended in this thread
+    unprepared = engine.generate(turns(QUESTIONS[3]), auto)  # never waits for the suspended call
+    assert unprepared.summary.target.fast_path == "off"
+    list(first)
+    engine.prepare_batching()
     lone = engine.generate(turns(QUESTIONS[0]), auto)
     first = engine.run(turns(QUESTIONS[0]), auto)
     next(first)  # in flight
