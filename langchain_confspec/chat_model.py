@@ -441,7 +441,7 @@ class ConfSpecChatModel(BaseChatModel):
     ) -> list[AIMessage]:
         """As LangChain's `batch`, with the shared static caches ready first, so that on the
         CPU the calls batch their forward passes instead of taking turns."""
-        if len(inputs) > 1 and FastPath(kwargs.get("fast_path", self.fast_path)) is FastPath.AUTO:
+        if self._batches_on_auto(inputs, kwargs):
             self._get_engine().prepare_batching()
         return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
 
@@ -454,9 +454,12 @@ class ConfSpecChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> list[AIMessage]:
         """As `batch`, for asyncio (the preparation runs in a worker thread)."""
-        if len(inputs) > 1 and FastPath(kwargs.get("fast_path", self.fast_path)) is FastPath.AUTO:
+        if self._batches_on_auto(inputs, kwargs):
             await asyncio.to_thread(self._get_engine().prepare_batching)
         return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
+
+    def _batches_on_auto(self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]) -> bool:
+        return len(inputs) > 1 and kwargs.get("fast_path", self.fast_path) == FastPath.AUTO  # a str enum
 
     def stream(
         self,

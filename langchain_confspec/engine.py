@@ -553,7 +553,7 @@ class _Generation:
         """Start the constrained object on a new step after the reasoning, in every model's
         context (the reasoning's end-of-sequence token never entered it)."""
         self.reasoning = False
-        separator = self.config.step_delimiters[0] if self.config.step_delimiters else "\n\n"
+        separator = self.config.step_delimiters[0]  # the config holds at least one
         for role in self._used:
             session: ModelSession | None = getattr(self, role)
             if session is not None:
