@@ -15,6 +15,7 @@ from langchain_confspec.records import (
     PhaseTimes,
     StepEnd,
     StepRecord,
+    TokenSpeculation,
     Verdict,
     Writer,
     summarize,
@@ -91,8 +92,8 @@ def test_every_summary_figure_matches_a_count_by_hand() -> None:
         _record(6, Decision.UNVERIFIED, writer=Writer.TARGET),  # a step no verdict was asked for
     ]
     summary = summarize(
-        records, mode="confspec", finish_reason="stop", draft=ModelCounters(), target=ModelCounters(),
-        wall_time=2.0, lock_wait=0.25, batch_sizes=[1, 3],
+        records, mode="confspec", finish_reason="stop", draft=ModelCounters(warmup_seconds=1.0),
+        target=ModelCounters(warmup_seconds=0.5), wall_time=2.0, lock_wait=0.25, batch_sizes=[1, 3],
     )
     # proposed: the 6 judged steps; kept: 2 by the draft + 2 by the target; escalated: 3
     assert summary.n_steps == 7 and summary.draft_steps_proposed == 6
@@ -105,6 +106,12 @@ def test_every_summary_figure_matches_a_count_by_hand() -> None:
     assert summary.times.draft_write == pytest.approx(0.1 * sum(range(7)))
     assert summary.times.target_verify == pytest.approx(0.07)
     assert summary.mean_batch_size == 2.0 and summary.lock_wait == 0.25 and summary.wall_time == 2.0
+    assert summary.warmup_time == 1.5  # both models' one-time warm-up
+
+
+def test_tokens_per_target_pass_is_tokens_over_passes() -> None:
+    assert TokenSpeculation(proposed=12, accepted=7, tokens=10, target_passes=4).mean_accepted_per_pass == 2.5
+    assert TokenSpeculation().mean_accepted_per_pass == 0.0
 
 
 def test_a_run_with_nothing_judged_has_no_rates() -> None:
