@@ -12,32 +12,37 @@ such decoders show as marks until the run completes) is held back for a later st
 that ends the answer releases everything, so the joined steps are exactly the decode of all
 the answer's ids.
 """
+
 from __future__ import annotations
+
 from collections.abc import Sequence
+
 from transformers import PreTrainedTokenizerBase
-UNFINISHED = '�'
-'What a decoder shows for the bytes of a character whose last bytes are still to come.'
+
+UNFINISHED = "\ufffd"
+"""What a decoder shows for the bytes of a character whose last bytes are still to come."""
+
 
 class AnswerText:
     """The released text of one answer in one tokenizer, and where to decode the next step from."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.text = ''
-        self._start = 1
-        self._settled = 0
-        self._base = ''
-        self._extra = 0
+        self.ids: list[int] = []  # the answer's ids, in this tokenizer
+        self.text = ""  # released so far
+        self._start = 0  # decodes start here: the last chunk whose text was released whole
+        self._settled = 0  # ... and that chunk ends here
+        self._base = ""  # decode(ids[start:settled])
+        self._extra = 0  # characters of the text after `settled` released already
 
     def pending(self, new_ids: Sequence[int]) -> str:
         """The text the answer's unreleased ids plus `new_ids` add after the released text, an
         unfinished end included; only an unfinished mark while a byte run that reaches back
         into released text is open again."""
-        full = self._decode([*self.ids[self._start:], *new_ids])
-        if not full.startswith(self._base):
+        full = self._decode([*self.ids[self._start :], *new_ids])
+        if not full.startswith(self._base):  # a byte run reopened: nothing after it is settled
             return UNFINISHED
-        return full[len(self._base):][self._extra:]
+        return full[len(self._base) :][self._extra :]
 
     def settled(self, new_ids: Sequence[int]) -> str:
         """`pending`, less an unfinished end: what a step may release mid-answer."""
@@ -47,18 +52,18 @@ class AnswerText:
         """What the last step of the answer adds: the rest of the decode of all the ids."""
         full = self._decode([*self.ids, *new_ids])
         if full.startswith(self.text):
-            return full[len(self.text):]
-        return self.pending(new_ids)
+            return full[len(self.text) :]
+        return self.pending(new_ids)  # text handed over from another tokenizer reads differently here
 
     def release(self, new_ids: Sequence[int], text: str) -> None:
         """Add a recorded step written in this tokenizer: its ids and the text it released."""
         whole = text == self.pending(new_ids)
         self.ids.extend(new_ids)
         self.text += text
-        if whole:
-            self._start, self._settled, self._extra = (self._settled, len(self.ids), 0)
-            self._base = self._decode(self.ids[self._start:self._settled])
-        else:
+        if whole:  # all out: later steps decode after the chunk released since the last settling
+            self._start, self._settled, self._extra = self._settled, len(self.ids), 0
+            self._base = self._decode(self.ids[self._start : self._settled])
+        else:  # an unfinished end held back: decode from the same place, skipping what is out
             self._extra += len(text)
 
     def receive(self, new_ids: Sequence[int], text: str) -> None:
@@ -67,8 +72,8 @@ class AnswerText:
         self._start = len(self.ids)
         self.ids.extend(new_ids)
         self.text += text
-        self._settled, self._extra = (len(self.ids), 0)
-        self._base = self._decode(self.ids[self._start:])
+        self._settled, self._extra = len(self.ids), 0
+        self._base = self._decode(self.ids[self._start :])
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
