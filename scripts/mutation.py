@@ -80,19 +80,14 @@ class _Mutator(ast.NodeTransformer):
                 node.ops[i] = swap()
         return node
 
-    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+    def _swap_operator(self, node: ast.BinOp | ast.BoolOp) -> ast.AST:
         self.generic_visit(node)
         swap = _SWAPS.get(type(node.op))
         if swap and self._hit(node, f"{type(node.op).__name__} -> {swap.__name__}"):
-            node.op = swap()
+            node.op = swap()  # type: ignore[assignment]
         return node
 
-    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
-        self.generic_visit(node)
-        swap = _SWAPS.get(type(node.op))
-        if swap and self._hit(node, f"{type(node.op).__name__} -> {swap.__name__}"):
-            node.op = swap()
-        return node
+    visit_BinOp = visit_BoolOp = _swap_operator
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
         self.generic_visit(node)
