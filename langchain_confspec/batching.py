@@ -31,13 +31,18 @@ IDLE_EXIT = 1.0
 """Seconds without passes after which the executor thread ends (a new pass starts another)."""
 
 
+TokenIds = Sequence[int] | torch.Tensor
+"""Token ids on the host, or a 1-D tensor of them on the model's device: the draft's proposals
+in a fixed-depth speculation round are fed back before anything reads them."""
+
+
 @dataclass
 class PassJob:
     """One request's forward pass over its row of a model's static cache."""
 
     role: str
     row: int
-    tokens: Sequence[int]
+    tokens: TokenIds
     start: int
     n_rows: int
     graphs: bool = False

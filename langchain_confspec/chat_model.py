@@ -232,6 +232,10 @@ class ConfSpecChatModel(BaseChatModel):
     it the draft's verdict is uncertain (the step escalates) and the target's a rejection."""
     token_speculation: bool = False
     """Let the draft propose tokens inside the target's own steps (same output, fewer target passes)."""
+    speculation_depth: int | None = None
+    """With token speculation: `None` lets the draft's entropy decide how far each proposal goes
+    (one host read per proposed token); a number (1-64) proposes that many tokens every round,
+    made and checked on the device with one host read per round. Same output either way."""
     rewrite_from_rejected: bool = True
     """When the target rewrites a rejected step (greedy decoding), check the rejected step as its
     first proposal: the rewrite keeps the prefix the target would write itself, so an identical

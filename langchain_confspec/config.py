@@ -72,6 +72,7 @@ class SpecConfig(BaseModel):
     target_accept_threshold: float = 0.5
     verdict_mass_floor: float = Field(default=0.5, ge=0.0, le=1.0)
     token_speculation: bool = False
+    speculation_depth: int | None = Field(default=None, ge=1, le=64)
     rewrite_from_rejected: bool = True
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)

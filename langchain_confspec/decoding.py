@@ -84,6 +84,10 @@ class TokenChooser:
     def uniform(self) -> float:
         return float(torch.rand((), generator=self._generator(torch.device("cpu"))))
 
+    def uniforms(self, n: int, device: torch.device) -> torch.Tensor:
+        """`n` uniform draws on `device`, from the generator that draws its tokens."""
+        return torch.rand(n, generator=self._generator(device), device=device)
+
     def draw(self, probs: torch.Tensor) -> torch.Tensor:
         """A token drawn from `probs`, as a 0-d tensor on their device (not read back yet)."""
         return torch.multinomial(probs, 1, generator=self._generator(probs.device))[0]

@@ -627,6 +627,7 @@ class _Generation:
             stream=self.stream_text,
             samples=self.engine.depth_samples,
             seed=seed or (),
+            fixed_depth=self.config.speculation_depth,
         )
         return (yield from self._deltas(texts, Writer.TARGET))
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from transformers import DynamicCache
 
-from langchain_confspec.batching import BatchScheduler, PassJob
+from langchain_confspec.batching import BatchScheduler, PassJob, TokenIds
 from langchain_confspec.loading import LoadedModel
 from langchain_confspec.records import ModelCounters
 from langchain_confspec.static_runner import StaticRunner
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 class KVBackend(Protocol):
     """Reads tokens into a KV cache and forgets them again."""
 
-    def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
-        """Read `tokens` after the first `start` ones: logits after each of the last `n_rows`,
+    def forward(self, tokens: TokenIds, start: int, n_rows: int) -> torch.Tensor:
+        """Read `tokens` (host ids, or a tensor of them on the model's device) after the first `start` ones: logits after each of the last `n_rows`,
         (n_rows, vocab) float32, valid until the next `forward`."""
         ...
 
@@ -70,9 +70,12 @@ class DynamicKV:
         self.pick: Callable[[torch.Tensor], torch.Tensor] | None = None  # never batched: unused
         self.last_choice: int | None = None
 
-    def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
+    def forward(self, tokens: TokenIds, start: int, n_rows: int) -> torch.Tensor:
         assert start == self._length, "a dynamic cache reads on from where it ends"
-        input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.loaded.device)
+        if isinstance(tokens, torch.Tensor):
+            input_ids = tokens.view(1, -1)
+        else:
+            input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.loaded.device)
         with torch.inference_mode(), self._away(), self._turn:
             output = self.loaded.model(
                 input_ids=input_ids, use_cache=True, logits_to_keep=n_rows, **{self.loaded.cache_argument: self._cache}
@@ -110,7 +113,7 @@ class StaticKV:
         self.batch_sizes = batch_sizes if batch_sizes is not None else []
         self.last_choice: int | None = None
 
-    def forward(self, tokens: Sequence[int], start: int, n_rows: int) -> torch.Tensor:
+    def forward(self, tokens: TokenIds, start: int, n_rows: int) -> torch.Tensor:
         job = PassJob(self.role, self.row, tokens, start, n_rows, self.graphs, pick=self.pick)
         if self.scheduler is None:
             (logits,) = self.runner.forward_rows([job])
@@ -149,6 +152,7 @@ class ModelSession:
         self._next_logits: torch.Tensor | None = None  # (vocab,): distribution after ids[:n_read]
         self._next_choice: int | None = None  # the next token, when the batched pass that made the logits chose it
         self._checkpoints: dict[int, torch.Tensor] = {}  # length -> next-token logits there (own copies)
+        self._ahead = 0  # positions read past `ids` whose ids are still on the device (`read_ahead`)
         self.forward_passes = 0
         self.forward_tokens = 0
         self.tokens_written = 0
@@ -163,6 +167,50 @@ class ModelSession:
 
     def append(self, ids: Iterable[int]) -> None:
         """Add tokens to the context; they are read on the next `next_logits`."""
+        self._not_ahead()
+        self.ids.extend(ids)
+
+    def read_ahead(self, tokens: torch.Tensor, *, keep: bool = False) -> torch.Tensor:
+        """Read `tokens`, ids still on the device (a 1-D tensor), after the context and its
+        pending ids in one forward pass, without reading them back: next-token logits after
+        each of them, (len(tokens), vocab). With `keep`, the logits before the first one lead,
+        (len(tokens) + 1, vocab), and every row is remembered for `truncate`, as `logits_from`
+        does. Until `settle` names these tokens, the session can only read further ahead.
+        """
+        end = len(self.ids) + self._ahead
+        if self._n_read == end and self._next_logits is None:  # everything read but the distribution was dropped
+            self._n_read -= 1
+            self._kv.rewind(self._n_read)
+        start = self._n_read
+        pending = self.ids[start:]  # empty while reading ahead: `append` waits for `settle`
+        before = None
+        if keep:
+            self._checkpoints = {k: v for k, v in self._checkpoints.items() if k >= end}  # as `next_logits` forgets
+            if not pending:
+                assert self._next_logits is not None
+                before = self._next_logits.clone()[None]  # before the pass can overwrite it
+        inputs = tokens
+        if pending:
+            inputs = torch.cat([torch.tensor(pending, dtype=torch.long).to(tokens.device, non_blocking=True), tokens])
+        n_rows = len(tokens) + (1 if keep and pending else 0)
+        rows = self._kv.forward(inputs, start, n_rows)[:, : self.loaded.vocab_size]
+        self.forward_passes += 1
+        self.forward_tokens += len(inputs)
+        if keep:
+            rows = rows.clone() if before is None else torch.cat([before, rows])
+            for offset, logits in enumerate(rows):
+                self._checkpoints.setdefault(end + offset, logits)
+        self._n_read = end + len(tokens)
+        self._ahead += len(tokens)
+        self._next_logits = rows[-1]
+        self._next_choice = None
+        return rows
+
+    def settle(self, ids: Sequence[int]) -> None:
+        """Name the tokens read ahead, once their ids are back on the host."""
+        if len(ids) != self._ahead:
+            raise ValueError(f"{len(ids)} ids named for {self._ahead} tokens read ahead")
+        self._ahead = 0
         self.ids.extend(ids)
 
     def next_logits(self, keep: Iterable[int] = ()) -> torch.Tensor:
@@ -174,6 +222,7 @@ class ModelSession:
         earlier than the shortest one named are forgotten: the engine never rewinds past the
         step it is working on, and memory stays bounded over long answers.
         """
+        self._not_ahead()
         keep = tuple(keep)
         if keep:
             oldest = min(keep)
@@ -209,6 +258,7 @@ class ModelSession:
 
     def truncate(self, length: int) -> None:
         """Forget every token from position `length` on, rolling them out of the cache."""
+        self._not_ahead()
         if length < 0 or length > len(self.ids):
             raise ValueError(f"cannot truncate a context of {len(self.ids)} tokens to {length}")
         del self.ids[length:]
@@ -221,6 +271,10 @@ class ModelSession:
         if self._next_logits is None and length > 0:
             self._n_read -= 1  # unknown distribution here: re-read the last token to get it back
         self._kv.rewind(self._n_read)
+
+    def _not_ahead(self) -> None:
+        if self._ahead:
+            raise RuntimeError(f"{self._ahead} tokens were read ahead and not settled")
 
     def counters(self) -> ModelCounters:
         return ModelCounters(

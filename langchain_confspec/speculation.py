@@ -161,6 +161,66 @@ def verify_proposal(
     return depth, chooser.choose(target_logits[-1])
 
 
+def device_round(
+    target: ModelSession, draft: ModelSession, chooser: TokenChooser, depth: int
+) -> tuple[Proposal, int, int]:
+    """A fixed-depth round made and checked on the device, read back once: the proposal, how
+    many of its tokens the target keeps, and the token it adds after them.
+
+    The draft proposes `depth` tokens, each fed back as its next input while still on the
+    device; the target reads them in one pass; the keep rule (greedy: the target's own argmax;
+    sampling: the speculative-sampling rule, uniforms and the resample drawn from the call's
+    generator on the device) runs on the device too, and one read brings back the tokens, the
+    verdict and the entropies. Both sessions end as after `propose` and `verify_proposal`: the
+    proposal appended, the draft's last token pending.
+    """
+    logits = draft.next_logits()
+    tokens, entropies, draft_probs = [], [], []
+    for i in range(depth):
+        if chooser.greedy:
+            token = torch.argmax(logits)
+        else:
+            draft_probs.append(chooser.distribution(logits).clone())
+            token = chooser.draw(draft_probs[-1])
+        tokens.append(token.view(1))
+        entropies.append(entropy_tensor(logits))
+        if i + 1 < depth:
+            logits = draft.read_ahead(tokens[-1])[-1]
+    proposed = torch.cat(tokens)
+    target_logits = target.read_ahead(proposed, keep=True)  # (depth + 1, vocab)
+    if chooser.greedy:
+        choices = torch.argmax(target_logits, dim=-1)
+        kept = (choices[:depth] == proposed).long().cumprod(0).sum()
+        extra = choices.gather(0, kept.view(1))[0]
+    else:
+        kept, extra = _sampled_verdict(target_logits, proposed, torch.stack(draft_probs), chooser)
+    read = torch.cat([proposed.double(), torch.stack([kept, extra]).double(), torch.stack(entropies).double()]).tolist()
+    ids = [int(t) for t in read[:depth]]
+    draft.settle(ids[:-1])
+    draft.append(ids[-1:])
+    target.settle(ids)
+    return Proposal(ids, read[depth + 2 :]), int(read[depth]), int(read[depth + 1])
+
+
+def _sampled_verdict(
+    target_logits: torch.Tensor, proposed: torch.Tensor, draft_probs: torch.Tensor, chooser: TokenChooser
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The speculative-sampling rule on the device: each proposed token kept with chance
+    min(1, p/q) until the first refusal, whose token is drawn from max(p - q, 0); after a fully
+    kept proposal, from p. Returns (kept, token) as 0-d tensors."""
+    depth = len(proposed)
+    target_probs = torch.stack([chooser.distribution(row).clone() for row in target_logits])  # (depth + 1, vocab)
+    rows = torch.arange(depth, device=proposed.device)
+    ratios = target_probs[rows, proposed] / draft_probs[rows, proposed]
+    accepted = chooser.uniforms(depth, proposed.device) < ratios.clamp(max=1.0)
+    kept = accepted.long().cumprod(0).sum()
+    residual = (target_probs - torch.cat([draft_probs, torch.zeros_like(draft_probs[:1])])).clamp_min(0.0)
+    row = residual.index_select(0, kept.view(1))[0]
+    total = row.sum()
+    own = target_probs.index_select(0, kept.view(1))[0]
+    return kept, chooser.draw(torch.where(total > 0, row / total.clamp_min(1e-30), own))
+
+
 def speculative_step_texts(
     target: ModelSession,
     draft: ModelSession,
@@ -175,6 +235,7 @@ def speculative_step_texts(
     stream: bool = False,
     samples: list[tuple[float, bool]] | None = None,
     seed: Sequence[int] = (),
+    fixed_depth: int | None = None,
 ) -> Generator[str, None, tuple[WrittenStep, TokenSpeculation]]:
     """The target writes one step, with the draft proposing tokens ahead of it; with `stream`,
     the step's settled text is yielded as the target's passes settle it.
@@ -182,7 +243,9 @@ def speculative_step_texts(
     Both sessions must hold the same text (same vocabulary) when this starts, and hold the
     written step when it returns; with a `seed` (greedy only: a rejected step), both end with
     it, and the target first keeps as much of it as it agrees with (`take_seed`). `samples`
-    collects (entropy, kept) pairs for fitting a `DepthPolicy`.
+    collects (entropy, kept) pairs for fitting a `DepthPolicy`. With `fixed_depth`, every
+    round proposes that many tokens (fewer near the budget) and is read back once
+    (`device_round`) instead of once per proposed token.
     """
     step = StepBuilder(target, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)
     stats = TokenSpeculation()
@@ -198,9 +261,13 @@ def speculative_step_texts(
             return replace(done, reused=reused), stats
     while True:
         target_base, draft_base = len(target), len(draft)
-        proposal = propose(draft, chooser, policy, limit=budget - len(step.ids))
-        target.append(proposal.tokens)
-        kept, extra = verify_proposal(target.logits_from(target_base), proposal, chooser)
+        limit = budget - len(step.ids)
+        if fixed_depth is None:
+            proposal = propose(draft, chooser, policy, limit)
+            target.append(proposal.tokens)
+            kept, extra = verify_proposal(target.logits_from(target_base), proposal, chooser)
+        else:
+            proposal, kept, extra = device_round(target, draft, chooser, min(fixed_depth, limit))
         stats.proposed += len(proposal.tokens)
         stats.target_passes += 1
         stats.depths.append(len(proposal.tokens))

@@ -19,12 +19,11 @@ rows and any batch; graphs write logits only for the rows that stepped and only 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import torch
 from pydantic import BaseModel, Field, computed_field
 
-from langchain_confspec.batching import PassJob
+from langchain_confspec.batching import PassJob, TokenIds
 from langchain_confspec.cuda_graphs import GraphCapture, Replay, graph_memory, timed
 from langchain_confspec.loading import LoadedModel
 from langchain_confspec.static_cache import StaticKVCache
@@ -123,7 +122,7 @@ class StaticRunner:
 
     # -- passes -------------------------------------------------------------------------------
 
-    def forward(self, tokens: Sequence[int], start: int, n_rows: int, *, graphs: bool, row: int = 0) -> torch.Tensor:
+    def forward(self, tokens: TokenIds, start: int, n_rows: int, *, graphs: bool, row: int = 0) -> torch.Tensor:
         """One generation's pass: read `tokens` at positions `start`.. of `row`; next-token
         logits after each of the last `n_rows` of them: (n_rows, vocab) float32, valid until
         the next pass."""
@@ -188,15 +187,20 @@ class StaticRunner:
         tokens, starts, counts = [[0] * length for _ in range(width)], [0] * width, [0] * width
         for job in jobs:
             at = job.row - span.start
-            tokens[at][length - len(job.tokens) :] = job.tokens
+            if not isinstance(job.tokens, torch.Tensor):
+                tokens[at][length - len(job.tokens) :] = job.tokens
             starts[at], counts[at] = job.start, len(job.tokens)
         staged = torch.tensor([*starts, *counts, *(t for row in tokens for t in row)], dtype=torch.long)
         staged = staged.to(self.device, non_blocking=True)  # one copy to the device
         self.cache.starts[span].copy_(staged[:width])
         self.cache.counts[span].copy_(staged[width : 2 * width])
         if ids is None:
-            return staged[2 * width :].view(width, length)
-        ids.copy_(staged[2 * width :].view(width, length))
+            ids = staged[2 * width :].view(width, length)
+        else:
+            ids.copy_(staged[2 * width :].view(width, length))
+        for job in jobs:  # ids still on the device are copied there, never read back
+            if isinstance(job.tokens, torch.Tensor):
+                ids[job.row - span.start, length - len(job.tokens) :].copy_(job.tokens)
         return ids
 
     def _pass(self, forward: object, input_ids: torch.Tensor, attend: int, keep: int, span: slice) -> torch.Tensor:
@@ -218,7 +222,10 @@ class StaticRunner:
         rows, length, _ = key
         if rows == 1 and length == 1:  # one generation decoding: small kernels, no copy from the host
             (job,) = jobs
-            self._inputs[(1, 1)].fill_(job.tokens[0])
+            if isinstance(job.tokens, torch.Tensor):
+                self._inputs[(1, 1)].copy_(job.tokens.view(1, 1))
+            else:
+                self._inputs[(1, 1)].fill_(job.tokens[0])
             self.cache.starts[:1].fill_(job.start)
             self.cache.counts[:1].fill_(1)
         else:

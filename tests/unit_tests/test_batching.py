@@ -38,7 +38,7 @@ SETTINGS: list[dict[str, Any]] = [
     {"mode": "confspec", "accept_threshold": 0.6, "verdict_mass_floor": 0.0},
     {"mode": "always_verify"},
     {"mode": "confspec", "accept_threshold": 1.5, "target_accept_threshold": 2.0},
-    {"mode": "target_only", "token_speculation": True},
+    {"mode": "target_only", "token_speculation": True, "speculation_depth": 4},  # rounds read back once
     {"mode": "confspec", "token_speculation": True},
     {"mode": "target_only", "stop": ["e"]},
 ]
@@ -90,7 +90,11 @@ def test_mixed_requests_in_a_batch_answer_as_they_do_alone(batched: tuple[ConfSp
 
 def test_seeded_sampling_answers_alike_batched_or_alone(batched: tuple[ConfSpecEngine, str]) -> None:
     engine, path = batched
-    sampled = [config(path, temperature=0.9, top_p=0.9, seed=n, token_speculation=n % 2 == 0) for n in range(6)]
+    depths = {0: None, 2: None, 4: 3}  # speculating calls: the depth rule, or fixed-depth rounds
+    sampled = [
+        config(path, temperature=0.9, top_p=0.9, seed=n, token_speculation=n in depths, speculation_depth=depths.get(n))
+        for n in range(6)
+    ]
     alone = [engine.generate(turns(QUESTIONS[n]), c).text for n, c in enumerate(sampled)]
     results = together([lambda n=n, c=c: engine.generate(turns(QUESTIONS[n]), c) for n, c in enumerate(sampled)])
     assert [r.text for r in results] == alone

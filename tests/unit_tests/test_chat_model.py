@@ -294,6 +294,7 @@ def test_preloaded_models_are_accepted() -> None:
         ({"mode": "fastest"}, "mode"),
         ({"seed": 2**64}, "seed"),
         ({"seed": -(2**63) - 1}, "seed"),
+        ({"speculation_depth": 0}, "speculation_depth"),
     ],
 )
 def test_impossible_settings_are_refused_at_construction(

@@ -441,6 +441,57 @@ def test_checking_a_proposal_reads_back_at_most_twice(temperature: float, monkey
         monkeypatch.undo()
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("graphs", [None, False, True], ids=["dynamic", "static", "rehearsed-graphs"])
+def test_a_fixed_depth_round_reads_back_once(graphs: bool | None, temperature: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round of `speculation_depth` tokens is proposed, fed back, checked and decided on the
+    device, and read back with one synchronisation, greedy or sampled; both sessions then hold
+    the proposal, as after a round read token by token."""
+    from langchain_confspec.session import ModelSession, StaticKV
+    from langchain_confspec.speculation import device_round
+
+    target, draft = qwen(256, seed=1), qwen(256, seed=2, layers=1)
+    runners = {m: StaticRunner(m, 256, EagerRehearsal()) for m in (target, draft)}
+    for runner in runners.values():
+        if graphs:
+            runner.warm_up_graphs()
+    prompt = tokens(9, random.Random(4))
+    sessions = [ModelSession(m, prompt, kv=None if graphs is None else StaticKV(runners[m], graphs=graphs)) for m in (target, draft)]
+    chooser = TokenChooser(build_config(temperature=temperature, top_p=0.9, seed=3))
+    for depth in (5, 1, 4):  # a round after a round, the target's token pending in both
+        base = len(prompt) if depth == 5 else len(sessions[0])
+        counter = SyncCounter(monkeypatch)
+        proposal, kept, extra = device_round(*sessions, chooser, depth)
+        assert counter.count == 1
+        monkeypatch.undo()
+        assert len(proposal.tokens) == depth and 0 <= kept <= depth and 0 <= extra < len(TOKENIZER)
+        assert sessions[0].ids[base:] == sessions[1].ids[base:] == proposal.tokens
+        if temperature == 0:
+            reference = alone(target, [], sessions[0].ids[: base + kept], 1)[0]
+            assert extra == int(torch.argmax(reference[: target.vocab_size]))
+        for session in sessions:
+            session.truncate(base + kept)
+            session.append([extra])
+
+
+def test_tokens_read_ahead_must_be_named_before_anything_else() -> None:
+    """Ids still on the device hold the session until `settle` names them: nothing can be
+    appended, read or rolled back in between, and naming the wrong number is refused."""
+    from langchain_confspec.session import ModelSession
+
+    session = ModelSession(qwen(64), [5, 6, 7])
+    session.read_ahead(torch.tensor([8, 9]))
+    for action in (lambda: session.append([1]), session.next_logits, lambda: session.truncate(2)):
+        with pytest.raises(RuntimeError, match="2 tokens were read ahead and not settled"):
+            action()
+    with pytest.raises(ValueError, match="1 ids named for 2 tokens"):
+        session.settle([8])
+    session.settle([8, 9])
+    assert session.ids == [5, 6, 7, 8, 9] and session.forward_tokens == 5
+    session.truncate(4)
+    assert session.ids == [5, 6, 7, 8]
+
+
 def test_a_verdict_is_read_with_one_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     from langchain_confspec.verification import VerdictReader
 

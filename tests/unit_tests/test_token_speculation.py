@@ -14,6 +14,7 @@ from langchain_confspec.decoding import TokenChooser
 from langchain_confspec.speculation import (
     DepthPolicy,
     Proposal,
+    _sampled_verdict,
     normalised_entropy,
     verify_proposal,
 )
@@ -56,6 +57,28 @@ def test_greedy_speculation_gives_the_targets_own_text(
     stats = [r.token_speculation for r in spec.records]
     assert all(s is not None and s.target_passes > 0 for s in stats)
     assert spec.summary.target.forward_passes <= plain.summary.target.forward_passes
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8])
+@pytest.mark.parametrize("engine_name", ["tiny_engine", "related_engine"])
+def test_fixed_depth_rounds_give_the_targets_own_text(
+    depth: int, engine_name: str, fast_path: str, engine_on: Callable[[ConfSpecEngine, str], ConfSpecEngine], request: pytest.FixtureRequest
+) -> None:
+    """Rounds made and checked on the device (one read each) keep exactly what the target
+    itself writes, whatever the depth against the step's length (11) and the answer's (48)."""
+    engine = engine_on(request.getfixturevalue(engine_name), fast_path)
+    settings = {"mode": "target_only", "max_tokens": 48, "max_step_tokens": 11}
+    for prompt in PROMPTS:
+        plain = engine.generate(turns(prompt), build_config(**settings, fast_path="off"))
+        spec = engine.generate(
+            turns(prompt), build_config(**settings, token_speculation=True, speculation_depth=depth, fast_path=fast_path)
+        )
+        assert spec.text == plain.text
+        for record in spec.records:
+            stats = record.token_speculation
+            assert stats is not None and stats.target_passes > 0
+            assert max(stats.depths) <= depth  # fewer only where the step's budget runs out
+            assert stats.accepted <= stats.tokens <= stats.accepted + stats.target_passes
 
 
 def test_a_related_draft_saves_target_passes(related_engine: ConfSpecEngine) -> None:
@@ -135,8 +158,36 @@ def test_a_broken_acceptance_rule_is_caught() -> None:
     assert chi_square(speculative_first_tokens(P, Q, 6000, rule=always_accept), P) > CRITICAL_3_DOF
 
 
-def test_sampled_speculation_is_repeatable_with_a_seed(related_engine: ConfSpecEngine) -> None:
-    config = build_config(mode="target_only", token_speculation=True, temperature=0.8, seed=5, max_tokens=30)
+def device_rule(target_logits: torch.Tensor, proposal: Proposal, chooser: TokenChooser) -> tuple[int, int]:
+    """The rule of a fixed-depth round, as `verify_proposal` is called."""
+    assert proposal.draft_probs is not None
+    kept, token = _sampled_verdict(target_logits, torch.tensor(proposal.tokens), proposal.draft_probs, chooser)
+    return int(kept), int(token)
+
+
+def test_the_device_rule_keeps_the_target_distribution() -> None:
+    assert chi_square(speculative_first_tokens(P, Q, 6000, rule=device_rule), P) < CRITICAL_3_DOF
+
+
+def test_the_device_rule_draws_after_a_kept_proposal_from_the_target() -> None:
+    """With the draft equal to the target every proposal is kept, and the token after it
+    follows p: what a fully kept round adds."""
+    chooser = TokenChooser(build_config(temperature=1.0, seed=7))
+    log_p = torch.log(P)
+    draft_probs = chooser.distribution(log_p).clone()[None]
+    extras = []
+    for _ in range(4000):
+        kept, extra = device_rule(torch.stack([log_p, log_p]), Proposal([1], [0.0], draft_probs), chooser)
+        assert kept == 1
+        extras.append(extra)
+    assert chi_square(extras, P) < CRITICAL_3_DOF
+
+
+@pytest.mark.parametrize("depth", [None, 4])
+def test_sampled_speculation_is_repeatable_with_a_seed(related_engine: ConfSpecEngine, depth: int | None) -> None:
+    config = build_config(
+        mode="target_only", token_speculation=True, speculation_depth=depth, temperature=0.8, seed=5, max_tokens=30
+    )
     first = related_engine.generate(turns(PROMPTS[0]), config).text
     assert related_engine.generate(turns(PROMPTS[0]), config).text == first
 
