@@ -43,6 +43,8 @@ def test_the_gpu_benchmark_runs_every_section_in_smoke_mode(tmp_path: Path) -> N
     bundled = results["bundled"]
     for row in bundled["rows"]:  # the graph path (rehearsed) answers exactly as the dynamic one
         assert row["identical_to_off"] == bundled["problems"], row
+    right = {row["mode"]: row["right"] for row in bundled["rows"]}  # token speculation, either way, is the target's text
+    assert right["target_only"] == right["target_only+tokens"] == right["target_only+tokens, depth 4"]
     markdown = (tmp_path / "results.md").read_text()
     for heading in ("## Decode", "## Multi-token passes", "fixed acceptance", "## The bundled pair", "## Warm-up", "## Goals"):
         assert heading in markdown
