@@ -65,14 +65,61 @@ def test_a_tokenizer_that_cannot_spell_the_verdict_words_gets_the_words_and_the_
     blind = word_tokenizer({"[UNK]": 0, "step": 1})  # Yes and No are both [UNK], which is no verdict
     with pytest.raises(ConfigurationError, match=r"draft tokenizer cannot write the verdict words Yes/yes/YES.*verification='score'"):
         VerdictReader(blind, build_config(), role="draft")
-    with pytest.raises(ConfigurationError, match=r"verdict words 7, 8, 9.*verification='binary'"):
+    with pytest.raises(ConfigurationError, match=r"verdict words 7, 8, 9 as tokens.*verification='binary'"):
         VerdictReader(blind, build_config(verification="score"))
+
+
+@pytest.mark.parametrize(("known", "missing"), [("yes", "No/no/NO"), ("no", "Yes/yes/YES")])
+def test_one_missing_verdict_word_is_enough_to_refuse_and_is_named(known: str, missing: str) -> None:
+    half = word_tokenizer({"[UNK]": 0, known: 1})
+    with pytest.raises(ConfigurationError, match=f"cannot write the verdict words {missing} as tokens"):
+        VerdictReader(half, build_config())
 
 
 def test_words_that_begin_alike_are_refused_naming_the_token() -> None:
     merged = word_tokenizer({"[UNK]": 0, "yes": 1}, no_reads_as_yes=True)
-    with pytest.raises(ConfigurationError, match=r"begin with the same token \('yes'\)"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"accepting answers \(Yes/yes/YES\) and rejecting ones \(No/no/NO\) begin with the same token \('yes'\)",
+    ):
         VerdictReader(merged, build_config())
+
+
+def test_a_tokenizer_that_adds_a_bos_token_reads_verdicts_without_it() -> None:
+    """The verdict words' first tokens and the suffix are the text's own tokens, never the
+    beginning-of-sequence token a tokenizer adds to whole texts."""
+    from tokenizers import processors
+
+    tokenizer = word_tokenizer({"[UNK]": 0, "[BOS]": 1, "Yes": 2, "No": 3, "Answer": 4, ":": 5})
+    tokenizer.add_special_tokens({"bos_token": "[BOS]"})
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
+    assert tokenizer.encode("Yes")[0] == 1  # whole texts do begin with it
+    reader = VerdictReader(tokenizer, build_config(verification_prompt="Answer:"))
+    assert reader.suffix_ids == [4, 5]
+    assert reader.read(peaked_logits(tokenizer, "Yes", len(tokenizer))).accepts
+    assert not reader.read(peaked_logits(tokenizer, "No", len(tokenizer))).accepts
+
+
+def test_two_letters_of_a_longer_word_make_a_verdict_token() -> None:
+    """A tokenizer that splits "Yes" as "Ye" + "s" answers with "Ye": that is a Yes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "Y": 1, "e": 2, "s": 3, "Ye": 4, "N": 5, "o": 6, "No": 7}
+    backend = Tokenizer(models.BPE(vocab, [("Y", "e"), ("N", "o")], unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    reader = VerdictReader(tokenizer, build_config())
+    assert reader.read(peaked_logits(tokenizer, "Ye", len(tokenizer))).accepts
+
+
+def test_a_score_above_the_scale_is_no_verdict() -> None:
+    """Scores run 0-9: a tokenizer with a "10" token does not pass a step with it."""
+    digits = {str(d): d + 1 for d in range(11)}
+    tokenizer = word_tokenizer({"[UNK]": 0, **digits})
+    reader = VerdictReader(tokenizer, build_config(verification="score", score_pass_mark=7))
+    assert reader.read(peaked_logits(tokenizer, "9", len(tokenizer))).accepts
+    assert reader.read(peaked_logits(tokenizer, "10", len(tokenizer))).mass < 0.01
 
 
 def test_the_verdict_mass_is_read_and_a_low_one_is_no_confident_verdict(tiny_engine: ConfSpecEngine) -> None:
