@@ -474,24 +474,6 @@ def test_a_fixed_depth_round_reads_back_once(graphs: bool | None, temperature: f
             session.append([extra])
 
 
-def test_tokens_read_ahead_must_be_named_before_anything_else() -> None:
-    """Ids still on the device hold the session until `settle` names them: nothing can be
-    appended, read or rolled back in between, and naming the wrong number is refused."""
-    from langchain_confspec.session import ModelSession
-
-    session = ModelSession(qwen(64), [5, 6, 7])
-    session.read_ahead(torch.tensor([8, 9]))
-    for action in (lambda: session.append([1]), session.next_logits, lambda: session.truncate(2)):
-        with pytest.raises(RuntimeError, match="2 tokens were read ahead and not settled"):
-            action()
-    with pytest.raises(ValueError, match="1 ids named for 2 tokens"):
-        session.settle([8])
-    session.settle([8, 9])
-    assert session.ids == [5, 6, 7, 8, 9] and session.forward_tokens == 5
-    session.truncate(4)
-    assert session.ids == [5, 6, 7, 8]
-
-
 def test_a_verdict_is_read_with_one_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     from langchain_confspec.verification import VerdictReader
 

@@ -1,5 +1,5 @@
-"""ModelSession: lazy batched reading, rolling back, and exact logits after rewinding, over a
-dynamic cache and over a static one."""
+"""ModelSession: lazy batched reading, reading ahead of the host, rolling back, and exact logits
+after rewinding, over a dynamic cache and over a static one."""
 
 from __future__ import annotations
 
@@ -61,3 +61,57 @@ def test_truncate_to_an_unkept_length_rereads_one_token(tiny_engine: ConfSpecEng
 def test_room_counts_down_to_the_context_window(tiny_engine: ConfSpecEngine) -> None:
     session = ModelSession(tiny_engine.target, [5] * 10)
     assert session.room == tiny_engine.target.context_length - 10
+
+
+# -- reading ahead: ids still on the device ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("pending", [[], [9, 10]], ids=["all-read", "with-pending"])
+def test_reading_ahead_gives_the_logits_reading_the_ids_would(
+    tiny_engine: ConfSpecEngine, kv: KVBackend, pending: list[int]
+) -> None:
+    """`read_ahead(keep=True)` reads pending ids and the device's in one pass and returns the
+    logits before and after each device token, as `logits_from` does; once `settle` names the
+    tokens, rolling back to any of those lengths costs no pass and gives the same logits."""
+    session = ModelSession(tiny_engine.target, [5, 6, 7, 8], kv=kv)
+    session.next_logits()
+    session.append(pending)
+    base = len(session)
+    rows = session.read_ahead(torch.tensor([20, 21, 22]), keep=True)
+    assert rows.shape[0] == 4 and session.forward_passes == 2
+    session.settle([20, 21, 22])
+    assert session.ids == [5, 6, 7, 8, *pending, 20, 21, 22] and session.forward_tokens == 4 + len(pending) + 3
+    for offset in range(4):
+        torch.testing.assert_close(rows[offset], fresh_logits(session, session.ids[: base + offset]), rtol=1e-4, atol=1e-4)
+    session.truncate(base + 1)
+    torch.testing.assert_close(session.next_logits(), rows[1])
+    assert session.forward_passes == 2
+
+
+def test_reading_ahead_token_by_token_follows_the_tokens(tiny_engine: ConfSpecEngine, kv: KVBackend) -> None:
+    """A draft's proposal fed back one device token at a time: each read gives the logits after
+    that token, and an unkept rollback afterwards re-reads as usual."""
+    session = ModelSession(tiny_engine.target, [5, 6, 7], kv=kv)
+    session.next_logits()
+    for token in (30, 31, 32):
+        (logits,) = session.read_ahead(torch.tensor([token]))
+    torch.testing.assert_close(logits, fresh_logits(session, [5, 6, 7, 30, 31, 32]), rtol=1e-4, atol=1e-4)
+    session.settle([30, 31, 32])
+    session.truncate(4)
+    torch.testing.assert_close(session.next_logits(), fresh_logits(session, [5, 6, 7, 30]), rtol=1e-4, atol=1e-4)
+
+
+def test_tokens_read_ahead_must_be_named_before_anything_else(tiny_engine: ConfSpecEngine, kv: KVBackend) -> None:
+    """Ids still on the device hold the session until `settle` names them: nothing can be
+    appended, read or rolled back in between, and naming the wrong number is refused."""
+    session = ModelSession(tiny_engine.target, [5, 6, 7], kv=kv)
+    session.read_ahead(torch.tensor([8, 9]))
+    for action in (lambda: session.append([1]), session.next_logits, lambda: session.truncate(2)):
+        with pytest.raises(RuntimeError, match="2 tokens were read ahead and not settled"):
+            action()
+    with pytest.raises(ValueError, match="1 ids named for 2 tokens"):
+        session.settle([8])
+    session.settle([8, 9])
+    assert session.ids == [5, 6, 7, 8, 9] and session.forward_tokens == 5
+    session.truncate(4)
+    assert session.ids == [5, 6, 7, 8]
