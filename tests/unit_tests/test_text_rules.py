@@ -48,3 +48,21 @@ def test_holdback_without_stops_releases_everything() -> None:
     holdback = StopHoldback([])
     assert holdback.feed("abc") == "abc"
     assert holdback.finish("abc") == ""
+
+
+def test_the_step_after_a_received_one_starts_right_after_it() -> None:
+    """A step the other model wrote (re-tokenized here) is a chunk of its own: the next step
+    written in this tokenizer releases its whole text, from its first character."""
+    from langchain_confspec.answer_text import AnswerText
+    from langchain_confspec.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    answer = AnswerText(tokenizer)
+    received = "Tom has 3 apples."
+    answer.receive(tokenizer.encode(received, add_special_tokens=False), received)
+    step = tokenizer.encode(" He buys 4 more.", add_special_tokens=False)
+    expected = tokenizer.decode(tokenizer.encode(received + " He buys 4 more.", add_special_tokens=False))[len(received) :]
+    assert expected.strip() == "He buys 4 more."
+    assert answer.settled(step) == expected
+    answer.release(step, expected)
+    assert answer.text == received + expected
