@@ -115,3 +115,16 @@ def test_tokens_read_ahead_must_be_named_before_anything_else(tiny_engine: ConfS
     assert session.ids == [5, 6, 7, 8, 9] and session.forward_tokens == 5
     session.truncate(4)
     assert session.ids == [5, 6, 7, 8]
+
+
+def test_a_session_counts_from_zero_and_reads_through_the_backend_it_was_given(tiny_engine: ConfSpecEngine) -> None:
+    runner = StaticRunner(tiny_engine.target, 128, EagerRehearsal())
+    kv = StaticKV(runner, graphs=False)
+    session = ModelSession(tiny_engine.target, [5, 6, 7], kv=kv, fast_path="static")
+    counters = session.counters()
+    assert (counters.prompt_tokens, counters.tokens_written, counters.forward_passes, counters.forward_tokens) == (3, 0, 0, 0)
+    session.next_logits()
+    session.append([8])
+    session.next_logits()
+    assert kv.batch_sizes == [1, 1]  # both passes ran in the static cache's row, alone
+    assert session.counters().fast_path == "static" and session.forward_tokens == 4
