@@ -178,10 +178,8 @@ class ModelSession:
         does. Until `settle` names these tokens, the session can only read further ahead.
         """
         end = len(self.ids) + self._ahead
-        if self._n_read == end and self._next_logits is None:  # everything read but the distribution was dropped
-            self._n_read -= 1
-            self._kv.rewind(self._n_read)
         start = self._n_read
+        assert start < end or self._next_logits is not None, "a rollback leaves a token to re-read or the logits kept"
         pending = self.ids[start:]  # empty while reading ahead: `append` waits for `settle`
         before = None
         if keep:

@@ -128,3 +128,14 @@ def test_a_session_counts_from_zero_and_reads_through_the_backend_it_was_given(t
     session.next_logits()
     assert kv.batch_sizes == [1, 1]  # both passes ran in the static cache's row, alone
     assert session.counters().fast_path == "static" and session.forward_tokens == 4
+
+
+def test_reading_ahead_remembers_only_the_latest_rounds_lengths(tiny_engine: ConfSpecEngine, kv: KVBackend) -> None:
+    """Each round's logits are kept for its rollback and the older rounds' forgotten, so memory
+    stays bounded over a long answer."""
+    session = ModelSession(tiny_engine.target, [5, 6, 7], kv=kv)
+    for round_tokens in ([20, 21], [22, 23, 24]):
+        end = len(session)
+        session.read_ahead(torch.tensor(round_tokens), keep=True)
+        session.settle(round_tokens)
+        assert sorted(session._checkpoints) == list(range(end, end + len(round_tokens) + 1))
