@@ -62,6 +62,8 @@ from langchain_confspec.records import (
     Writer,
     summarize,
 )
+from langchain_confspec.remote import RemoteModel
+from langchain_confspec.remote_session import RemoteSession
 from langchain_confspec.session import ModelSession
 from langchain_confspec.speculation import DepthPolicy, speculative_step_texts
 from langchain_confspec.static_cache import bytes_per_token, check_static_support
@@ -146,7 +148,7 @@ class ConfSpecEngine:
     def __init__(
         self,
         draft: LoadedModel,
-        target: LoadedModel,
+        target: LoadedModel | RemoteModel,
         depth_policy: DepthPolicy | None = None,
         *,
         max_context: int | None = None,
@@ -162,14 +164,16 @@ class ConfSpecEngine:
         self.target = target
         self.max_context = max_context
         self.shared_vocabulary = same_vocabulary(draft.tokenizer, target.tokenizer)
-        self.depth_policy = depth_policy or DepthPolicy.for_model(target.directory)
+        self.depth_policy = depth_policy or DepthPolicy.for_model(getattr(target, "directory", None))
         self.depth_samples: list[tuple[float, bool]] | None = None
         """When a list, token speculation records (entropy, kept) there, for `DepthPolicy.fit`."""
         self.context = {
             role: min(loaded.context_length, max_context or loaded.context_length)
             for role, loaded in (("draft", draft), ("target", target))
         }
-        for role, loaded in (("draft", draft), ("target", target)):
+        self.local = {role: m for role, m in (("draft", draft), ("target", target)) if isinstance(m, LoadedModel)}
+        """The models in this process (a target may be served: `RemoteModel`)."""
+        for role, loaded in self.local.items():
             if (problem := rollback_problem(loaded.model, self.context[role])) is not None:
                 raise ConfigurationError(f"The {role} model {loaded.name!r} cannot be used: {problem}.")
         self.context_limit = {  # what set each model's context, for errors
@@ -181,7 +185,7 @@ class ConfSpecEngine:
         """Positions a static-cache row holds per model: the context of calls on `static` and `graphs`."""
         self.max_batch = self.cache_plan.rows if isinstance(self.cache_plan, CachePlan) else max_batch
         self.fast_paths = FastPaths(
-            {"draft": draft, "target": target},
+            self.local,
             {**self.context, **self.static_context},
             graph_capture or CudaGraphCapture(),
             plan=self.cache_plan,
@@ -204,7 +208,7 @@ class ConfSpecEngine:
         """Size the static caches of the models that can have one to the KV budget (a call on
         `off` keeps the whole window); a reason where none fits."""
         static = {}
-        for role, loaded in (("target", self.target), ("draft", self.draft)):
+        for role, loaded in sorted(self.local.items(), reverse=True):  # the target first
             try:
                 check_static_support(loaded.model, self.context[role])
                 static[role] = loaded
@@ -235,8 +239,8 @@ class ConfSpecEngine:
         """Ready the static caches that concurrent calls share under `auto` on the CPU, before
         a batch of calls starts (a no-op where they are ready, where `auto` takes graphs, or
         where the pair has no static cache)."""
-        roles = ("draft", "target")
-        if any(self.fast_paths.capture.available(getattr(self, role).device) for role in roles):
+        roles = tuple(self.local)
+        if any(self.fast_paths.capture.available(self.local[role].device) for role in roles):
             return
         if all(self.fast_paths.ready(role, FastPath.STATIC) for role in roles):
             return
@@ -335,9 +339,23 @@ class ConfSpecEngine:
         raise AssertionError("run() ended without a result")
 
 
-def _retokenized(step: WrittenStep, receiver: LoadedModel) -> list[int]:
+def _retokenized(step: WrittenStep, receiver: LoadedModel | RemoteModel) -> list[int]:
     """A step's text in the receiver's vocabulary (the tokenizers differ)."""
     return receiver.tokenizer.encode(step.text, add_special_tokens=False)
+
+
+def _check_remote_request(target: RemoteModel, config: SpecConfig, constraint: Constraint | None) -> None:
+    """Refuse what a served target cannot do, naming the server."""
+    if config.token_speculation:
+        raise ConfigurationError(
+            f"token_speculation needs the target to score proposed tokens, which the {target.engine} server at "
+            f"{target.base_url} cannot do; turn it off (or let the server speculate itself: llama-server -md DRAFT)."
+        )
+    if constraint is not None:
+        raise ConfigurationError(
+            f"Structured output and forced tool calls are written under a constraint that the {target.engine} server at "
+            f"{target.base_url} cannot apply here; use a local target for them."
+        )
 
 
 @contextmanager
@@ -407,10 +425,15 @@ class _Generation:
             raise ConfigurationError(
                 "token_speculation needs draft and target to share a vocabulary; these two tokenizers differ."
             )
+        self.remote = isinstance(engine.target, RemoteModel)
+        if self.remote:
+            _check_remote_request(engine.target, config, constraint)
         uses_draft = config.mode is not Mode.TARGET_ONLY or config.token_speculation
         uses_target = config.mode is not Mode.DRAFT_ONLY
         self._used = [role for role, used in (("draft", uses_draft), ("target", uses_target)) if used]
-        self._paths = {role: engine.fast_paths.resolve(config.fast_path, role, busy=busy) for role in self._used}
+        self._paths = {  # the local models' paths; a served target has none
+            role: engine.fast_paths.resolve(config.fast_path, role, busy=busy) for role in self._used if role in engine.local
+        }
         self._prompts: dict[str, list[int]] = {}  # every model whose window holds the prompt
         for role in ("draft", "target"):
             try:
@@ -425,7 +448,7 @@ class _Generation:
         self._warmup: dict[str, float] = {}
         self.batch_sizes: list[int] = []  # the batch size of every static-cache pass, in order
         self.draft: ModelSession | None = None
-        self.target: ModelSession | None = None
+        self.target: ModelSession | RemoteSession | None = None
         steps_are_judged = config.mode in (Mode.CONFSPEC, Mode.ALWAYS_VERIFY)
         self.draft_reader = VerdictReader(engine.draft.tokenizer, config, role="draft") if config.mode is Mode.CONFSPEC else None
         self.target_reader = VerdictReader(engine.target.tokenizer, config, role="target") if steps_are_judged else None
@@ -465,12 +488,12 @@ class _Generation:
         return prompt
 
     def paths_ready(self) -> bool:
-        return all(self.engine.fast_paths.ready(role, self._paths[role].path) for role in self._used)
+        return all(self.engine.fast_paths.ready(role, path.path) for role, path in self._paths.items())
 
     def prepare_paths(self) -> None:
         """Allocate static caches and capture graphs this call is the first to need (while no
         other generation runs); the seconds go into this call's summary."""
-        for role in self._used:
+        for role in self._paths:
             fallback = self.config.fast_path is FastPath.AUTO
             path, seconds = self.engine.fast_paths.prepare(role, self._paths[role].path, fallback=fallback)
             self._paths[role] = ModelPath(path, self._paths[role].reason)
@@ -478,8 +501,10 @@ class _Generation:
 
     def open_sessions(self, row: int) -> None:
         """Open each model's session on its prepared path, in cache row `row` (this call's slot)."""
-        for role in self._used:
-            path = self._paths[role]
+        if self.remote and "target" in self._used:
+            assert isinstance(self.engine.target, RemoteModel)
+            self.target = RemoteSession(self.engine.target, self._prompts["target"], context_length=self._window("target")[0])
+        for role, path in self._paths.items():
             if path.reason:
                 logger.debug("%s model on fast_path=%r: %s", role, path.path.value, path.reason)
             kv = self.engine.fast_paths.kv(role, path.path, row=row, scheduler=self.engine.scheduler, batch_sizes=self.batch_sizes)
@@ -585,9 +610,20 @@ class _Generation:
     # -- one step per mode ---------------------------------------------------------------
 
     def _write(
-        self, session: ModelSession, budget: StepBudget, seed: Sequence[int] = ()
+        self, session: ModelSession | RemoteSession, budget: StepBudget, seed: Sequence[int] = ()
     ) -> Generator[TextDelta, None, WrittenStep]:
         writer = Writer.DRAFT if session is self.draft else Writer.TARGET
+        if isinstance(session, RemoteSession):  # no seed or constraint reaches a served model
+            texts = session.write_step_texts(
+                self.chooser,
+                budget=budget.tokens,
+                delimiters=self.config.step_delimiters,
+                stops=self.stops,
+                answer=self.texts[writer.value],
+                final=budget.ends_answer,
+                stream=self.stream_text,
+            )
+            return (yield from self._deltas(texts, writer))
         constraint = self.active_constraint
         if constraint is not None:
             return write_json(session, self.chooser, constraint.plan, budget=budget.tokens)
@@ -613,7 +649,7 @@ class _Generation:
         assert self.target is not None
         if not self.config.token_speculation or self.active_constraint is not None:
             return (yield from self._write(self.target, budget, seed or ())), None
-        assert self.draft is not None
+        assert self.draft is not None and isinstance(self.target, ModelSession)
         texts = speculative_step_texts(
             self.target,
             self.draft,
@@ -671,13 +707,17 @@ class _Generation:
             action = gate(draft_verdict, self.config)
 
         target_verdict = None
-        seeded = self.config.rewrite_from_rejected and self.chooser.greedy and self.active_constraint is None
+        # A served target cannot score a rejected step as a proposal: it rewrites from scratch.
+        seeded = self.config.rewrite_from_rejected and self.chooser.greedy and self.active_constraint is None and not self.remote
         if action is GateAction.ESCALATE:
             self._hand_over(proposal, target)
             # A seeded rewrite reads the step's logits from this pass: keep every length in it.
             keep = range(target_start, len(target) + 1) if seeded else (target_start,)
             with clock.phase("target_verify"):
-                target_verdict = judge(target, self.target_reader, keep=keep)
+                if isinstance(target, RemoteSession):
+                    target_verdict = target.judge(self.target_reader)
+                else:
+                    target_verdict = judge(target, self.target_reader, keep=keep)
             accepted = target_accepts(target_verdict, self.config)
         else:
             accepted = action is GateAction.ACCEPT
@@ -726,7 +766,7 @@ class _Generation:
             **verdicts,
         )
 
-    def _hand_over(self, step: WrittenStep, receiver: ModelSession) -> None:
+    def _hand_over(self, step: WrittenStep, receiver: ModelSession | RemoteSession) -> None:
         """Append a step written by the other model: as ids when the vocabularies match,
         else as its (whole-character) text re-tokenised by the receiver."""
         receiver.append(step.ids if self.engine.shared_vocabulary else _retokenized(step, receiver.loaded))

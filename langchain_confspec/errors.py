@@ -41,6 +41,12 @@ class GenerationError(ConfSpecError, RuntimeError):
     are dropped with it; the next call starts clean."""
 
 
+class RemoteModelError(GenerationError):
+    """A model served over HTTP failed to answer: the server was down, too slow, refused the
+    request or sent a reply that cannot be read. The message names the server and what came
+    back; the call leaves nothing behind for the next one."""
+
+
 class ModelOutOfMemoryError(GenerationError):
     """A model ran out of memory while answering: shorten `max_tokens` or the prompt, use a
     smaller dtype, or spread the model over more devices (`device_map`)."""

@@ -8,7 +8,7 @@ cropped back out of the cache afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -79,6 +79,14 @@ class VerdictReader:
         total = accept + reject
         return Verdict(p_accept=accept / total if total > 0 else 0.5, mass=min(total, 1.0))
 
+
+    def read_probs(self, probs: Mapping[int, float]) -> Verdict:
+        """The verdict in the probabilities of some next tokens (a server's top-n): verdict
+        words missing from them count as 0, which lowers the recorded mass."""
+        accept = sum(probs.get(i, 0.0) for i in self._accept)
+        reject = sum(probs.get(i, 0.0) for i in self._reject)
+        total = accept + reject
+        return Verdict(p_accept=accept / total if total > 0 else 0.5, mass=min(total, 1.0))
 
     def _ids_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The accepting and rejecting token ids as index tensors on `device`, made once."""

@@ -1,0 +1,231 @@
+"""A model behind an inference server, reached over HTTP with token ids in and out.
+
+Users who serve a large target with llama.cpp's `llama-server` keep it out of their Python
+process. The method needs two things from such a model, one request each: a step written from
+token ids (streamed, so that the engine's own step rules decide where it ends and the stream is
+closed there), and the next-token probabilities after a context (a verdict). Prompts are
+rendered and tokenized locally and sent as ids, so nothing is re-tokenized on the way; a start-up
+check makes sure the server's tokenizer reads texts as the local one does.
+
+Requests go through the `openai` client (the `remote` extra) for its retries with backoff and
+its timeouts; every failure becomes a `RemoteModelError` that names the server and what came
+back. The API key stays inside the client: never in `repr`, errors or records.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from langchain_confspec.errors import (
+    ConfigurationError,
+    RemoteModelError,
+    TokenizerMismatchError,
+)
+from langchain_confspec.loading import render_prompt
+
+ENGINES = ("llama.cpp",)
+"""Servers this module can drive. vLLM and SGLang need their own adapter (docs/remote-target.md)."""
+PARITY_TEXTS = (
+    "Tom has 3 apples and buys 45 more. How many apples does he have?",
+    "What is 3 + 5 * 3?\n\nStep 1: 5 * 3 = 15.",
+    "  leading spaces, trailing ones  ",
+    "Naïve café: 12,345.67 € — ok?",
+    "<tool_call>{\"name\": \"calculator\", \"arguments\": {\"expression\": \"12 * 3\"}}</tool_call>",
+    "Is the last step above correct? Answer Yes or No.\nAnswer: Yes",
+)
+"""Texts the server's tokenizer must read as the local one does before the model is used."""
+VERDICT_TOP_N = 20
+"""Most likely next tokens a verdict request asks for (the verdict words are among them
+whenever they carry weight; their mass is recorded either way)."""
+
+
+@dataclass
+class ServerCounters:
+    """What the server reported doing for one generation."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    server_seconds: float = 0.0
+
+    def add(self, reply: dict[str, Any]) -> None:
+        timings = reply.get("timings") or {}
+        self.requests += 1
+        self.prompt_tokens += int(reply.get("tokens_evaluated", 0))
+        self.cached_prompt_tokens += int(timings.get("cache_n", reply.get("tokens_cached", 0)))
+        self.server_seconds += (float(timings.get("prompt_ms", 0.0)) + float(timings.get("predicted_ms", 0.0))) / 1000
+
+
+@dataclass
+class RemoteModel:
+    """A causal LM served by `llama-server` at `base_url`, with its tokenizer loaded here.
+
+    `name` labels it in records (default: the URL); `timeout` is per request, in seconds;
+    `max_retries` is the client's (backoff on connection errors, 408, 429 and 5xx).
+    """
+
+    base_url: str
+    tokenizer: PreTrainedTokenizerBase
+    name: str = ""
+    engine: str = "llama.cpp"
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 60.0
+    max_retries: int = 2
+    eos_token_ids: frozenset[int] = field(init=False)
+    context_length: int = field(init=False)
+    version: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigurationError(f"Unknown server engine {self.engine!r}: this version drives {', '.join(ENGINES)}.")
+        self.base_url = self.base_url.rstrip("/")
+        self.name = self.name or self.base_url
+        self._client = _client(self.base_url, self.api_key, self.timeout, self.max_retries)
+        self.api_key = None  # the client holds it; nothing else does
+        self.eos_token_ids = frozenset({self.tokenizer.eos_token_id} - {None})
+        props = self._request("GET", "/props")
+        try:
+            self.context_length = int(props["default_generation_settings"]["n_ctx"])
+            self.version = str(props.get("build_info", "unknown"))
+        except (KeyError, TypeError, ValueError):
+            raise self._unreadable("/props", props) from None
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    def render_prompt(self, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        return render_prompt(self.tokenizer, turns, tools)
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        reply = self._request("POST", "/tokenize", {"content": text, "add_special": False, "parse_special": True})
+        try:
+            return [int(t) for t in reply["tokens"]]
+        except (KeyError, TypeError, ValueError):
+            raise self._unreadable("/tokenize", reply) from None
+
+    def check_tokenizer(self, texts: Sequence[str] = PARITY_TEXTS) -> None:
+        """Refuse a server whose tokenizer reads any of `texts` differently from the local one."""
+        for text in texts:
+            local = self.tokenizer.encode(text, add_special_tokens=False)
+            served = self.tokenize(text)
+            if served != local:
+                raise TokenizerMismatchError(
+                    f"The server at {self.base_url} tokenizes {text!r} as {served[:12]}... but the local tokenizer "
+                    f"({self.tokenizer.name_or_path}) as {local[:12]}...: serve the same tokenizer, or load the one the "
+                    "server uses."
+                )
+
+    def next_token_probs(self, ids: Sequence[int], counters: ServerCounters, top_n: int = VERDICT_TOP_N) -> dict[int, float]:
+        """The probabilities of the `top_n` likeliest tokens after `ids` (before any sampler)."""
+        body = self._completion_body(ids, max_tokens=1, temperature=0.0, top_p=1.0, seed=None)
+        reply = self._request("POST", "/completion", {**body, "n_probs": top_n})
+        counters.add(reply)
+        try:
+            top = reply["completion_probabilities"][0]["top_logprobs"]
+            return {int(entry["id"]): math.exp(float(entry["logprob"])) for entry in top}
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise self._unreadable("/completion", reply) from None
+
+    @contextmanager
+    def stream(
+        self, ids: Sequence[int], counters: ServerCounters, *, max_tokens: int, temperature: float, top_p: float,
+        seed: int | None,
+    ) -> Iterator[Iterator[int]]:
+        """Tokens the model writes after `ids`, as the server streams them; an end-of-sequence
+        token comes last where the model ended. Leaving the block closes the stream, which
+        stops the server writing."""
+        body = {**self._completion_body(ids, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed), "stream": True}
+        chunks = self._open_stream("/completion", body)
+        try:
+            yield self._tokens(chunks, counters)
+        finally:
+            chunks.close()
+
+    def _tokens(self, chunks: Any, counters: ServerCounters) -> Iterator[int]:
+        try:
+            for chunk in chunks:
+                if not isinstance(chunk, dict):
+                    raise self._unreadable("/completion", chunk)
+                yield from (int(t) for t in chunk.get("tokens", ()))
+                if chunk.get("stop"):
+                    counters.add(chunk)
+                    if chunk.get("stop_type") == "eos" and self.eos_token_ids:
+                        yield min(self.eos_token_ids)
+                    return
+        except RemoteModelError:
+            raise
+        except Exception as error:
+            raise self._failure("/completion", error) from error
+
+    def _completion_body(
+        self, ids: Sequence[int], *, max_tokens: int, temperature: float, top_p: float, seed: int | None
+    ) -> dict[str, Any]:
+        """A llama.cpp completion of `ids`: the sampler chain named in full (top-p, then
+        temperature; 0 is greedy), so the server's defaults (repeat penalty, min-p, top-k)
+        never change what the model writes."""
+        return {
+            "prompt": list(ids),
+            "n_predict": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "samplers": ["top_p", "temperature"],
+            "seed": seed if seed is not None else -1,
+            "return_tokens": True,
+            "cache_prompt": True,
+        }
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            if method == "GET":
+                return self._client.get(path, cast_to=object)
+            return self._client.post(path, body=body, cast_to=object)
+        except Exception as error:
+            raise self._failure(path, error) from error
+
+    def _open_stream(self, path: str, body: dict[str, Any]) -> Any:
+        import openai
+
+        try:
+            return self._client.post(path, body=body, cast_to=object, stream=True, stream_cls=openai.Stream[object])
+        except Exception as error:
+            raise self._failure(path, error) from error
+
+    def _failure(self, path: str, error: BaseException) -> RemoteModelError:
+        import openai
+
+        where = f"The {self.engine} server at {self.base_url}{path}"
+        if isinstance(error, openai.APITimeoutError):
+            return RemoteModelError(f"{where} did not answer within {self.timeout:g} s (after {self.max_retries} retries).")
+        if isinstance(error, openai.APIConnectionError):
+            return RemoteModelError(f"{where} could not be reached (after {self.max_retries} retries): {error.__cause__ or error}.")
+        if isinstance(error, openai.APIStatusError):
+            return RemoteModelError(f"{where} answered HTTP {error.status_code}: {_short(error.response.text)}")
+        return RemoteModelError(f"{where} failed: {type(error).__name__}: {_short(str(error))}")
+
+    def _unreadable(self, path: str, reply: Any) -> RemoteModelError:
+        return RemoteModelError(f"The {self.engine} server at {self.base_url}{path} sent a reply this library cannot read: {_short(repr(reply))}")
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _client(base_url: str, api_key: str | None, timeout: float, max_retries: int) -> Any:
+    try:
+        import openai
+    except ImportError:
+        raise ConfigurationError(
+            "A remote model needs the openai client: pip install 'langchain-confspec[remote]'."
+        ) from None
+    return openai.OpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout, max_retries=max_retries)

@@ -1,0 +1,102 @@
+"""One generation's view of a served model: its token ids, and the step and verdict requests.
+
+The local `ModelSession` reads tokens into a KV cache it owns; a `RemoteSession` only keeps the
+ids, since the server's prompt cache finds the longest prefix it already read (a rollback is
+cutting the list). A step is streamed and fed token by token to the same `StepBuilder` the
+local models use, so it ends where a local model's step would, and the stream is closed there;
+a verdict is one request for the next token's probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Sequence
+
+from langchain_confspec.answer_text import AnswerText
+from langchain_confspec.decoding import (
+    StepBuilder,
+    StopScanner,
+    TokenChooser,
+    WrittenStep,
+)
+from langchain_confspec.errors import RemoteModelError
+from langchain_confspec.records import ModelCounters, Verdict
+from langchain_confspec.remote import RemoteModel, ServerCounters
+from langchain_confspec.verification import VerdictReader
+
+FAST_PATH = "remote"
+"""What the records say a served model's passes ran on."""
+
+
+class RemoteSession:
+    """Token ids and work counters of a served model for one generation."""
+
+    def __init__(self, remote: RemoteModel, prompt_ids: Sequence[int], *, context_length: int | None = None) -> None:
+        self.loaded = remote
+        self.ids: list[int] = list(prompt_ids)
+        self.prompt_tokens = len(prompt_ids)
+        self.context_length = context_length or remote.context_length
+        self.server = ServerCounters()
+        self.tokens_written = 0
+        self._steps = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def room(self) -> int:
+        return self.context_length - len(self.ids)
+
+    def append(self, ids: Iterable[int]) -> None:
+        self.ids.extend(ids)
+
+    def truncate(self, length: int) -> None:
+        if length < 0 or length > len(self.ids):
+            raise ValueError(f"cannot truncate a context of {len(self.ids)} tokens to {length}")
+        del self.ids[length:]
+
+    def counters(self) -> ModelCounters:
+        return ModelCounters(
+            prompt_tokens=self.prompt_tokens,
+            tokens_written=self.tokens_written,
+            forward_passes=self.server.requests,
+            forward_tokens=self.server.prompt_tokens,
+            fast_path=FAST_PATH,
+        )
+
+    def write_step_texts(
+        self,
+        chooser: TokenChooser,
+        *,
+        budget: int,
+        delimiters: Sequence[str],
+        stops: StopScanner,
+        answer: AnswerText | None = None,
+        final: bool = False,
+        stream: bool = False,
+    ) -> Generator[str, None, WrittenStep]:
+        """Write one step of at most `budget` tokens on the server, appending it here; with
+        `stream`, yield its settled text as it grows (as `decoding.write_step_texts` does)."""
+        step = StepBuilder(self, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)  # type: ignore[arg-type]
+        seed = None if chooser.greedy else (chooser.seed + self._steps) % 2**32  # a fresh draw per step, repeatable
+        self._steps += 1
+        with self.loaded.stream(
+            self.ids, self.server, max_tokens=budget, temperature=chooser.temperature, top_p=chooser.top_p, seed=seed
+        ) as tokens:
+            for token in tokens:
+                done = step.add(token)
+                if token not in step.eos:  # an end-of-sequence token never enters the context
+                    self.ids.append(token)
+                    self.tokens_written += 1
+                if stream and (text := step.new_text(done)):
+                    yield text
+                if done is not None:
+                    return done
+        raise RemoteModelError(
+            f"The server at {self.loaded.base_url} stopped after {len(step.ids)} of a step's {budget} tokens "
+            f"without an end of sequence (its context is {self.loaded.context_length} tokens)."
+        )
+
+    def judge(self, reader: VerdictReader) -> Verdict:
+        """The model's verdict on the step at the end of the context: one request for the
+        probabilities after the verification suffix, which never enters the context."""
+        return reader.read_probs(self.loaded.next_token_probs([*self.ids, *reader.suffix_ids], self.server))
