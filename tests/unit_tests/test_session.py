@@ -105,7 +105,7 @@ def test_tokens_read_ahead_must_be_named_before_anything_else(tiny_engine: ConfS
     """Ids still on the device hold the session until `settle` names them: nothing can be
     appended, read or rolled back in between, and naming the wrong number is refused."""
     session = ModelSession(tiny_engine.target, [5, 6, 7], kv=kv)
-    session.read_ahead(torch.tensor([8, 9]))
+    assert session.read_ahead(torch.tensor([8, 9])).shape == (2, tiny_engine.target.vocab_size)  # the prompt read too
     for action in (lambda: session.append([1]), session.next_logits, lambda: session.truncate(2)):
         with pytest.raises(RuntimeError, match="2 tokens were read ahead and not settled"):
             action()
