@@ -34,7 +34,14 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+)
 
 from langchain_confspec.cache_budget import validate_budget
 from langchain_confspec.callbacks import (
@@ -65,10 +72,12 @@ from langchain_confspec.loading import LoadedModel
 from langchain_confspec.messages import to_chat_turns
 from langchain_confspec.prompting import render_prompt
 from langchain_confspec.records import Span, StepRecord
+from langchain_confspec.remote import RemoteModel
 from langchain_confspec.sharing import (
     engine_for,
     model_by_name,
     model_object,
+    served_model,
     tokenizer_by_name,
 )
 from langchain_confspec.static_runner import WarmupReport
@@ -191,7 +200,16 @@ class ConfSpecChatModel(BaseChatModel):
     draft_model: str | None = None
     """Hugging Face id or local path of the draft (small) model."""
     target_model: str | None = None
-    """Hugging Face id or local path of the target (large) model."""
+    """Hugging Face id or local path of the target (large) model; with `target_url`, of its
+    tokenizer only."""
+    target_url: str | None = None
+    """Base URL of a server that serves the target (llama.cpp's `llama-server`), e.g.
+    `http://127.0.0.1:8080`: no target weights load here, prompts go to it as token ids
+    (docs/remote-target.md)."""
+    target_api_key: SecretStr | None = None
+    """API key the target's server asks for (sent as a bearer token; never shown or logged)."""
+    target_timeout: float = Field(default=60.0, gt=0)
+    """Seconds a request to the target's server may take, per try (the client retries twice)."""
     draft: Any = Field(default=None, exclude=True, repr=False)
     """An already-loaded draft model, used instead of loading `draft_model`."""
     draft_tokenizer: Any = Field(default=None, exclude=True, repr=False)
@@ -284,8 +302,10 @@ class ConfSpecChatModel(BaseChatModel):
             raise settings_error(exc) from None
         if self.draft_model is None and self.draft is None:
             raise ConfigurationError("No draft model: set draft_model (an id or path) or pass draft=.")
-        if self.target_model is None and self.target is None:
-            raise ConfigurationError("No target model: set target_model (an id or path) or pass target=.")
+        if self.target_url is not None and self.target_model is None and self.target_tokenizer is None:
+            raise ConfigurationError("A served target (target_url) needs its tokenizer: set target_model (an id or path).")
+        if self.target_model is None and self.target is None and self.target_url is None:
+            raise ConfigurationError("No target model: set target_model (an id or path), pass target=, or set target_url.")
         validate_budget(self.kv_cache_memory)
         self._spec_config()  # an impossible setting fails here, naming itself
 
@@ -639,7 +659,11 @@ class ConfSpecChatModel(BaseChatModel):
         )
         return self._engine  # kept by this model, so its weights live as long as it does
 
-    def _load(self, role: str) -> LoadedModel:
+    def _load(self, role: str) -> LoadedModel | RemoteModel:
+        if role == "target" and self.target_url is not None:
+            key = self.target_api_key.get_secret_value() if self.target_api_key is not None else None
+            tokenizer = self.target_tokenizer or self._named_tokenizer("target")
+            return served_model(self.target_url, tokenizer, api_key=key, timeout=self.target_timeout)
         preloaded = getattr(self, role)
         tokenizer = getattr(self, f"{role}_tokenizer") or self._named_tokenizer(role)
         if preloaded is None:

@@ -27,7 +27,7 @@ from langchain_confspec.errors import (
     RemoteModelError,
     TokenizerMismatchError,
 )
-from langchain_confspec.loading import render_prompt
+from langchain_confspec.prompting import render_prompt
 
 ENGINES = ("llama.cpp",)
 """Servers this module can drive. vLLM and SGLang need their own adapter (docs/remote-target.md)."""

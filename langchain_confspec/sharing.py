@@ -11,6 +11,7 @@ dropping every chat model that uses a model frees its weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import weakref
@@ -24,10 +25,11 @@ from langchain_confspec.loading import (
     load_tokenizer,
     wrap_model,
 )
+from langchain_confspec.remote import RemoteModel
 
 _LOCK = threading.RLock()
 _TOKENIZERS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
-_MODELS: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = weakref.WeakValueDictionary()
+_MODELS: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel | RemoteModel] = weakref.WeakValueDictionary()
 _ENGINES: weakref.WeakValueDictionary[tuple[Any, ...], ConfSpecEngine] = weakref.WeakValueDictionary()
 
 
@@ -64,8 +66,22 @@ def model_object(model: Any, tokenizer: Any, *, role: str, name: str) -> LoadedM
         return loaded
 
 
+def served_model(url: str, tokenizer: Any, *, api_key: str | None, timeout: float) -> RemoteModel:
+    """A `RemoteModel` for the server at `url`, its tokenizer checked against the local one,
+    once for every caller naming the same server, tokenizer and key."""
+    key_digest = hashlib.sha256(api_key.encode()).hexdigest() if api_key is not None else None  # the key itself is kept nowhere
+    key = ("served", url.rstrip("/"), id(tokenizer), key_digest, timeout)
+    with _LOCK:
+        remote = _MODELS.get(key)
+        if not isinstance(remote, RemoteModel):
+            remote = RemoteModel(url, tokenizer, api_key=api_key, timeout=timeout)
+            remote.check_tokenizer()
+            _MODELS[key] = remote
+        return remote
+
+
 def engine_for(
-    draft: LoadedModel, target: LoadedModel, *, max_context: int | None, max_batch: int, kv_cache_memory: KVBudget | None = None
+    draft: LoadedModel, target: LoadedModel | RemoteModel, *, max_context: int | None, max_batch: int, kv_cache_memory: KVBudget | None = None
 ) -> ConfSpecEngine:
     """The engine over these two models with this context limit, batch size and KV budget, made once."""
     budget = (type(kv_cache_memory).__name__, kv_cache_memory)  # 1 byte is not 1.0 of the memory

@@ -1,0 +1,210 @@
+"""A target served by a real llama.cpp `llama-server`: the demo target converted to GGUF (fp32),
+on loopback, against the same target loaded here.
+
+The server is built from the llama.cpp vendored in the pinned `llama-cpp-python` sdist the
+first time (scripts/llama_server.py, cached outside the repository by version); where it cannot
+be built (no compiler, no cmake) these tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from langchain_confspec import ConfSpecChatModel, ConfSpecEngine, load_model
+from langchain_confspec.config import build_config
+from langchain_confspec.demo import DEMO_SETTINGS
+from langchain_confspec.demo.problems import make_problems
+from langchain_confspec.errors import (
+    ConfigurationError,
+    RemoteModelError,
+    TokenizerMismatchError,
+)
+from langchain_confspec.loading import DEMO_PAIR_DIR
+from langchain_confspec.remote import RemoteModel, ServerCounters
+from langchain_confspec.session import ModelSession
+from langchain_confspec.tiny import build_tokenizer
+from langchain_confspec.verification import VerdictReader
+
+pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
+
+ROOT = Path(__file__).resolve().parents[2]
+SLOTS = 4
+WINDOW = 2048  # the demo target's, per slot
+
+
+def _tools() -> Any:
+    spec = importlib.util.spec_from_file_location("llama_server", ROOT / "scripts" / "llama_server.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gguf_and_binary() -> tuple[Path, Path]:
+    if importlib.util.find_spec("openai") is None:
+        pytest.skip("the openai client (the remote extra) is not installed")
+    tools = _tools()
+    try:
+        return tools.convert(DEMO_PAIR_DIR / "target"), tools.build()
+    except (RuntimeError, subprocess.CalledProcessError, OSError) as error:
+        pytest.skip(f"llama-server could not be built or the demo target converted here: {error}")
+
+
+class Server:
+    """A `llama-server` process on a free loopback port."""
+
+    def __init__(self, binary: Path, gguf: Path, *extra: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(SLOTS * WINDOW),
+            "-np", str(SLOTS), "--no-kv-unified", "-t", "1", "--poll", "0", *extra,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"llama-server exited: {self.process.stderr.read().decode()[-2000:]}") from None  # type: ignore[union-attr]
+                time.sleep(0.2)
+        raise RuntimeError("llama-server did not become ready in 60 s")
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(gguf_and_binary: tuple[Path, Path]) -> Iterator[Server]:
+    gguf, binary = gguf_and_binary
+    running = Server(binary, gguf)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def local_engine() -> ConfSpecEngine:
+    return ConfSpecEngine(load_model("confspec-demo-draft", role="draft"), load_model("confspec-demo-target", role="target"))
+
+
+@pytest.fixture(scope="module")
+def remote(server: Server, local_engine: ConfSpecEngine) -> RemoteModel:
+    return RemoteModel(server.url, local_engine.target.tokenizer, name="served-demo-target")
+
+
+@pytest.fixture(scope="module")
+def served_engine(local_engine: ConfSpecEngine, remote: RemoteModel) -> ConfSpecEngine:
+    return ConfSpecEngine(local_engine.draft, remote)
+
+
+def settings(mode: str, **extra: Any) -> Any:
+    return build_config(**DEMO_SETTINGS, mode=mode, max_tokens=96, fast_path="off", **extra)
+
+
+def test_the_server_reads_texts_as_the_local_tokenizer_and_a_different_one_is_refused(remote: RemoteModel, server: Server) -> None:
+    remote.check_tokenizer()
+    assert remote.context_length == WINDOW and remote.version != "unknown"
+    other = RemoteModel(server.url, build_tokenizer())
+    with pytest.raises(TokenizerMismatchError, match=rf"server at {server.url} tokenizes .* but the local tokenizer"):
+        other.check_tokenizer()
+
+
+@pytest.mark.parametrize("mode", ["target_only", "confspec"])
+def test_a_served_target_answers_as_the_local_one(mode: str, local_engine: ConfSpecEngine, served_engine: ConfSpecEngine) -> None:
+    """Greedy, fp32 GGUF: the same steps, verdicts and rewrites as the target loaded here."""
+    escalated = 0
+    for problem in make_problems(20, seed=30_000):
+        local = local_engine.generate(problem.turns(), settings(mode))
+        served = served_engine.generate(problem.turns(), settings(mode))
+        assert served.text == local.text, problem.question
+        assert [r.decision for r in served.records] == [r.decision for r in local.records]
+        escalated += sum(r.escalated for r in served.records)
+        assert served.summary.target.fast_path == "remote" and served.summary.target.forward_passes > 0
+    assert mode == "target_only" or escalated > 0  # the server judged steps too
+
+
+def test_served_verdicts_equal_the_local_ones(local_engine: ConfSpecEngine, remote: RemoteModel) -> None:
+    reader = VerdictReader(local_engine.target.tokenizer, settings("confspec"))
+    for problem in make_problems(10, seed=30_100):
+        prompt = local_engine.target.render_prompt(problem.turns())
+        step = local_engine.target.tokenizer.encode("Step: 3 + 4 = 7.", add_special_tokens=False)
+        session = ModelSession(local_engine.target, [*prompt, *step, *reader.suffix_ids])
+        local = reader.read(session.next_logits())
+        served = reader.read_probs(remote.next_token_probs([*prompt, *step, *reader.suffix_ids], ServerCounters()))
+        assert served.p_accept == pytest.approx(local.p_accept, abs=1e-5)
+        assert served.mass == pytest.approx(local.mass, abs=1e-5)
+
+
+def test_concurrent_calls_answer_as_they_do_alone(served_engine: ConfSpecEngine) -> None:
+    problems = make_problems(2 * SLOTS, seed=30_200)
+    alone = [served_engine.generate(p.turns(), settings("confspec")).text for p in problems]
+    together: list[str | None] = [None] * len(problems)
+
+    def answer(i: int) -> None:
+        together[i] = served_engine.generate(problems[i].turns(), settings("confspec")).text
+
+    threads = [threading.Thread(target=answer, args=(i,)) for i in range(len(problems))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert together == alone
+
+
+def test_what_a_served_target_cannot_do_is_refused_naming_the_server(served_engine: ConfSpecEngine, server: Server) -> None:
+    problem = make_problems(1, seed=30_300)[0]
+    with pytest.raises(ConfigurationError, match=rf"cannot do.*{server.url}|{server.url}.*cannot do"):
+        served_engine.generate(problem.turns(), settings("target_only", token_speculation=True))
+
+
+def test_a_server_that_goes_away_gives_an_error_naming_it_and_the_next_call_is_clean(
+    gguf_and_binary: tuple[Path, Path], local_engine: ConfSpecEngine
+) -> None:
+    gguf, binary = gguf_and_binary
+    own = Server(binary, gguf)
+    try:
+        engine = ConfSpecEngine(local_engine.draft, RemoteModel(own.url, local_engine.target.tokenizer, max_retries=0, timeout=5))
+        problem = make_problems(1, seed=30_400)[0]
+        expected = engine.generate(problem.turns(), settings("target_only")).text
+    finally:
+        own.stop()
+    with pytest.raises(RemoteModelError, match=rf"server at {own.url}/completion could not be reached"):
+        engine.generate(problem.turns(), settings("target_only"))
+    assert local_engine.generate(problem.turns(), settings("target_only")).text == expected  # nothing left behind
+
+
+def test_an_api_key_is_sent_and_never_shown(gguf_and_binary: tuple[Path, Path], local_engine: ConfSpecEngine) -> None:
+    gguf, binary = gguf_and_binary
+    secret = "sk-confspec-test-9f8e7d"
+    own = Server(binary, gguf, "--api-key", secret)
+    try:
+        with pytest.raises(RemoteModelError, match="answered HTTP 401") as refused:
+            RemoteModel(own.url, local_engine.target.tokenizer, api_key="wrong-key", max_retries=0).tokenize("hi")
+        assert "wrong-key" not in str(refused.value)
+        chat = ConfSpecChatModel(
+            draft_model="confspec-demo-draft", target_model="confspec-demo-target", target_url=own.url,
+            target_api_key=secret, max_tokens=48,
+        )  # fmt: skip
+        message = chat.invoke(make_problems(1, seed=30_500)[0].question)
+        assert message.content
+        shown = " ".join([repr(chat), str(chat.model_dump()), str(message.response_metadata), repr(chat._get_engine().target)])
+        assert secret not in shown
+    finally:
+        own.stop()
