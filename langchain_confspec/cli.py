@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -21,7 +22,8 @@ from langchain_confspec.display import (
 )
 from langchain_confspec.engine import ConfSpecEngine, RunResult
 from langchain_confspec.errors import ConfigurationError, ConfSpecError
-from langchain_confspec.loading import load_model
+from langchain_confspec.loading import load_model, load_tokenizer
+from langchain_confspec.remote import RemoteModel
 
 if TYPE_CHECKING:
     from langchain_confspec.audit import ConfSpecAuditHandler
@@ -88,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft", default=DEMO_DRAFT, help="draft model id or path (default: the bundled demo)")
     parser.add_argument("--target", default=DEMO_TARGET, help="target model id or path")
+    parser.add_argument("--target-url", help="base URL of a llama-server serving the target (no target weights load here)")
+    parser.add_argument("--target-tokenizer", help="with --target-url: the served target's tokenizer, id or path (default: --target)")
+    parser.add_argument(
+        "--target-api-key-env", metavar="NAME", help="with --target-url: the environment variable holding the server's API key"
+    )
     parser.add_argument("--device-map", default=None, help='e.g. "auto" to use GPUs')
     parser.add_argument("--dtype", default=None, help='e.g. "bfloat16"')
     parser.add_argument("--max-context", type=int, default=None, help="context window to use, in tokens")
@@ -116,8 +123,23 @@ def _audit_log(args: argparse.Namespace) -> ConfSpecAuditHandler | None:
 
 def _engine(args: argparse.Namespace) -> ConfSpecEngine:
     draft = load_model(args.draft, role="draft", device_map=args.device_map, torch_dtype=args.dtype)
-    target = load_model(args.target, role="target", device_map=args.device_map, torch_dtype=args.dtype)
+    target = _served_target(args) if args.target_url else load_model(
+        args.target, role="target", device_map=args.device_map, torch_dtype=args.dtype
+    )
     return ConfSpecEngine(draft, target, max_context=args.max_context, kv_cache_memory=args.kv_cache_memory)
+
+
+def _served_target(args: argparse.Namespace) -> RemoteModel:
+    """`--target-url`: the server, its tokenizer checked against the local one."""
+    api_key = None
+    if args.target_api_key_env:
+        api_key = os.environ.get(args.target_api_key_env)
+        if api_key is None:
+            raise ConfigurationError(f"--target-api-key-env names {args.target_api_key_env}, which is not set.")
+    tokenizer = load_tokenizer(args.target_tokenizer or args.target, role="target")
+    remote = RemoteModel(args.target_url, tokenizer, api_key=api_key)
+    remote.check_tokenizer()
+    return remote
 
 
 def _budget(text: str) -> int | float:

@@ -55,6 +55,7 @@ from langchain_confspec.records import (
     PhaseBatches,
     PhaseTimes,
     RunSummary,
+    ServerWork,
     Span,
     StepEnd,
     StepRecord,
@@ -457,6 +458,7 @@ class _Generation:
         draft_text = AnswerText(engine.draft.tokenizer)  # the answer's text as each vocabulary reads it
         self.texts = {"draft": draft_text, "target": draft_text if engine.shared_vocabulary else AnswerText(engine.target.tokenizer)}
         self.records: list[StepRecord] = []
+        self._server_mark = ServerWork()  # a served target's work when the last step was recorded
         self.tokens_used = 0
         self.finish_reason: str | None = None
         self._write_step: Callable[[StepBudget, _PhaseClock], Generator[TextDelta, None, StepRecord]] = {
@@ -792,5 +794,14 @@ class _Generation:
             decision=decision,
             end=step.end,
             span=span,
+            target_server=self._server_step(),
             **details,
         )
+
+    def _server_step(self) -> ServerWork | None:
+        """What a served target's server did since the last step's record."""
+        if not isinstance(self.target, RemoteSession):
+            return None
+        now = self.target.server.work.model_copy()
+        step, self._server_mark = now - self._server_mark, now
+        return step

@@ -131,6 +131,26 @@ class StepRecord(BaseModel):
     )
     times: PhaseTimes = Field(default_factory=PhaseTimes)
     batch_sizes: PhaseBatches = Field(default_factory=PhaseBatches)
+    target_server: ServerWork | None = Field(
+        default=None, description="For a served target: what its server did for this step (verdict, rewrite, writing)."
+    )
+
+
+class ServerWork(BaseModel):
+    """What the server of a served model reported doing, from its replies."""
+
+    requests: int = 0
+    prompt_tokens: int = Field(default=0, description="Prompt tokens the server evaluated.")
+    cached_prompt_tokens: int = Field(default=0, description="Prompt tokens it reused from its prompt cache.")
+    seconds: float = Field(default=0.0, description="Its own time: prompt processing and writing.")
+
+    def __sub__(self, earlier: ServerWork) -> ServerWork:
+        return ServerWork(
+            requests=self.requests - earlier.requests,
+            prompt_tokens=self.prompt_tokens - earlier.prompt_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens - earlier.cached_prompt_tokens,
+            seconds=self.seconds - earlier.seconds,
+        )
 
 
 class ModelCounters(BaseModel):
@@ -142,6 +162,8 @@ class ModelCounters(BaseModel):
     forward_tokens: int = 0
     fast_path: str | None = Field(default=None, description="How its passes ran: off, static or graphs (None: unused).")
     warmup_seconds: float = Field(default=0.0, description="One-time warm-up this call paid (cache, compile, capture).")
+    server: str | None = Field(default=None, description="For a served model: its serving engine and version.")
+    server_work: ServerWork | None = Field(default=None, description="For a served model: what its server reported doing.")
 
 
 class RunSummary(BaseModel):

@@ -28,6 +28,7 @@ from langchain_confspec.errors import (
     TokenizerMismatchError,
 )
 from langchain_confspec.prompting import render_prompt
+from langchain_confspec.records import ServerWork
 
 ENGINES = ("llama.cpp",)
 """Servers this module can drive. vLLM and SGLang need their own adapter (docs/remote-target.md)."""
@@ -45,21 +46,19 @@ VERDICT_TOP_N = 20
 whenever they carry weight; their mass is recorded either way)."""
 
 
-@dataclass
 class ServerCounters:
-    """What the server reported doing for one generation."""
+    """What the server reported doing for one generation, summed over its replies."""
 
-    requests: int = 0
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    server_seconds: float = 0.0
+    def __init__(self) -> None:
+        self.work = ServerWork()
 
     def add(self, reply: dict[str, Any]) -> None:
         timings = reply.get("timings") or {}
-        self.requests += 1
-        self.prompt_tokens += int(reply.get("tokens_evaluated", 0))
-        self.cached_prompt_tokens += int(timings.get("cache_n", reply.get("tokens_cached", 0)))
-        self.server_seconds += (float(timings.get("prompt_ms", 0.0)) + float(timings.get("predicted_ms", 0.0))) / 1000
+        work = self.work
+        work.requests += 1
+        work.prompt_tokens += int(reply.get("tokens_evaluated", 0))
+        work.cached_prompt_tokens += int(timings.get("cache_n", reply.get("tokens_cached", 0)))
+        work.seconds += (float(timings.get("prompt_ms", 0.0)) + float(timings.get("predicted_ms", 0.0))) / 1000
 
 
 @dataclass

@@ -58,9 +58,11 @@ class RemoteSession:
         return ModelCounters(
             prompt_tokens=self.prompt_tokens,
             tokens_written=self.tokens_written,
-            forward_passes=self.server.requests,
-            forward_tokens=self.server.prompt_tokens,
+            forward_passes=self.server.work.requests,
+            forward_tokens=self.server.work.prompt_tokens,
             fast_path=FAST_PATH,
+            server=f"{self.loaded.engine} {self.loaded.version}",
+            server_work=self.server.work.model_copy(),
         )
 
     def write_step_texts(
