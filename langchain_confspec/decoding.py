@@ -11,7 +11,7 @@ import secrets
 import weakref
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -198,6 +198,18 @@ def quiet_tokens(tokenizer: PreTrainedTokenizerBase, needles: Sequence[str]) -> 
     return by_needles[last_chars]
 
 
+class _Vocabulary(Protocol):
+    tokenizer: PreTrainedTokenizerBase
+    eos_token_ids: frozenset[int]
+
+
+class _Writer(Protocol):
+    """Whose step is built: a local session or a served model's (`remote_session`)."""
+
+    @property
+    def loaded(self) -> _Vocabulary: ...
+
+
 class StepBuilder:
     """Grows a step token by token and says when, and why, it ends.
 
@@ -213,7 +225,7 @@ class StepBuilder:
 
     def __init__(
         self,
-        session: ModelSession,
+        session: _Writer,
         *,
         budget: int,
         delimiters: Sequence[str],

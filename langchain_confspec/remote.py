@@ -41,9 +41,9 @@ PARITY_TEXTS = (
     "Is the last step above correct? Answer Yes or No.\nAnswer: Yes",
 )
 """Texts the server's tokenizer must read as the local one does before the model is used."""
-VERDICT_TOP_N = 20
-"""Most likely next tokens a verdict request asks for (the verdict words are among them
-whenever they carry weight; their mass is recorded either way)."""
+VERDICT_TOP_N = 100
+"""Most likely next tokens a verdict request asks for by default: the verdict words are among
+them whenever they carry weight, and a word left out lowers the recorded mass."""
 
 
 class ServerCounters:
@@ -53,11 +53,12 @@ class ServerCounters:
         self.work = ServerWork()
 
     def add(self, reply: dict[str, Any]) -> None:
+        """Count one request from its last reply (or streamed chunk): its `timings`."""
         timings = reply.get("timings") or {}
         work = self.work
         work.requests += 1
-        work.prompt_tokens += int(reply.get("tokens_evaluated", 0))
-        work.cached_prompt_tokens += int(timings.get("cache_n", reply.get("tokens_cached", 0)))
+        work.prompt_tokens += int(timings.get("prompt_n", 0))
+        work.cached_prompt_tokens += int(timings.get("cache_n", 0))
         work.seconds += (float(timings.get("prompt_ms", 0.0)) + float(timings.get("predicted_ms", 0.0))) / 1000
 
 
@@ -66,7 +67,8 @@ class RemoteModel:
     """A causal LM served by `llama-server` at `base_url`, with its tokenizer loaded here.
 
     `name` labels it in records (default: the URL); `timeout` is per request, in seconds;
-    `max_retries` is the client's (backoff on connection errors, 408, 429 and 5xx).
+    `max_retries` is the client's (backoff on connection errors, 408, 429 and 5xx);
+    `verdict_top_n` is how many of the likeliest next tokens a verdict reads.
     """
 
     base_url: str
@@ -76,6 +78,7 @@ class RemoteModel:
     api_key: str | None = field(default=None, repr=False)
     timeout: float = 60.0
     max_retries: int = 2
+    verdict_top_n: int = VERDICT_TOP_N
     eos_token_ids: frozenset[int] = field(init=False)
     context_length: int = field(init=False)
     version: str = field(init=False)
@@ -123,10 +126,10 @@ class RemoteModel:
                     "server uses."
                 )
 
-    def next_token_probs(self, ids: Sequence[int], counters: ServerCounters, top_n: int = VERDICT_TOP_N) -> dict[int, float]:
-        """The probabilities of the `top_n` likeliest tokens after `ids` (before any sampler)."""
+    def next_token_probs(self, ids: Sequence[int], counters: ServerCounters) -> dict[int, float]:
+        """The probabilities of the `verdict_top_n` likeliest tokens after `ids` (before any sampler)."""
         body = self._completion_body(ids, max_tokens=1, temperature=0.0, top_p=1.0, seed=None)
-        reply = self._request("POST", "/completion", {**body, "n_probs": top_n})
+        reply = self._request("POST", "/completion", {**body, "n_probs": min(self.verdict_top_n, self.vocab_size)})
         counters.add(reply)
         try:
             top = reply["completion_probabilities"][0]["top_logprobs"]
@@ -142,28 +145,34 @@ class RemoteModel:
         """Tokens the model writes after `ids`, as the server streams them; an end-of-sequence
         token comes last where the model ended. Leaving the block closes the stream, which
         stops the server writing."""
-        body = {**self._completion_body(ids, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed), "stream": True}
+        body = self._completion_body(ids, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        body.update(stream=True, timings_per_token=True)
         chunks = self._open_stream("/completion", body)
+        tokens = self._tokens(chunks, counters)
         try:
-            yield self._tokens(chunks, counters)
+            yield tokens
         finally:
+            tokens.close()  # counts the request, however far it was read
             chunks.close()
 
     def _tokens(self, chunks: Any, counters: ServerCounters) -> Iterator[int]:
+        last: dict[str, Any] = {}  # every chunk carries the timings so far (`timings_per_token`)
         try:
             for chunk in chunks:
                 if not isinstance(chunk, dict):
                     raise self._unreadable("/completion", chunk)
+                last = chunk
                 yield from (int(t) for t in chunk.get("tokens", ()))
                 if chunk.get("stop"):
-                    counters.add(chunk)
                     if chunk.get("stop_type") == "eos" and self.eos_token_ids:
                         yield min(self.eos_token_ids)
                     return
         except RemoteModelError:
             raise
-        except Exception as error:
+        except Exception as error:  # the client's or the reply's, named
             raise self._failure("/completion", error) from error
+        finally:  # also when the step ends first and the stream is closed
+            counters.add(last)
 
     def _completion_body(
         self, ids: Sequence[int], *, max_tokens: int, temperature: float, top_p: float, seed: int | None
@@ -189,7 +198,7 @@ class RemoteModel:
             if method == "GET":
                 return self._client.get(path, cast_to=object)
             return self._client.post(path, body=body, cast_to=object)
-        except Exception as error:
+        except Exception as error:  # the client's, named
             raise self._failure(path, error) from error
 
     def _open_stream(self, path: str, body: dict[str, Any]) -> Any:
@@ -197,7 +206,7 @@ class RemoteModel:
 
         try:
             return self._client.post(path, body=body, cast_to=object, stream=True, stream_cls=openai.Stream[object])
-        except Exception as error:
+        except Exception as error:  # the client's, named
             raise self._failure(path, error) from error
 
     def _failure(self, path: str, error: BaseException) -> RemoteModelError:

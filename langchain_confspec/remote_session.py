@@ -78,7 +78,7 @@ class RemoteSession:
     ) -> Generator[str, None, WrittenStep]:
         """Write one step of at most `budget` tokens on the server, appending it here; with
         `stream`, yield its settled text as it grows (as `decoding.write_step_texts` does)."""
-        step = StepBuilder(self, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)  # type: ignore[arg-type]
+        step = StepBuilder(self, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)
         seed = None if chooser.greedy else (chooser.seed + self._steps) % 2**32  # a fresh draw per step, repeatable
         self._steps += 1
         with self.loaded.stream(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from langchain_confspec import ConfSpecChatModel, ConfSpecEngine, load_model
+from langchain_confspec import ConfSpecChatModel, ConfSpecEngine, Writer, load_model
 from langchain_confspec.config import build_config
 from langchain_confspec.demo import DEMO_SETTINGS
 from langchain_confspec.demo.problems import make_problems
@@ -71,9 +72,10 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
             str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(SLOTS * WINDOW),
-            "-np", str(SLOTS), "--no-kv-unified", "-t", "1", "--poll", "0", *extra,
+            "-np", str(SLOTS), "--no-kv-unified", "-t", "1", "--poll", "0", "-ctk", "f32", "-ctv", "f32", "-fa", "off", *extra,
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.log = tempfile.TemporaryFile()  # a pipe nobody reads would fill and stall the server
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -82,13 +84,15 @@ class Server:
                         return
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"llama-server exited: {self.process.stderr.read().decode()[-2000:]}") from None  # type: ignore[union-attr]
+                    self.log.seek(0)
+                    raise RuntimeError(f"llama-server exited: {self.log.read().decode()[-2000:]}") from None
                 time.sleep(0.2)
         raise RuntimeError("llama-server did not become ready in 60 s")
 
     def stop(self) -> None:
         self.process.kill()
         self.process.wait()
+        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +140,11 @@ def test_a_served_target_answers_as_the_local_one(mode: str, local_engine: ConfS
         assert served.text == local.text, problem.question
         assert [r.decision for r in served.records] == [r.decision for r in local.records]
         escalated += sum(r.escalated for r in served.records)
-        assert served.summary.target.fast_path == "remote" and served.summary.target.forward_passes > 0
+        target = served.summary.target  # one request per verdict asked and per step written
+        requests = sum(r.escalated for r in served.records) + sum(r.writer is Writer.TARGET for r in served.records)
+        assert target.fast_path == "remote" and target.forward_passes == requests
+        assert target.server_work is not None and target.server_work.requests == requests
+        assert sum(r.target_server.requests for r in served.records if r.target_server) == requests
     assert mode == "target_only" or escalated > 0  # the server judged steps too
 
 
