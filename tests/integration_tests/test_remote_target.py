@@ -74,7 +74,7 @@ class Server:
             str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(SLOTS * WINDOW),
             "-np", str(SLOTS), "--no-kv-unified", "-t", "1", "--poll", "0", "-ctk", "f32", "-ctv", "f32", "-fa", "off", *extra,
         ]  # fmt: skip
-        self.log = tempfile.TemporaryFile()  # a pipe nobody reads would fill and stall the server
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop(); a pipe nobody reads would stall the server
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
