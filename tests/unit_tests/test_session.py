@@ -58,6 +58,59 @@ def test_truncate_to_an_unkept_length_rereads_one_token(tiny_engine: ConfSpecEng
     torch.testing.assert_close(logits, fresh_logits(session, [5, 6, 7]), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("read_first", [0, 2], ids=["nothing-read", "part-read"])
+def test_logits_from_gives_every_length_in_one_pass_and_rolls_back_to_any_of_them(
+    tiny_engine: ConfSpecEngine, kv: KVBackend, read_first: int
+) -> None:
+    """`logits_from(start)`, `start` remembered: the next-token logits at every length from
+    it on, in one pass; truncating to any of those lengths then costs no pass."""
+    prompt = [5, 6, 7, 8]
+    session = ModelSession(tiny_engine.target, prompt, kv=kv)
+    session.next_logits()
+    session.append([20, 21, 22, 23][:read_first])
+    start = len(session)  # remembered here, as the engine does before a proposal or a seed
+    session.next_logits(keep=(start,))
+    session.append([30, 31, 32])
+    passes = session.forward_passes
+    rows = session.logits_from(start)
+    assert rows.shape[0] == len(session) - start + 1 and session.forward_passes == passes + 1
+    for offset, row in enumerate(rows):
+        torch.testing.assert_close(row, fresh_logits(session, session.ids[: start + offset]), rtol=1e-4, atol=1e-4)
+    for length in (len(session) - 1, start):
+        session.truncate(length)
+        torch.testing.assert_close(session.next_logits(), rows[length - start])
+    assert session.forward_passes == passes + 1
+
+
+def test_truncate_to_the_first_token_and_to_nothing(tiny_engine: ConfSpecEngine, kv: KVBackend) -> None:
+    session = ModelSession(tiny_engine.target, [5, 6, 7], kv=kv)
+    session.next_logits()
+    session.truncate(1)
+    torch.testing.assert_close(session.next_logits(), fresh_logits(session, [5]), rtol=1e-4, atol=1e-4)
+    session.truncate(0)
+    session.append([9, 10])
+    torch.testing.assert_close(session.next_logits(), fresh_logits(session, [9, 10]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("length", [-1, 4])
+def test_truncate_outside_the_context_is_refused(tiny_engine: ConfSpecEngine, length: int) -> None:
+    session = ModelSession(tiny_engine.target, [5, 6, 7])
+    with pytest.raises(ValueError, match=f"cannot truncate a context of 3 tokens to {length}"):
+        session.truncate(length)
+
+
+def test_choose_next_picks_after_all_ids(tiny_engine: ConfSpecEngine, kv: KVBackend) -> None:
+    from langchain_confspec.config import build_config
+    from langchain_confspec.decoding import TokenChooser
+
+    session = ModelSession(tiny_engine.target, [5, 6, 7], kv=kv)
+    chooser = TokenChooser(build_config())
+    for _ in range(3):
+        token = session.choose_next(chooser)
+        assert token == int(torch.argmax(fresh_logits(session, session.ids)[: tiny_engine.target.vocab_size]))
+        session.append([token])
+
+
 def test_room_counts_down_to_the_context_window(tiny_engine: ConfSpecEngine) -> None:
     session = ModelSession(tiny_engine.target, [5] * 10)
     assert session.room == tiny_engine.target.context_length - 10
