@@ -198,6 +198,8 @@ def test_sampled_speculation_is_repeatable_with_a_seed(related_engine: ConfSpecE
 def test_entropy_is_zero_when_sure_and_one_when_flat() -> None:
     assert normalised_entropy(torch.tensor([20.0] + [0.0] * 20)) < 0.01
     assert normalised_entropy(torch.zeros(50)) == pytest.approx(1.0)
+    # Only the likeliest 8 count: 8 equal candidates and nothing else is as unsure as it gets.
+    assert normalised_entropy(torch.tensor([5.0] * 8 + [-30.0] * 200)) == pytest.approx(1.0)
 
 
 def test_a_fitted_table_trusts_confident_drafts_more(tmp_path) -> None:  # type: ignore[no-untyped-def]
