@@ -216,3 +216,25 @@ def test_an_api_key_is_sent_and_never_shown(gguf_and_binary: tuple[Path, Path], 
         assert secret not in shown
     finally:
         own.stop()
+
+
+def test_the_chat_model_and_the_cli_take_a_served_target(server: Server, local_engine: ConfSpecEngine, capsys: pytest.CaptureFixture[str]) -> None:
+    """`target_url` on the chat model (also after pickling and `model_copy`) and `--target-url`
+    on the CLI answer as the local target does; the records name the server's engine."""
+    import pickle
+
+    from langchain_confspec.cli import main as cli_main
+
+    problem = make_problems(1, seed=30_600)[0]
+    expected = local_engine.generate(problem.turns(), settings("target_only")).text
+    chat = ConfSpecChatModel(
+        draft_model="confspec-demo-draft", target_model="confspec-demo-target", target_url=server.url,
+        mode="target_only", max_tokens=96, fast_path="off",
+    )  # fmt: skip
+    for model in (chat, pickle.loads(pickle.dumps(chat)), chat.model_copy()):
+        message = model.invoke(problem.question)
+        assert message.content == expected
+        target = message.response_metadata["confspec"]["summary"]["target"]
+        assert target["fast_path"] == "remote" and target["server"].startswith("llama.cpp ")
+    assert cli_main(["run", problem.question, "--target-url", server.url, "--mode", "target_only", "--no-compare"]) == 0
+    assert expected in capsys.readouterr().out
