@@ -3,6 +3,8 @@
     python scripts/llama_server.py build               # prints the server binary's path
     python scripts/llama_server.py convert MODEL_DIR   # prints the GGUF file's path
 
+`Server` runs the built server on loopback for the tests and the benchmark.
+
 The tests of the remote target run against a real `llama-server`. No CPU wheel ships one, so
 it is built from the llama.cpp vendored in the pinned `llama-cpp-python` sdist (PyPI), with
 cmake, once per machine: about 9 minutes on 2 cores the first time, then reused from
@@ -17,9 +19,13 @@ import argparse
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 VERSION = "0.3.36"
@@ -105,6 +111,41 @@ def convert(model_dir: Path) -> Path:
     subprocess.run([sys.executable, "-c", runner], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     Path(str(out) + ".tmp").replace(out)
     return out
+
+
+class Server:
+    """A `llama-server` on a free loopback port, serving `gguf` over `slots` slots of `window`
+    tokens, exactly as the model reads in fp32 (no CPU flash attention, which computes in half
+    precision; an f32 KV cache), on one thread without busy-waiting (`-t 1 --poll 0`)."""
+
+    def __init__(self, binary: Path, gguf: Path, *extra: str, slots: int = 4, window: int = 2048) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(slots * window),
+            "-np", str(slots), "--no-kv-unified", "-t", "1", "--poll", "0", "-ctk", "f32", "-ctv", "f32", "-fa", "off", *extra,
+        ]  # fmt: skip
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop(); a pipe nobody reads would stall the server
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                if self.process.poll() is not None:
+                    self.log.seek(0)
+                    raise RuntimeError(f"llama-server exited: {self.log.read().decode()[-2000:]}") from None
+                time.sleep(0.2)
+        raise RuntimeError("llama-server did not become ready in 60 s")
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.log.close()
 
 
 def main() -> None:

@@ -8,13 +8,10 @@ be built (no compiler, no cmake) these tests skip and say why.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import socket
 import subprocess
-import tempfile
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +40,9 @@ SLOTS = 4
 WINDOW = 2048  # the demo target's, per slot
 
 
-def _tools() -> Any:
+@functools.cache
+def tools() -> Any:
+    """scripts/llama_server.py: building, converting, serving."""
     spec = importlib.util.spec_from_file_location("llama_server", ROOT / "scripts" / "llama_server.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -55,50 +54,16 @@ def _tools() -> Any:
 def gguf_and_binary() -> tuple[Path, Path]:
     if importlib.util.find_spec("openai") is None:
         pytest.skip("the openai client (the remote extra) is not installed")
-    tools = _tools()
     try:
-        return tools.convert(DEMO_PAIR_DIR / "target"), tools.build()
+        return tools().convert(DEMO_PAIR_DIR / "target"), tools().build()
     except (RuntimeError, subprocess.CalledProcessError, OSError) as error:
         pytest.skip(f"llama-server could not be built or the demo target converted here: {error}")
 
 
-class Server:
-    """A `llama-server` process on a free loopback port."""
-
-    def __init__(self, binary: Path, gguf: Path, *extra: str) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [
-            str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(SLOTS * WINDOW),
-            "-np", str(SLOTS), "--no-kv-unified", "-t", "1", "--poll", "0", "-ctk", "f32", "-ctv", "f32", "-fa", "off", *extra,
-        ]  # fmt: skip
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop(); a pipe nobody reads would stall the server
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                if self.process.poll() is not None:
-                    self.log.seek(0)
-                    raise RuntimeError(f"llama-server exited: {self.log.read().decode()[-2000:]}") from None
-                time.sleep(0.2)
-        raise RuntimeError("llama-server did not become ready in 60 s")
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
-def server(gguf_and_binary: tuple[Path, Path]) -> Iterator[Server]:
+def server(gguf_and_binary: tuple[Path, Path]) -> Iterator[Any]:
     gguf, binary = gguf_and_binary
-    running = Server(binary, gguf)
+    running = tools().Server(binary, gguf, slots=SLOTS, window=WINDOW)
     yield running
     running.stop()
 
@@ -109,7 +74,7 @@ def local_engine() -> ConfSpecEngine:
 
 
 @pytest.fixture(scope="module")
-def remote(server: Server, local_engine: ConfSpecEngine) -> RemoteModel:
+def remote(server: Any, local_engine: ConfSpecEngine) -> RemoteModel:
     return RemoteModel(server.url, local_engine.target.tokenizer, name="served-demo-target")
 
 
@@ -122,7 +87,7 @@ def settings(mode: str, **extra: Any) -> Any:
     return build_config(**DEMO_SETTINGS, mode=mode, max_tokens=96, fast_path="off", **extra)
 
 
-def test_the_server_reads_texts_as_the_local_tokenizer_and_a_different_one_is_refused(remote: RemoteModel, server: Server) -> None:
+def test_the_server_reads_texts_as_the_local_tokenizer_and_a_different_one_is_refused(remote: RemoteModel, server: Any) -> None:
     remote.check_tokenizer()
     assert remote.context_length == WINDOW and remote.version != "unknown"
     other = RemoteModel(server.url, build_tokenizer())
@@ -176,7 +141,7 @@ def test_concurrent_calls_answer_as_they_do_alone(served_engine: ConfSpecEngine)
     assert together == alone
 
 
-def test_what_a_served_target_cannot_do_is_refused_naming_the_server(served_engine: ConfSpecEngine, server: Server) -> None:
+def test_what_a_served_target_cannot_do_is_refused_naming_the_server(served_engine: ConfSpecEngine, server: Any) -> None:
     problem = make_problems(1, seed=30_300)[0]
     with pytest.raises(ConfigurationError, match=rf"cannot do.*{server.url}|{server.url}.*cannot do"):
         served_engine.generate(problem.turns(), settings("target_only", token_speculation=True))
@@ -186,7 +151,7 @@ def test_a_server_that_goes_away_gives_an_error_naming_it_and_the_next_call_is_c
     gguf_and_binary: tuple[Path, Path], local_engine: ConfSpecEngine
 ) -> None:
     gguf, binary = gguf_and_binary
-    own = Server(binary, gguf)
+    own = tools().Server(binary, gguf, slots=SLOTS, window=WINDOW)
     try:
         engine = ConfSpecEngine(local_engine.draft, RemoteModel(own.url, local_engine.target.tokenizer, max_retries=0, timeout=5))
         problem = make_problems(1, seed=30_400)[0]
@@ -201,7 +166,7 @@ def test_a_server_that_goes_away_gives_an_error_naming_it_and_the_next_call_is_c
 def test_an_api_key_is_sent_and_never_shown(gguf_and_binary: tuple[Path, Path], local_engine: ConfSpecEngine) -> None:
     gguf, binary = gguf_and_binary
     secret = "sk-confspec-test-9f8e7d"
-    own = Server(binary, gguf, "--api-key", secret)
+    own = tools().Server(binary, gguf, "--api-key", secret, slots=SLOTS, window=WINDOW)
     try:
         with pytest.raises(RemoteModelError, match="answered HTTP 401") as refused:
             RemoteModel(own.url, local_engine.target.tokenizer, api_key="wrong-key", max_retries=0).tokenize("hi")
@@ -218,7 +183,7 @@ def test_an_api_key_is_sent_and_never_shown(gguf_and_binary: tuple[Path, Path], 
         own.stop()
 
 
-def test_the_chat_model_and_the_cli_take_a_served_target(server: Server, local_engine: ConfSpecEngine, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_chat_model_and_the_cli_take_a_served_target(server: Any, local_engine: ConfSpecEngine, capsys: pytest.CaptureFixture[str]) -> None:
     """`target_url` on the chat model (also after pickling and `model_copy`) and `--target-url`
     on the CLI answer as the local target does; the records name the server's engine."""
     import pickle
