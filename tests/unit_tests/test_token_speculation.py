@@ -95,6 +95,7 @@ def test_a_related_draft_saves_target_passes(related_engine: ConfSpecEngine) -> 
     assert sum(r.token_speculation.tokens for r in spec.records) >= sum(r.n_tokens for r in spec.records)  # type: ignore[union-attr]
     assert all(r.token_speculation.accepted <= r.token_speculation.tokens <= r.token_speculation.accepted + r.token_speculation.target_passes for r in spec.records)  # type: ignore[union-attr]
     assert passes == sum(len(r.token_speculation.depths) for r in spec.records)  # type: ignore[union-attr]
+    assert max(d for r in spec.records for d in r.token_speculation.depths) == ALWAYS_DEEP.max_depth  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
