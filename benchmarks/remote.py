@@ -1,13 +1,13 @@
 """What a served target costs against the same target in the process, on the demo pair.
 
-    python benchmarks/remote_target.py [--problems 50] [--seed 20000]
+    python benchmarks/remote.py [--problems 50] [--seed 20000]
 
 Builds `llama-server` and converts the demo target to an fp32 GGUF (scripts/llama_server.py,
 cached), serves it on loopback (one slot, one thread) and answers the same held-out problems
 with the local target and with the served one, in `target_only` and `confspec` (the demo's
-settings, greedy, `fast_path="off"`). Prints, per row: identical answers, wall time per
-answer, target requests (or forward passes) per answer, the server's own time and the share
-of prompt tokens its prompt cache served. Rows of one run compare; the machine's load is
+settings, greedy, `fast_path="off"`). Prints, per row: identical answers, and per step the
+wall time, the target's requests (or forward passes), the server's own time and the prompt
+tokens its prompt cache served. Rows of one run compare; the machine's load is
 printed with them.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,24 +40,25 @@ def llama_tools() -> Any:
 
 
 def measure(engine: ConfSpecEngine, problems: list[Any], mode: str) -> tuple[list[str], dict[str, float]]:
-    texts, seconds, passes, server_seconds, evaluated, cached = [], [], 0, 0.0, 0, 0
+    texts, seconds, steps, passes, server_seconds, evaluated, cached = [], 0.0, 0, 0, 0.0, 0, 0
     for problem in problems:
         started = time.perf_counter()
         result = engine.generate(problem.turns(), build_config(**DEMO_SETTINGS, mode=mode, max_tokens=96, fast_path="off"))
-        seconds.append(time.perf_counter() - started)
+        seconds += time.perf_counter() - started
         texts.append(result.text)
+        steps += result.summary.n_steps
         target = result.summary.target
         passes += target.forward_passes
         if target.server_work is not None:
             server_seconds += target.server_work.seconds
             evaluated += target.server_work.prompt_tokens
             cached += target.server_work.cached_prompt_tokens
-    n = len(problems)
     return texts, {
-        "ms_per_answer": 1000 * statistics.fmean(seconds),
-        "target_calls_per_answer": passes / n,
-        "server_ms_per_answer": 1000 * server_seconds / n,
-        "cached_share": cached / (cached + evaluated) if cached + evaluated else 0.0,
+        "ms_per_step": 1000 * seconds / steps,
+        "target_calls_per_step": passes / steps,
+        "server_ms_per_step": 1000 * server_seconds / steps,
+        "cached_per_step": cached / steps,
+        "evaluated_per_step": evaluated / steps,
     }
 
 
@@ -77,7 +77,7 @@ def main() -> None:
         for engine in engines.values():  # warm both before timing
             engine.generate(problems[0].turns(), build_config(mode="target_only", max_tokens=8, fast_path="off"))
         print(f"load average before: {os.getloadavg()[0]:.2f}; {len(problems)} problems, seed {args.seed}", file=sys.stderr)
-        print("| mode | target | identical to local | ms / answer | target calls / answer | server ms / answer | prompt tokens from the server's cache |")
+        print("| mode | target | identical to local | ms / step | target calls / step | server ms / step | prompt tokens / step: cached + evaluated |")
         print("|---|---|---|---|---|---|---|")
         for mode in ("target_only", "confspec"):
             reference: list[str] | None = None
@@ -85,14 +85,11 @@ def main() -> None:
                 texts, row = measure(engine, problems, mode)
                 reference = reference or texts
                 same = sum(a == b for a, b in zip(texts, reference))
-                calls = "requests" if where == "served" else "passes"
-                own_time = f"{row['server_ms_per_answer']:.1f}" if where == "served" else "-"
-                share = f"{row['cached_share']:.0%}" if where == "served" else "-"
-                print(
-                    f"| {mode} | {where} | {same}/{len(problems)} | {row['ms_per_answer']:.1f} | "
-                    f"{row['target_calls_per_answer']:.1f} {calls} | {own_time} | {share} |",
-                    flush=True,
-                )
+                calls = f"{row['target_calls_per_step']:.2f} {'requests' if where == 'served' else 'passes'}"
+                server = "- | -"
+                if where == "served":
+                    server = f"{row['server_ms_per_step']:.1f} | {row['cached_per_step']:.0f} + {row['evaluated_per_step']:.1f}"
+                print(f"| {mode} | {where} | {same}/{len(problems)} | {row['ms_per_step']:.1f} | {calls} | {server} |", flush=True)
         print(f"load average after: {os.getloadavg()[0]:.2f}", file=sys.stderr)
     finally:
         server.stop()
