@@ -86,10 +86,10 @@ def main() -> None:
                 reference = reference or texts
                 same = sum(a == b for a, b in zip(texts, reference))
                 calls = f"{row['target_calls_per_step']:.2f} {'requests' if where == 'served' else 'passes'}"
-                server = "- | -"
+                figures = "- | -"
                 if where == "served":
-                    server = f"{row['server_ms_per_step']:.1f} | {row['cached_per_step']:.0f} + {row['evaluated_per_step']:.1f}"
-                print(f"| {mode} | {where} | {same}/{len(problems)} | {row['ms_per_step']:.1f} | {calls} | {server} |", flush=True)
+                    figures = f"{row['server_ms_per_step']:.1f} | {row['cached_per_step']:.0f} + {row['evaluated_per_step']:.1f}"
+                print(f"| {mode} | {where} | {same}/{len(problems)} | {row['ms_per_step']:.1f} | {calls} | {figures} |", flush=True)
         print(f"load average after: {os.getloadavg()[0]:.2f}", file=sys.stderr)
     finally:
         server.stop()
