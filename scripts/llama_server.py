@@ -35,6 +35,7 @@ CMAKE_FLAGS = (
     "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_UI=OFF",  # else cmake downloads a web UI
 )  # fmt: skip
+BUILD_TOOLS = ("cmake", "ninja", "c++")
 PRE_TOKENIZER = "starcoder"
 """The demo tokenizer's split (single digits, then the GPT-2 pattern) under llama.cpp's name:
 its hash is not in the converter's table, so the type is given explicitly."""
@@ -61,14 +62,17 @@ def source_tree() -> Path:
     return tree
 
 
+def missing_build_tools() -> list[str]:
+    return [tool for tool in BUILD_TOOLS if shutil.which(tool) is None]
+
+
 def build() -> Path:
     """The `llama-server` binary, built on first use."""
     binary = cache_dir() / "bin" / "llama-server"
     if binary.is_file():
         return binary
-    for tool in ("cmake", "ninja", "c++"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"building llama-server needs {tool}, which is not installed")
+    if missing := missing_build_tools():
+        raise RuntimeError(f"building llama-server needs {', '.join(missing)}, not installed here")
     tree = source_tree()
     work = cache_dir() / "build"
     subprocess.run(["cmake", "-S", str(tree), "-B", str(work), *CMAKE_FLAGS], check=True, stdout=subprocess.DEVNULL)
@@ -118,10 +122,12 @@ class Server:
     tokens, exactly as the model reads in fp32 (no CPU flash attention, which computes in half
     precision; an f32 KV cache), on one thread without busy-waiting (`-t 1 --poll 0`)."""
 
-    def __init__(self, binary: Path, gguf: Path, *extra: str, slots: int = 4, window: int = 2048) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+    def __init__(self, binary: Path, gguf: Path, *extra: str, slots: int = 4, window: int = 2048, port: int = 0) -> None:
+        self.port = port
+        if not port:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
             str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(slots * window),
