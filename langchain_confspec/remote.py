@@ -91,7 +91,7 @@ class RemoteModel:
         self._client = _client(self.base_url, self.api_key, self.timeout, self.max_retries)
         self.api_key = None  # the client holds it; nothing else does
         self.eos_token_ids = frozenset({self.tokenizer.eos_token_id} - {None})
-        props = self._request("GET", "/props")
+        props = self._request("GET", "/props", not_found=f"{self.base_url} has no /props, so it is not llama-server")
         try:
             self.context_length = int(props["default_generation_settings"]["n_ctx"])
             self.version = str(props.get("build_info", "unknown"))
@@ -193,11 +193,19 @@ class RemoteModel:
 
     # -- transport ---------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None, *, not_found: str = "") -> Any:
+        import openai
+
         try:
             if method == "GET":
                 return self._client.get(path, cast_to=object)
             return self._client.post(path, body=body, cast_to=object)
+        except openai.NotFoundError as error:
+            if not not_found:
+                raise self._failure(path, error) from error
+            raise RemoteModelError(
+                f"{not_found}: this version drives {', '.join(ENGINES)} only (vLLM and SGLang adapters are not written yet)."
+            ) from error
         except Exception as error:  # the client's, named
             raise self._failure(path, error) from error
 
