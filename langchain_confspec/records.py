@@ -144,6 +144,14 @@ class ServerWork(BaseModel):
     cached_prompt_tokens: int = Field(default=0, description="Prompt tokens it reused from its prompt cache.")
     seconds: float = Field(default=0.0, description="Its own time: prompt processing and writing.")
 
+    def __add__(self, other: ServerWork) -> ServerWork:
+        return ServerWork(
+            requests=self.requests + other.requests,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens + other.cached_prompt_tokens,
+            seconds=self.seconds + other.seconds,
+        )
+
     def __sub__(self, earlier: ServerWork) -> ServerWork:
         return ServerWork(
             requests=self.requests - earlier.requests,

@@ -1,24 +1,23 @@
 """A model behind an inference server, reached over HTTP with token ids in and out.
 
-Users who serve a large target with llama.cpp's `llama-server` keep it out of their Python
-process. The method needs two things from such a model, one request each: a step written from
+Users who serve a large target with llama.cpp's `llama-server` or vLLM keep it out of their
+Python process. The method needs two things from such a model, one request each: a step written from
 token ids (streamed, so that the engine's own step rules decide where it ends and the stream is
 closed there), and the next-token probabilities after a context (a verdict). Prompts are
 rendered and tokenized locally and sent as ids, so nothing is re-tokenized on the way; a start-up
 check makes sure the server's tokenizer reads texts as the local one does.
 
-Requests go through the `openai` client (the `remote` extra) for its retries with backoff and
-its timeouts; every failure becomes a `RemoteModelError` that names the server and what came
+What each engine calls these requests is in `server_apis`. Requests go through the `openai`
+client (the `remote` extra) for its retries with backoff and its timeouts; every failure becomes a `RemoteModelError` that names the server and what came
 back. The API key stays inside the client: never in `repr`, errors or records.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
@@ -29,9 +28,10 @@ from langchain_confspec.errors import (
 )
 from langchain_confspec.prompting import render_prompt
 from langchain_confspec.records import ServerWork
+from langchain_confspec.server_apis import APIS, ServerAPI
 
-ENGINES = ("llama.cpp",)
-"""Servers this module can drive. vLLM and SGLang need their own adapter (docs/remote-target.md)."""
+T = TypeVar("T")
+
 PARITY_TEXTS = (
     "Tom has 3 apples and buys 45 more. How many apples does he have?",
     "What is 3 + 5 * 3?\n\nStep 1: 5 * 3 = 15.",
@@ -52,23 +52,19 @@ class ServerCounters:
     def __init__(self) -> None:
         self.work = ServerWork()
 
-    def add(self, reply: dict[str, Any]) -> None:
-        """Count one request from its last reply (or streamed chunk): its `timings`."""
-        timings = reply.get("timings") or {}
-        work = self.work
-        work.requests += 1
-        work.prompt_tokens += int(timings.get("prompt_n", 0))
-        work.cached_prompt_tokens += int(timings.get("cache_n", 0))
-        work.seconds += (float(timings.get("prompt_ms", 0.0)) + float(timings.get("predicted_ms", 0.0))) / 1000
+    def add(self, work: ServerWork) -> None:
+        self.work = self.work + work
 
 
 @dataclass
 class RemoteModel:
-    """A causal LM served by `llama-server` at `base_url`, with its tokenizer loaded here.
+    """A causal LM served at `base_url` by `engine` (`llama.cpp`'s `llama-server`, or `vllm`),
+    with its tokenizer loaded here.
 
     `name` labels it in records (default: the URL); `timeout` is per request, in seconds;
     `max_retries` is the client's (backoff on connection errors, 408, 429 and 5xx);
-    `verdict_top_n` is how many of the likeliest next tokens a verdict reads.
+    `verdict_top_n` is how many of the likeliest next tokens a verdict reads where the engine
+    cannot be asked for the verdict words themselves.
     """
 
     base_url: str
@@ -84,19 +80,21 @@ class RemoteModel:
     version: str = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ConfigurationError(f"Unknown server engine {self.engine!r}: this version drives {', '.join(ENGINES)}.")
+        if self.engine not in APIS:
+            raise ConfigurationError(f"Unknown server engine {self.engine!r}: this version drives {', '.join(APIS)}.")
+        self.api: ServerAPI = APIS[self.engine]
         self.base_url = self.base_url.rstrip("/")
         self.name = self.name or self.base_url
         self._client = _client(self.base_url, self.api_key, self.timeout, self.max_retries)
         self.api_key = None  # the client holds it; nothing else does
         self.eos_token_ids = frozenset({self.tokenizer.eos_token_id} - {None})
-        props = self._request("GET", "/props", not_found=f"{self.base_url} has no /props, so it is not llama-server")
+        paths = " and ".join(self.api.probe_paths)
+        not_found = f"{self.base_url} has no {paths}, so it is not a {self.engine} server"
         try:
-            self.context_length = int(props["default_generation_settings"]["n_ctx"])
-            self.version = str(props.get("build_info", "unknown"))
-        except (KeyError, TypeError, ValueError):
-            raise self._unreadable("/props", props) from None
+            info = self.api.probe(lambda path: self._request("GET", path, not_found=not_found))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+            raise RemoteModelError(f"The {self.engine} server at {self.base_url} describes itself in a way this library cannot read ({error!r}).") from None
+        self.context_length, self.version, self._model = info.context_length, info.version, info.model
 
     @property
     def vocab_size(self) -> int:
@@ -108,11 +106,9 @@ class RemoteModel:
     # -- requests ---------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        reply = self._request("POST", "/tokenize", {"content": text, "add_special": False, "parse_special": True})
-        try:
-            return [int(t) for t in reply["tokens"]]
-        except (KeyError, TypeError, ValueError):
-            raise self._unreadable("/tokenize", reply) from None
+        path, body = self.api.tokenize(text, self._model)
+        reply = self._request("POST", path, body)
+        return self._read(path, reply, self.api.read_tokens)
 
     def check_tokenizer(self, texts: Sequence[str] = PARITY_TEXTS) -> None:
         """Refuse a server whose tokenizer reads any of `texts` differently from the local one."""
@@ -126,16 +122,13 @@ class RemoteModel:
                     "server uses."
                 )
 
-    def next_token_probs(self, ids: Sequence[int], counters: ServerCounters) -> dict[int, float]:
-        """The probabilities of the `verdict_top_n` likeliest tokens after `ids` (before any sampler)."""
-        body = self._completion_body(ids, max_tokens=1, temperature=0.0, top_p=1.0, seed=None)
-        reply = self._request("POST", "/completion", {**body, "n_probs": min(self.verdict_top_n, self.vocab_size)})
-        counters.add(reply)
-        try:
-            top = reply["completion_probabilities"][0]["top_logprobs"]
-            return {int(entry["id"]): math.exp(float(entry["logprob"])) for entry in top}
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise self._unreadable("/completion", reply) from None
+    def next_token_probs(self, ids: Sequence[int], counters: ServerCounters, wanted: Sequence[int] = ()) -> dict[int, float]:
+        """Probabilities of next tokens after `ids` (before any sampler): of the `wanted` ones
+        where the engine takes a list, else of the `verdict_top_n` likeliest."""
+        path, body = self.api.verdict(ids, min(self.verdict_top_n, self.vocab_size), wanted, self._model)
+        reply = self._request("POST", path, body)
+        counters.add(self._read(path, reply, self.api.work))
+        return self._read(path, reply, self.api.read_verdict)
 
     @contextmanager
     def stream(
@@ -145,51 +138,38 @@ class RemoteModel:
         """Tokens the model writes after `ids`, as the server streams them; an end-of-sequence
         token comes last where the model ended. Leaving the block closes the stream, which
         stops the server writing."""
-        body = self._completion_body(ids, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
-        body.update(stream=True, timings_per_token=True)
-        chunks = self._open_stream("/completion", body)
-        tokens = self._tokens(chunks, counters)
+        path, body = self.api.step(ids, max_tokens, temperature, top_p, seed, self._model)
+        chunks = self._open_stream(path, body)
+        tokens = self._tokens(path, chunks, counters)
         try:
             yield tokens
         finally:
             tokens.close()  # counts the request, however far it was read
             chunks.close()
 
-    def _tokens(self, chunks: Any, counters: ServerCounters) -> Iterator[int]:
-        last: dict[str, Any] = {}  # every chunk carries the timings so far (`timings_per_token`)
+    def _tokens(self, path: str, chunks: Any, counters: ServerCounters) -> Iterator[int]:
+        last: Any = {}
         try:
-            for chunk in chunks:
-                if not isinstance(chunk, dict):
-                    raise self._unreadable("/completion", chunk)
-                last = chunk
-                yield from (int(t) for t in chunk.get("tokens", ()))
-                if chunk.get("stop"):
-                    if chunk.get("stop_type") == "eos" and self.eos_token_ids:
+            for reply in chunks:
+                last = reply
+                chunk = self._read(path, reply, self.api.read_chunk)
+                yield from chunk.tokens
+                if chunk.done:
+                    if chunk.eos and self.eos_token_ids:
                         yield min(self.eos_token_ids)
                     return
         except RemoteModelError:
             raise
-        except Exception as error:  # the client's or the reply's, named
-            raise self._failure("/completion", error) from error
+        except Exception as error:  # the client's, named
+            raise self._failure(path, error) from error
         finally:  # also when the step ends first and the stream is closed
-            counters.add(last)
+            counters.add(self._read(path, last, self.api.work))
 
-    def _completion_body(
-        self, ids: Sequence[int], *, max_tokens: int, temperature: float, top_p: float, seed: int | None
-    ) -> dict[str, Any]:
-        """A llama.cpp completion of `ids`: the sampler chain named in full (top-p, then
-        temperature; 0 is greedy), so the server's defaults (repeat penalty, min-p, top-k)
-        never change what the model writes."""
-        return {
-            "prompt": list(ids),
-            "n_predict": max_tokens,
-            "temperature": temperature,
-            "top_p": top_p,
-            "samplers": ["top_p", "temperature"],
-            "seed": seed if seed is not None else -1,
-            "return_tokens": True,
-            "cache_prompt": True,
-        }
+    def _read(self, path: str, reply: Any, reader: Callable[[Any], T]) -> T:
+        try:
+            return reader(reply)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise self._unreadable(path, reply) from None
 
     # -- transport ---------------------------------------------------------------------------------
 
@@ -203,9 +183,7 @@ class RemoteModel:
         except openai.NotFoundError as error:
             if not not_found:
                 raise self._failure(path, error) from error
-            raise RemoteModelError(
-                f"{not_found}: this version drives {', '.join(ENGINES)} only (vLLM and SGLang adapters are not written yet)."
-            ) from error
+            raise RemoteModelError(f"{not_found} (engine={self.engine!r}; this version drives {', '.join(APIS)}).") from error
         except Exception as error:  # the client's, named
             raise self._failure(path, error) from error
 

@@ -101,4 +101,4 @@ class RemoteSession:
     def judge(self, reader: VerdictReader) -> Verdict:
         """The model's verdict on the step at the end of the context: one request for the
         probabilities after the verification suffix, which never enters the context."""
-        return reader.read_probs(self.loaded.next_token_probs([*self.ids, *reader.suffix_ids], self.server))
+        return reader.read_probs(self.loaded.next_token_probs([*self.ids, *reader.suffix_ids], self.server, reader.answer_ids))

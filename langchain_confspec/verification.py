@@ -80,6 +80,11 @@ class VerdictReader:
         return Verdict(p_accept=accept / total if total > 0 else 0.5, mass=min(total, 1.0))
 
 
+    @property
+    def answer_ids(self) -> list[int]:
+        """The accepting and rejecting answers' token ids."""
+        return [*self._accept, *self._reject]
+
     def read_probs(self, probs: Mapping[int, float]) -> Verdict:
         """The verdict in the probabilities of some next tokens (a server's top-n): verdict
         words missing from them count as 0, which lowers the recorded mass."""
