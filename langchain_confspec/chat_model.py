@@ -203,9 +203,11 @@ class ConfSpecChatModel(BaseChatModel):
     """Hugging Face id or local path of the target (large) model; with `target_url`, of its
     tokenizer only."""
     target_url: str | None = None
-    """Base URL of a server that serves the target (llama.cpp's `llama-server`), e.g.
+    """Base URL of a server that serves the target (`target_engine`), e.g.
     `http://127.0.0.1:8080`: no target weights load here, prompts go to it as token ids
     (docs/remote-target.md)."""
+    target_engine: Literal["llama.cpp", "vllm"] = "llama.cpp"
+    """What serves `target_url`: llama.cpp's `llama-server`, or vLLM's OpenAI-compatible server."""
     target_api_key: SecretStr | None = None
     """API key the target's server asks for (sent as a bearer token; never shown or logged)."""
     target_timeout: float = Field(default=60.0, gt=0)
@@ -663,7 +665,7 @@ class ConfSpecChatModel(BaseChatModel):
         if role == "target" and self.target_url is not None:
             key = self.target_api_key.get_secret_value() if self.target_api_key is not None else None
             tokenizer = self.target_tokenizer or self._named_tokenizer("target")
-            return served_model(self.target_url, tokenizer, api_key=key, timeout=self.target_timeout)
+            return served_model(self.target_url, tokenizer, engine=self.target_engine, api_key=key, timeout=self.target_timeout)
         preloaded = getattr(self, role)
         tokenizer = getattr(self, f"{role}_tokenizer") or self._named_tokenizer(role)
         if preloaded is None:

@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft", default=DEMO_DRAFT, help="draft model id or path (default: the bundled demo)")
     parser.add_argument("--target", default=DEMO_TARGET, help="target model id or path")
-    parser.add_argument("--target-url", help="base URL of a llama-server serving the target (no target weights load here)")
+    parser.add_argument("--target-url", help="base URL of a server serving the target (no target weights load here)")
+    parser.add_argument("--target-engine", default="llama.cpp", choices=["llama.cpp", "vllm"], help="what serves --target-url")
     parser.add_argument("--target-tokenizer", help="with --target-url: the served target's tokenizer, id or path (default: --target)")
     parser.add_argument(
         "--target-api-key-env", metavar="NAME", help="with --target-url: the environment variable holding the server's API key"
@@ -137,7 +138,7 @@ def _served_target(args: argparse.Namespace) -> RemoteModel:
         if api_key is None:
             raise ConfigurationError(f"--target-api-key-env names {args.target_api_key_env}, which is not set.")
     tokenizer = load_tokenizer(args.target_tokenizer or args.target, role="target")
-    remote = RemoteModel(args.target_url, tokenizer, api_key=api_key)
+    remote = RemoteModel(args.target_url, tokenizer, engine=args.target_engine, api_key=api_key)
     remote.check_tokenizer()
     return remote
 

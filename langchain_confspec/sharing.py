@@ -66,15 +66,15 @@ def model_object(model: Any, tokenizer: Any, *, role: str, name: str) -> LoadedM
         return loaded
 
 
-def served_model(url: str, tokenizer: Any, *, api_key: str | None, timeout: float) -> RemoteModel:
+def served_model(url: str, tokenizer: Any, *, engine: str, api_key: str | None, timeout: float) -> RemoteModel:
     """A `RemoteModel` for the server at `url`, its tokenizer checked against the local one,
     once for every caller naming the same server, tokenizer and key."""
     key_digest = hashlib.sha256(api_key.encode()).hexdigest() if api_key is not None else None  # the key itself is kept nowhere
-    key = ("served", url.rstrip("/"), id(tokenizer), key_digest, timeout)
+    key = ("served", url.rstrip("/"), engine, id(tokenizer), key_digest, timeout)
     with _LOCK:
         remote = _MODELS.get(key)
         if not isinstance(remote, RemoteModel):
-            remote = RemoteModel(url, tokenizer, api_key=api_key, timeout=timeout)
+            remote = RemoteModel(url, tokenizer, engine=engine, api_key=api_key, timeout=timeout)
             remote.check_tokenizer()
             _MODELS[key] = remote
         return remote

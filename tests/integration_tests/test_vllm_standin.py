@@ -131,3 +131,17 @@ def test_the_vllm_adapter_answers_as_the_local_target(mode: str, pair: tuple[Loa
     assert mode == "target_only" or verdicts  # asked, and by the verdict words' own ids
     words = sorted(VerdictReader(target.tokenizer, settings).answer_ids)
     assert all(sorted(b["logprob_token_ids"]) == words and b["return_tokens_as_token_ids"] for b in verdicts)
+
+
+def test_the_chat_model_takes_a_vllm_target(pair: tuple[LoadedModel, LoadedModel], standin: StandIn) -> None:
+    from langchain_confspec import ConfSpecChatModel
+
+    problem = make_problems(1, seed=31_100)[0]
+    expected = ConfSpecEngine(*pair).generate(problem.turns(), build_config(mode="target_only", max_tokens=64, fast_path="off")).text
+    chat = ConfSpecChatModel(
+        draft_model="confspec-demo-draft", target_model="confspec-demo-target", mode="target_only", max_tokens=64,
+        fast_path="off", target_url=f"http://127.0.0.1:{standin.server_address[1]}", target_engine="vllm",
+    )  # fmt: skip
+    message = chat.invoke(problem.question)
+    assert message.content == expected
+    assert message.response_metadata["confspec"]["summary"]["target"]["server"] == "vllm standin"
