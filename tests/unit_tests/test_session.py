@@ -82,6 +82,20 @@ def test_logits_from_gives_every_length_in_one_pass_and_rolls_back_to_any_of_the
     assert session.forward_passes == passes + 1
 
 
+def test_a_length_kept_by_an_earlier_read_stays_kept_while_named(tiny_engine: ConfSpecEngine, kv: KVBackend) -> None:
+    """Naming several lengths forgets only those before the shortest: the step's start, kept
+    by an earlier read, still rolls back without a pass."""
+    session = ModelSession(tiny_engine.target, [5, 6, 7, 8], kv=kv)
+    at_start = session.next_logits().clone()
+    session.append([20, 21])
+    session.next_logits(keep=(4,))
+    session.append([22])
+    session.next_logits(keep=(4, 6))
+    passes = session.forward_passes
+    session.truncate(4)
+    assert torch.equal(session.next_logits(), at_start) and session.forward_passes == passes
+
+
 def test_truncate_to_the_first_token_and_to_nothing(tiny_engine: ConfSpecEngine, kv: KVBackend) -> None:
     session = ModelSession(tiny_engine.target, [5, 6, 7], kv=kv)
     session.next_logits()
