@@ -96,6 +96,17 @@ def test_a_length_kept_by_an_earlier_read_stays_kept_while_named(tiny_engine: Co
     assert torch.equal(session.next_logits(), at_start) and session.forward_passes == passes
 
 
+def test_only_named_lengths_are_remembered(tiny_engine: ConfSpecEngine, kv: KVBackend) -> None:
+    """Logits are copied and kept only for the lengths a caller names: memory stays bounded."""
+    session = ModelSession(tiny_engine.target, [5, 6, 7, 8], kv=kv)
+    session.next_logits()
+    assert not session._checkpoints
+    session.append([20])
+    session.next_logits(keep=(4,))
+    session.next_logits(keep=(4,))
+    assert sorted(session._checkpoints) == [4]
+
+
 def test_truncate_to_the_first_token_and_to_nothing(tiny_engine: ConfSpecEngine, kv: KVBackend) -> None:
     session = ModelSession(tiny_engine.target, [5, 6, 7], kv=kv)
     session.next_logits()
