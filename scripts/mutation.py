@@ -1,6 +1,6 @@
 """Mutation testing of the method's core: does a one-token bug in it fail a test?
 
-    python scripts/mutation.py [--modules gate,records] [--budget 3600] [--per-module 40] [--seed 0]
+    python scripts/mutation.py [--modules gate,records] [--budget 3600] [--per-module 40] [--seed 0] [--lines 47,110]
 
 Each mutant changes one operator or constant in one core module (a comparison turned round,
 `+` for `-`, `and` for `or`, `min` for `max`, `True` for `False`, a number off by one), is
@@ -163,11 +163,14 @@ def main() -> None:
     parser.add_argument("--per-module", type=int, default=0, help="sample this many mutants per module (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for one mutant's tests")
+    parser.add_argument("--lines", default="", help="only the mutants on these lines, e.g. 47,110: survivors re-run after new tests")
     args = parser.parse_args()
     started = time.monotonic()
     rows, survivors = [], []
     for module in args.modules.split(","):
         found = mutants(module)
+        if args.lines:
+            found = [m for m in found if str(m.line) in args.lines.split(",")]
         if args.per_module and len(found) > args.per_module:
             found = sorted(random.Random(args.seed).sample(found, args.per_module), key=lambda m: m.line)
         done = dead = 0
