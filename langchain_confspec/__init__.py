@@ -22,6 +22,7 @@ from langchain_confspec.errors import (
     InvalidMessagesError,
     ModelLoadError,
     ModelOutOfMemoryError,
+    RemoteModelError,
     TokenizerMismatchError,
     UnsupportedSchemaError,
 )
@@ -35,6 +36,7 @@ from langchain_confspec.records import (
     StepRecord,
     Writer,
 )
+from langchain_confspec.remote import RemoteModel
 from langchain_confspec.static_runner import WarmupReport
 
 # Library convention: log through per-module loggers, print nothing unless the application
@@ -63,6 +65,8 @@ __all__ = [
     "ModelLoadError",
     "ModelOutOfMemoryError",
     "PhaseTimes",
+    "RemoteModel",
+    "RemoteModelError",
     "RunResult",
     "RunSummary",
     "Span",
