@@ -286,9 +286,7 @@ class ModelSession:
 
     def _read_pending(self, keep: Sequence[int]) -> None:
         start = self._n_read
-        if start == len(self.ids):  # everything read but the distribution was dropped
-            start = self._n_read = start - 1
-            self._kv.rewind(start)
+        assert start < len(self.ids), "a rollback leaves a token to re-read or the logits kept"
         pending = self.ids[start:]
         # Rows needed: one per kept length inside this pass, plus the last one.
         kept_inside = [k for k in keep if start < k <= len(self.ids)]

@@ -3,6 +3,8 @@ after rewinding, over a dynamic cache and over a static one."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import torch
 
@@ -134,6 +136,30 @@ def test_choose_next_picks_after_all_ids(tiny_engine: ConfSpecEngine, kv: KVBack
         token = session.choose_next(chooser)
         assert token == int(torch.argmax(fresh_logits(session, session.ids)[: tiny_engine.target.vocab_size]))
         session.append([token])
+
+
+class ChoosingKV(DynamicKV):
+    """A backend that chooses the next token itself after one-token passes, as a batched
+    decode step does (always token 7 here, so its choice is told apart from the argmax)."""
+
+    def forward(self, tokens: Sequence[int] | torch.Tensor, start: int, n_rows: int) -> torch.Tensor:
+        logits = super().forward(tokens, start, n_rows)
+        self.last_choice = 7 if self.pick is not None else None
+        return logits
+
+
+def test_a_choice_made_by_the_backend_is_taken_once_and_only_after_a_one_token_pass(tiny_engine: ConfSpecEngine) -> None:
+    from langchain_confspec.config import build_config
+    from langchain_confspec.decoding import TokenChooser
+
+    session = ModelSession(tiny_engine.target, [5, 6, 7], kv=ChoosingKV(tiny_engine.target))
+    chooser = TokenChooser(build_config())
+    argmax = int(torch.argmax(fresh_logits(session, [5, 6, 7])[: tiny_engine.target.vocab_size]))
+    assert argmax != 7 and session.choose_next(chooser) == argmax  # the prompt's pass chose nothing
+    session.append([argmax])
+    assert session.choose_next(chooser) == 7  # a one-token pass: the backend's choice
+    after = int(torch.argmax(fresh_logits(session, session.ids)[: tiny_engine.target.vocab_size]))
+    assert after != 7 and session.choose_next(chooser) == after  # used once: no pass, the chooser's own choice
 
 
 def test_room_counts_down_to_the_context_window(tiny_engine: ConfSpecEngine) -> None:
