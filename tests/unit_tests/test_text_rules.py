@@ -27,6 +27,10 @@ def test_stop_found_across_step_boundaries() -> None:
     scanner.advance("the answer ST")
     assert scanner.find("OP and more") == -2
     assert scanner.find("nothing") is None
+    longest = StopScanner(["STOP"])  # all but the last character in the steps before
+    longest.advance("the answer S")
+    longest.advance("TO")
+    assert longest.find("P") == -3
 
 
 def test_holdback_releases_text_that_cannot_start_a_stop() -> None:
