@@ -70,3 +70,26 @@ def test_the_step_after_a_received_one_starts_right_after_it() -> None:
     assert answer.settled(step) == expected
     answer.release(step, expected)
     assert answer.text == received + expected
+
+
+def test_a_stop_at_the_very_start_and_the_first_of_several_stops_are_found() -> None:
+    assert StopScanner(["STOP"]).find("STOP now") == 0
+    assert StopScanner(["B", "A"]).find("xAyB") == 1  # the earliest match, whichever stop it is
+
+
+def test_token_texts_decode_each_token_alone_for_any_tokenizer() -> None:
+    """Fast tokenizers decode the whole vocabulary in one batch; any other tokenizer one token
+    at a time: the same texts either way."""
+    from langchain_confspec.decoding import token_texts
+    from langchain_confspec.tiny import build_tokenizer
+
+    fast = build_tokenizer()
+
+    class PlainTokenizer:  # no Rust backend
+        def __len__(self) -> int:
+            return len(fast)
+
+        def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+            return fast.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    assert token_texts(PlainTokenizer()) == token_texts(fast) == [fast.decode([i], skip_special_tokens=True) for i in range(len(fast))]  # type: ignore[arg-type]
