@@ -170,18 +170,20 @@ def test_the_device_rule_keeps_the_target_distribution() -> None:
     assert chi_square(speculative_first_tokens(P, Q, 6000, rule=device_rule), P) < CRITICAL_3_DOF
 
 
-def test_the_device_rule_draws_after_a_kept_proposal_from_the_target() -> None:
-    """With the draft equal to the target every proposal is kept, and the token after it
-    follows p: what a fully kept round adds."""
+@pytest.mark.parametrize("rule", [verify_proposal, device_rule], ids=["read-per-token", "device-round"])
+def test_after_a_kept_proposal_the_next_token_follows_the_targets_next_distribution(rule) -> None:  # type: ignore[no-untyped-def]
+    """With the draft equal to the target at the proposed position every proposal is kept, and
+    the token after it follows the target's distribution after the proposal (R here), not the
+    one before it (P)."""
     chooser = TokenChooser(build_config(temperature=1.0, seed=7))
-    log_p = torch.log(P)
-    draft_probs = chooser.distribution(log_p).clone()[None]
+    after = torch.tensor([0.1, 0.1, 0.2, 0.6])
+    draft_probs = chooser.distribution(torch.log(P)).clone()[None]
     extras = []
     for _ in range(4000):
-        kept, extra = device_rule(torch.stack([log_p, log_p]), Proposal([1], [0.0], draft_probs), chooser)
+        kept, extra = rule(torch.stack([torch.log(P), torch.log(after)]), Proposal([1], [0.0], draft_probs), chooser)
         assert kept == 1
         extras.append(extra)
-    assert chi_square(extras, P) < CRITICAL_3_DOF
+    assert chi_square(extras, after) < CRITICAL_3_DOF
 
 
 @pytest.mark.parametrize("depth", [None, 4])
