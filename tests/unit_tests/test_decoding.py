@@ -134,3 +134,22 @@ def test_the_decode_loop_reads_back_nothing_but_the_chosen_ids(
     step = write_step(session, TokenChooser(config), budget=24, delimiters=["\n\n"], stops=StopScanner([]))
     monkeypatch.undo()
     assert step.ids and len(session) == 3 + len(step.ids)
+
+
+def test_streamed_pieces_of_a_step_join_to_its_text_and_a_stop_is_never_released(tiny_engine: ConfSpecEngine) -> None:
+    from langchain_confspec.decoding import write_step_texts
+
+    for question in ("Hello world", "What is 12 * 12?"):
+        session = ModelSession(tiny_engine.target, tiny_engine.target.render_prompt([{"role": "user", "content": question}]))
+        texts = write_step_texts(session, TokenChooser(build_config()), budget=24, delimiters=["\n\n"], stops=StopScanner([]), stream=True)
+        pieces = []
+        while True:
+            try:
+                pieces.append(next(texts))
+            except StopIteration as written:
+                step: WrittenStep = written.value
+                break
+        assert len(pieces) > 1 and all(pieces) and "".join(pieces) == step.text
+    builder = StepBuilder(session, budget=8, delimiters=["\n\n"], stops=StopScanner(["STOP"]))
+    assert builder.new_text(WrittenStep([1, 2], "STOP and after", StepEnd.STOP, stop_at=0)) == ""
+    assert builder.new_text(WrittenStep([1, 2], "ok STOP", StepEnd.STOP, stop_at=3)) == "ok "
