@@ -150,6 +150,7 @@ def test_streamed_pieces_of_a_step_join_to_its_text_and_a_stop_is_never_released
                 step: WrittenStep = written.value
                 break
         assert len(pieces) > 1 and all(pieces) and "".join(pieces) == step.text
+        assert session.tokens_written == sum(t not in session.loaded.eos_token_ids for t in step.ids)
     builder = StepBuilder(session, budget=8, delimiters=["\n\n"], stops=StopScanner(["STOP"]))
     assert builder.new_text(WrittenStep([1, 2], "STOP and after", StepEnd.STOP, stop_at=0)) == ""
     assert builder.new_text(WrittenStep([1, 2], "ok STOP", StepEnd.STOP, stop_at=3)) == "ok "

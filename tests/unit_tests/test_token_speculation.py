@@ -81,6 +81,27 @@ def test_fixed_depth_rounds_give_the_targets_own_text(
             assert stats.accepted <= stats.tokens <= stats.accepted + stats.target_passes
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
+def test_a_device_round_leaves_both_sessions_holding_the_proposal(related_engine: ConfSpecEngine, temperature: float) -> None:
+    """After each round both models hold the same text (the draft's last token still to be
+    read), so the next round starts in step; every proposed token has its entropy."""
+    from langchain_confspec.session import ModelSession
+    from langchain_confspec.speculation import device_round
+
+    prompt = related_engine.target.render_prompt(turns(PROMPTS[2]))
+    target, draft = ModelSession(related_engine.target, prompt), ModelSession(related_engine.draft, prompt)
+    chooser = TokenChooser(build_config(temperature=temperature, seed=4))
+    for depth in (4, 1, 6):
+        base = len(target)
+        proposal, kept, extra = device_round(target, draft, chooser, depth)
+        assert target.ids == draft.ids == [*prompt, *target.ids[len(prompt) : base], *proposal.tokens]
+        assert len(proposal.entropies) == depth and all(0.0 <= h <= 1.0 for h in proposal.entropies)
+        assert 0 <= kept <= depth
+        for session in (target, draft):
+            session.truncate(base + kept)
+            session.append([extra])
+
+
 def test_a_related_draft_saves_target_passes(related_engine: ConfSpecEngine) -> None:
     spec = related_engine.generate(
         turns(PROMPTS[2]), build_config(mode="target_only", max_tokens=60, max_step_tokens=20, token_speculation=True)
