@@ -219,8 +219,8 @@ class StepBuilder:
     on whole characters.
 
     The text is decoded only after a token that could complete a delimiter or stop string
-    (and while the step is still blank, since leading blank lines belong to it), so that
-    per-token host work stays a set lookup for most tokens.
+    (its own text holds a needle's last character): no other token can change whether the
+    step ends, so per-token host work stays a set lookup for most tokens.
     """
 
     def __init__(
@@ -244,7 +244,6 @@ class StepBuilder:
         self._quiet = quiet_tokens(self.tokenizer, [*delimiters, *stops.stops])
         self._text = ""
         self._decoded = 0  # how many of `ids` `_text` covers
-        self._blank = True
         self._shown = 0  # characters of the text `new_text` has handed out
 
     def new_text(self, done: WrittenStep | None = None) -> str:
@@ -272,9 +271,8 @@ class StepBuilder:
         if token in self.eos:
             return self._finish(StepEnd.EOS)
         self.ids.append(token)
-        if self._blank or token not in self._quiet:
+        if token not in self._quiet:
             text = self.text
-            self._blank = not text.strip()
             stop_at = self.stops.find(text)
             if stop_at is not None:
                 return self._finish(StepEnd.STOP, stop_at)

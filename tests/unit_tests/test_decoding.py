@@ -154,3 +154,31 @@ def test_streamed_pieces_of_a_step_join_to_its_text_and_a_stop_is_never_released
     builder = StepBuilder(session, budget=8, delimiters=["\n\n"], stops=StopScanner(["STOP"]))
     assert builder.new_text(WrittenStep([1, 2], "STOP and after", StepEnd.STOP, stop_at=0)) == ""
     assert builder.new_text(WrittenStep([1, 2], "ok STOP", StepEnd.STOP, stop_at=3)) == "ok "
+
+
+def test_a_step_cut_by_a_stop_counts_the_tokens_whose_text_begins_before_it(tiny_engine: ConfSpecEngine) -> None:
+    """`tokens_before_stop`: the tokens up to the one that reaches into the stop string."""
+    tokenizer = tiny_engine.target.tokenizer
+    prompt = tiny_engine.target.render_prompt([{"role": "user", "content": "Hello world"}])
+    plain = write_step(ModelSession(tiny_engine.target, prompt), TokenChooser(build_config()), budget=24, delimiters=["\n\n"], stops=StopScanner([]))
+    firsts = [at for at in range(1, len(plain.text) - 3) if plain.text.find(plain.text[at : at + 3]) == at]
+    assert len(firsts) >= 3
+    for at in firsts[:3]:  # stop strings whose first occurrence begins there
+        stop = plain.text[at : at + 3]
+        step = write_step(ModelSession(tiny_engine.target, prompt), TokenChooser(build_config()), budget=24, delimiters=["\n\n"], stops=StopScanner([stop]))
+        before = step.tokens_before_stop
+        assert step.end is StepEnd.STOP and step.stop_at == at and before is not None and step.n_tokens == before
+        assert len(tokenizer.decode(step.ids[: before - 1])) < at <= len(tokenizer.decode(step.ids[:before]))
+
+
+def test_writers_yield_text_only_when_streaming(tiny_engine: ConfSpecEngine) -> None:
+    from langchain_confspec.decoding import write_step_texts
+
+    prompt = tiny_engine.target.render_prompt([{"role": "user", "content": "What is 12 * 12?"}])
+    rules = {"budget": 12, "delimiters": ["\n\n"], "stops": StopScanner([])}
+    plain = write_step(ModelSession(tiny_engine.target, prompt), TokenChooser(build_config()), **rules)
+    for seed in ([], list(plain.ids)):  # from scratch, and a rewrite checking a seed first
+        session = ModelSession(tiny_engine.target, [*prompt, *seed])
+        texts = write_step_texts(session, TokenChooser(build_config()), seed=seed, **rules)
+        assert next(texts, None) is None  # nothing yielded: the step is only returned
+        assert session.ids == [*prompt, *plain.ids]

@@ -48,6 +48,11 @@ def test_holdback_never_releases_a_stop_that_straddles_steps() -> None:
     assert streamed + holdback.finish(final) == final
 
 
+def test_holdback_keeps_the_longest_start_of_a_stop() -> None:
+    held = StopHoldback(["SSX"])
+    assert held.feed("aSS") == "a"  # "S" and "SS" could both begin it: the longer is held
+
+
 def test_holdback_without_stops_releases_everything() -> None:
     holdback = StopHoldback([])
     assert holdback.feed("abc") == "abc"
