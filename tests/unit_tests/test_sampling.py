@@ -163,3 +163,10 @@ def test_temperature_shapes_the_distribution(sampler: ConfSpecEngine) -> None:
 def test_the_widest_seeds_torch_takes_are_accepted_and_sample(seed: int) -> None:
     chooser = TokenChooser(build_config(temperature=1.0, seed=seed))
     assert 0 <= chooser.choose(torch.zeros(5)) < 5
+
+
+def test_a_nucleus_of_one_token_samples_it() -> None:
+    """top_p small enough that only the likeliest token is in the nucleus: sampling is greedy."""
+    logits = torch.randn(50)
+    chooser = TokenChooser(build_config(temperature=0.7, top_p=1e-6, seed=3))
+    assert all(chooser.choose(logits) == int(torch.argmax(logits)) for _ in range(20))

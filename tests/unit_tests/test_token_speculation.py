@@ -81,6 +81,44 @@ def test_fixed_depth_rounds_give_the_targets_own_text(
             assert stats.accepted <= stats.tokens <= stats.accepted + stats.target_passes
 
 
+@pytest.mark.parametrize("depth", [None, 8], ids=["depth-rule", "fixed-depth"])
+def test_no_proposal_reaches_past_the_steps_budget(related_engine: ConfSpecEngine, depth: int | None) -> None:
+    """A round proposes at most the tokens the step has left: every round before it took at
+    least one, so round i of a 3-token step proposes at most 3 - i."""
+    config = build_config(mode="target_only", max_tokens=30, max_step_tokens=3, token_speculation=True, speculation_depth=depth)
+    rounds = []
+    for prompt in PROMPTS:
+        for record in related_engine.generate(turns(prompt), config).records:
+            assert record.token_speculation is not None
+            rounds.append(record.token_speculation.depths)
+    assert any(len(depths) > 1 for depths in rounds)  # some steps took more than one round
+    assert all(d <= 3 - i for depths in rounds for i, d in enumerate(depths))
+
+
+def test_a_speculative_writer_yields_text_only_when_streaming_and_keeps_both_sessions_in_step(related_engine: ConfSpecEngine) -> None:
+    """With and without a seed (a rejected step checked first), nothing is yielded unless
+    streaming, both sessions end holding the step, and a step written without a seed reused
+    nothing."""
+    from langchain_confspec.decoding import StopScanner, write_step
+    from langchain_confspec.session import ModelSession
+    from langchain_confspec.speculation import speculative_step_texts
+
+    prompt = related_engine.target.render_prompt(turns(PROMPTS[1]))
+    rules = {"budget": 10, "delimiters": ["\n\n"], "stops": StopScanner([])}
+    plain = write_step(ModelSession(related_engine.target, prompt), TokenChooser(build_config()), **rules)
+    for seed in ([], [*plain.ids[:3], 17, 17]):  # a seed the target agrees with only in part
+        target = ModelSession(related_engine.target, [*prompt, *seed])
+        draft = ModelSession(related_engine.draft, [*prompt, *seed])
+        texts = speculative_step_texts(target, draft, TokenChooser(build_config()), ALWAYS_DEEP, seed=seed, **rules)
+        try:
+            next(texts)
+            raise AssertionError("a writer that does not stream yielded text")
+        except StopIteration as finished:
+            step, _ = finished.value
+        assert step.ids == plain.ids and target.ids == draft.ids == [*prompt, *plain.ids]
+        assert step.reused == (3 if seed else 0)
+
+
 @pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
 def test_a_device_round_leaves_both_sessions_holding_the_proposal(related_engine: ConfSpecEngine, temperature: float) -> None:
     """After each round both models hold the same text (the draft's last token still to be
