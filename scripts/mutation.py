@@ -34,7 +34,7 @@ COVERAGE = {
     "gate": ["test_method_core.py", "test_verification.py"],
     "verification": ["test_verification.py", "test_method_core.py"],
     "speculation": ["test_token_speculation.py", "test_method_core.py"],
-    "decoding": ["test_decoding.py", "test_text_rules.py", "test_sampling.py", "test_seeded_rewrites.py"],
+    "decoding": ["test_decoding.py", "test_text_rules.py", "test_sampling.py", "test_seeded_rewrites.py", "test_real_tokenizers.py"],
     "answer_text": ["test_text_rules.py", "test_streaming.py", "test_real_tokenizers.py"],
     "records": ["test_method_core.py", "test_audit.py"],
     "session": ["test_session.py"],  # rollback

@@ -161,14 +161,17 @@ def test_a_step_cut_by_a_stop_counts_the_tokens_whose_text_begins_before_it(tiny
     tokenizer = tiny_engine.target.tokenizer
     prompt = tiny_engine.target.render_prompt([{"role": "user", "content": "Hello world"}])
     plain = write_step(ModelSession(tiny_engine.target, prompt), TokenChooser(build_config()), budget=24, delimiters=["\n\n"], stops=StopScanner([]))
-    firsts = [at for at in range(1, len(plain.text) - 3) if plain.text.find(plain.text[at : at + 3]) == at]
-    assert len(firsts) >= 3
-    for at in firsts[:3]:  # stop strings whose first occurrence begins there
+    firsts = [at for at in range(len(plain.text) - 3) if plain.text.find(plain.text[at : at + 3]) == at]
+    assert firsts[0] == 0 and len(firsts) >= 4
+    for at in firsts[:4]:  # stop strings whose first occurrence begins there (the first at the step's start)
         stop = plain.text[at : at + 3]
         step = write_step(ModelSession(tiny_engine.target, prompt), TokenChooser(build_config()), budget=24, delimiters=["\n\n"], stops=StopScanner([stop]))
         before = step.tokens_before_stop
         assert step.end is StepEnd.STOP and step.stop_at == at and before is not None and step.n_tokens == before
-        assert len(tokenizer.decode(step.ids[: before - 1])) < at <= len(tokenizer.decode(step.ids[:before]))
+        if at == 0:
+            assert before == 0  # the stop string is the whole step: no token counts
+        else:
+            assert len(tokenizer.decode(step.ids[: before - 1])) < at <= len(tokenizer.decode(step.ids[:before]))
 
 
 def test_writers_yield_text_only_when_streaming(tiny_engine: ConfSpecEngine) -> None:

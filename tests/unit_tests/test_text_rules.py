@@ -53,6 +53,13 @@ def test_holdback_keeps_the_longest_start_of_a_stop() -> None:
     assert held.feed("aSS") == "a"  # "S" and "SS" could both begin it: the longer is held
 
 
+def test_held_back_text_comes_out_at_the_end_so_the_stream_is_the_answer() -> None:
+    held = StopHoldback(["STOP"])
+    streamed = held.feed("abc S") + held.feed("x, then ST")
+    assert streamed == "abc Sx, then "
+    assert streamed + held.finish("abc Sx, then STAY") == "abc Sx, then STAY"
+
+
 def test_holdback_without_stops_releases_everything() -> None:
     holdback = StopHoldback([])
     assert holdback.feed("abc") == "abc"
