@@ -51,6 +51,8 @@ def test_holdback_never_releases_a_stop_that_straddles_steps() -> None:
 def test_holdback_keeps_the_longest_start_of_a_stop() -> None:
     held = StopHoldback(["SSX"])
     assert held.feed("aSS") == "a"  # "S" and "SS" could both begin it: the longer is held
+    assert StopHoldback(["SX"]).feed("aS") == "a"  # a stop's first character alone is held too
+    assert StopHoldback(["B", "A"]).feed("xAyB") == "x"  # the earliest whole stop cuts
 
 
 def test_held_back_text_comes_out_at_the_end_so_the_stream_is_the_answer() -> None:
