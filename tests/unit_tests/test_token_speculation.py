@@ -119,6 +119,27 @@ def test_a_speculative_writer_yields_text_only_when_streaming_and_keeps_both_ses
         assert step.reused == (3 if seed else 0)
 
 
+def test_depth_samples_label_each_round_up_to_its_first_refusal(related_engine: ConfSpecEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `confspec fit-depth` learns from: per round, every kept token (True) and the first
+    refused one (False); tokens after it were never judged and are left out."""
+    import langchain_confspec.speculation as speculation
+
+    rounds: list[tuple[int, int]] = []  # (kept, proposed) per round, as the rule decided
+
+    def recording(target_logits, proposal, chooser):  # type: ignore[no-untyped-def]
+        kept, extra = verify_proposal(target_logits, proposal, chooser)
+        rounds.append((kept, len(proposal.tokens)))
+        return kept, extra
+
+    monkeypatch.setattr(speculation, "verify_proposal", recording)
+    engine = ConfSpecEngine(related_engine.draft, related_engine.target, depth_policy=ALWAYS_DEEP)
+    engine.depth_samples = []
+    engine.generate(turns(PROMPTS[2]), build_config(mode="target_only", max_tokens=40, token_speculation=True))
+    expected = [label for kept, proposed in rounds for label in [True] * kept + ([False] if kept < proposed else [])]
+    assert any(kept < proposed for kept, proposed in rounds) and any(kept for kept, _ in rounds)
+    assert [kept for _, kept in engine.depth_samples] == expected
+
+
 @pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
 def test_a_device_round_leaves_both_sessions_holding_the_proposal(related_engine: ConfSpecEngine, temperature: float) -> None:
     """After each round both models hold the same text (the draft's last token still to be
