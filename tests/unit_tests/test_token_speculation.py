@@ -285,6 +285,11 @@ def test_entropy_is_zero_when_sure_and_one_when_flat() -> None:
     assert normalised_entropy(torch.tensor([5.0] * 8 + [-30.0] * 200)) == pytest.approx(1.0)
 
 
+def test_each_entropy_reads_its_own_bin() -> None:
+    policy = DepthPolicy(acceptance=[0.9, 0.7, 0.5, 0.3])
+    assert [policy.expected_acceptance(h) for h in (0.0, 0.24, 0.25, 0.6, 0.99, 1.0)] == [0.9, 0.9, 0.7, 0.5, 0.3, 0.3]
+
+
 def test_a_fitted_table_trusts_confident_drafts_more(tmp_path) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(0)
     samples = [(h, rng.random() < 1 - h) for h in (rng.random() for _ in range(4000))]
