@@ -290,6 +290,12 @@ def test_each_entropy_reads_its_own_bin() -> None:
     assert [policy.expected_acceptance(h) for h in (0.0, 0.24, 0.25, 0.6, 0.99, 1.0)] == [0.9, 0.9, 0.7, 0.5, 0.3, 0.3]
 
 
+def test_a_flat_draft_sample_fits_the_last_bin() -> None:
+    """Entropy 1.0 (a flat top 8) belongs to the last bin, like 0.99."""
+    fitted = DepthPolicy.fit([(1.0, False)] * 50, bins=4)
+    assert fitted.acceptance[-1] < 0.1 and fitted.acceptance[-2] > 0.3
+
+
 def test_a_fitted_table_trusts_confident_drafts_more(tmp_path) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(0)
     samples = [(h, rng.random() < 1 - h) for h in (rng.random() for _ in range(4000))]
