@@ -615,32 +615,20 @@ class _Generation:
         self, session: ModelSession | RemoteSession, budget: StepBudget, seed: Sequence[int] = ()
     ) -> Generator[TextDelta, None, WrittenStep]:
         writer = Writer.DRAFT if session is self.draft else Writer.TARGET
+        rules: dict[str, Any] = {
+            "budget": budget.tokens,
+            "delimiters": self.config.step_delimiters,
+            "stops": self.stops,
+            "answer": self.texts[writer.value],
+            "final": budget.ends_answer,
+            "stream": self.stream_text,
+        }
         if isinstance(session, RemoteSession):  # no seed or constraint reaches a served model
-            texts = session.write_step_texts(
-                self.chooser,
-                budget=budget.tokens,
-                delimiters=self.config.step_delimiters,
-                stops=self.stops,
-                answer=self.texts[writer.value],
-                final=budget.ends_answer,
-                stream=self.stream_text,
-            )
-            return (yield from self._deltas(texts, writer))
+            return (yield from self._deltas(session.write_step_texts(self.chooser, **rules), writer))
         constraint = self.active_constraint
         if constraint is not None:
             return write_json(session, self.chooser, constraint.plan, budget=budget.tokens)
-        texts = write_step_texts(
-            session,
-            self.chooser,
-            budget=budget.tokens,
-            delimiters=self.config.step_delimiters,
-            stops=self.stops,
-            answer=self.texts[writer.value],
-            final=budget.ends_answer,
-            stream=self.stream_text,
-            seed=seed,
-        )
-        return (yield from self._deltas(texts, writer))
+        return (yield from self._deltas(write_step_texts(session, self.chooser, seed=seed, **rules), writer))
 
     def _write_as_target(
         self, budget: StepBudget, seed: list[int] | None = None
