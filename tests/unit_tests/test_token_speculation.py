@@ -296,6 +296,15 @@ def test_a_flat_draft_sample_fits_the_last_bin() -> None:
     assert fitted.acceptance[-1] < 0.1 and fitted.acceptance[-2] > 0.3
 
 
+def test_with_no_samples_a_fitted_table_is_the_prior_read_at_each_bins_start() -> None:
+    """Refitting to another number of bins smooths each bin towards the prior's value at the
+    bin's lower edge, and with nothing recorded that value is all there is."""
+    prior = DepthPolicy().acceptance
+    assert DepthPolicy.fit([], bins=len(prior)).acceptance == prior
+    assert DepthPolicy.fit([], bins=4).acceptance == [prior[0], prior[2], prior[4], prior[6]]
+    assert DepthPolicy.fit([], bins=16).acceptance == [a for a in prior for _ in range(2)]
+
+
 def test_a_fitted_table_trusts_confident_drafts_more(tmp_path) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(0)
     samples = [(h, rng.random() < 1 - h) for h in (rng.random() for _ in range(4000))]
