@@ -210,6 +210,19 @@ class _Writer(Protocol):
     def loaded(self) -> _Vocabulary: ...
 
 
+class _Checker(Protocol):
+    """A session whose model can check tokens it holds as a proposal (`take_seed`): a local
+    session, or a served model's where the server scores prompt tokens."""
+
+    ids: list[int]
+    tokens_written: int
+
+    def __len__(self) -> int: ...
+    def greedy_choices(self, start: int) -> list[int]: ...
+    def truncate(self, length: int) -> None: ...
+    def append(self, ids: Sequence[int]) -> None: ...
+
+
 class StepBuilder:
     """Grows a step token by token and says when, and why, it ends.
 
@@ -331,7 +344,7 @@ def write_step_texts(
             return replace(done, reused=reused) if seed else done
 
 
-def take_seed(session: ModelSession, step: StepBuilder, seed: Sequence[int]) -> tuple[WrittenStep | None, int]:
+def take_seed(session: _Checker, step: StepBuilder, seed: Sequence[int]) -> tuple[WrittenStep | None, int]:
     """Start `step` with the longest prefix of `seed` that `session`'s model would write itself
     (greedy), then its own next token: a rejected step checked as a token-level proposal, so an
     identical rewrite costs one pass instead of one per token. `session` ends with `seed`; one
@@ -340,8 +353,8 @@ def take_seed(session: ModelSession, step: StepBuilder, seed: Sequence[int]) -> 
     """
     base = len(session) - len(seed)
     assert session.ids[base:] == list(seed), "the session must end with the seed"
-    choices = torch.argmax(session.logits_from(base), dim=-1).tolist()  # (len(seed) + 1,)
-    kept = next((i for i, token in enumerate(seed) if choices[i] != token), len(seed))
+    choices = session.greedy_choices(base)  # len(seed) + 1
+    kept = kept_prefix(choices, seed)
     consumed: list[int] = []  # tokens that join the step
     done = None
     for token in [*seed[:kept], choices[kept]]:
@@ -355,6 +368,12 @@ def take_seed(session: ModelSession, step: StepBuilder, seed: Sequence[int]) -> 
     session.append(consumed[reused:])
     session.tokens_written += len(consumed)
     return done, reused
+
+
+def kept_prefix(choices: Sequence[int], proposal: Sequence[int]) -> int:
+    """How many proposed tokens a greedy model keeps: those up to its first other choice.
+    `choices[i]` is its token where `proposal[i]` stands."""
+    return next((i for i, token in enumerate(proposal) if choices[i] != token), len(proposal))
 
 
 def write_step(session: ModelSession, chooser: TokenChooser, **step: Any) -> WrittenStep:

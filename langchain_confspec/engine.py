@@ -347,15 +347,25 @@ def _retokenized(step: WrittenStep, receiver: LoadedModel | RemoteModel) -> list
 
 def _check_remote_request(target: RemoteModel, config: SpecConfig, constraint: Constraint | None) -> None:
     """Refuse what a served target cannot do, naming the server."""
-    if config.token_speculation:
+    where = f"the {target.engine} server at {target.base_url}"
+    if config.token_speculation and not target.scores_proposals:
         raise ConfigurationError(
-            f"token_speculation needs the target to score proposed tokens, which the {target.engine} server at "
-            f"{target.base_url} cannot do; turn it off (or let the server speculate itself: llama-server -md DRAFT)."
+            f"token_speculation needs the target to score proposed tokens, which {where} cannot do; turn it off "
+            "(or let the server speculate itself: llama-server -md DRAFT), or serve the target with vLLM or SGLang."
+        )
+    if config.token_speculation and config.temperature != 0.0:
+        raise ConfigurationError(
+            f"Sampled token speculation needs the target's whole next-token distribution, which {where} does not "
+            "return; use temperature=0 or turn token_speculation off."
+        )
+    if config.token_speculation and config.speculation_depth is not None:
+        raise ConfigurationError(
+            f"speculation_depth runs its rounds on a local target's device, not on {where}; leave it unset."
         )
     if constraint is not None:
         raise ConfigurationError(
-            f"Structured output and forced tool calls are written under a constraint that the {target.engine} server at "
-            f"{target.base_url} cannot apply here; use a local target for them."
+            f"Structured output and forced tool calls are written under a constraint that {where} "
+            "cannot apply here; use a local target for them."
         )
 
 
@@ -623,8 +633,8 @@ class _Generation:
             "final": budget.ends_answer,
             "stream": self.stream_text,
         }
-        if isinstance(session, RemoteSession):  # no seed or constraint reaches a served model
-            return (yield from self._deltas(session.write_step_texts(self.chooser, **rules), writer))
+        if isinstance(session, RemoteSession):  # no constraint reaches a served model
+            return (yield from self._deltas(session.write_step_texts(self.chooser, seed=seed, **rules), writer))
         constraint = self.active_constraint
         if constraint is not None:
             return write_json(session, self.chooser, constraint.plan, budget=budget.tokens)
@@ -639,7 +649,7 @@ class _Generation:
         assert self.target is not None
         if not self.config.token_speculation or self.active_constraint is not None:
             return (yield from self._write(self.target, budget, seed or ())), None
-        assert self.draft is not None and isinstance(self.target, ModelSession)
+        assert self.draft is not None
         texts = speculative_step_texts(
             self.target,
             self.draft,
@@ -697,8 +707,13 @@ class _Generation:
             action = gate(draft_verdict, self.config)
 
         target_verdict = None
-        # A served target cannot score a rejected step as a proposal: it rewrites from scratch.
-        seeded = self.config.rewrite_from_rejected and self.chooser.greedy and self.active_constraint is None and not self.remote
+        # A served target that cannot score a rejected step as a proposal rewrites from scratch.
+        seeded = (
+            self.config.rewrite_from_rejected
+            and self.chooser.greedy
+            and self.active_constraint is None
+            and (not isinstance(self.engine.target, RemoteModel) or self.engine.target.scores_proposals)
+        )
         if action is GateAction.ESCALATE:
             self._hand_over(proposal, target)
             # A seeded rewrite reads the step's logits from this pass: keep every length in it.

@@ -1,15 +1,18 @@
 """A model behind an inference server, reached over HTTP with token ids in and out.
 
-Users who serve a large target with llama.cpp's `llama-server` or vLLM keep it out of their
-Python process. The method needs two things from such a model, one request each: a step written from
-token ids (streamed, so that the engine's own step rules decide where it ends and the stream is
-closed there), and the next-token probabilities after a context (a verdict). Prompts are
-rendered and tokenized locally and sent as ids, so nothing is re-tokenized on the way; a start-up
-check makes sure the server's tokenizer reads texts as the local one does.
+Users who serve a large target with llama.cpp's `llama-server`, vLLM or SGLang keep it out of
+their Python process. The method needs two things from such a model, one request each: a step
+written from token ids (streamed, so that the engine's own step rules decide where it ends and
+the stream is closed there), and the next-token probabilities after a context (a verdict).
+Token speculation needs a third where the engine has it: the greedy choice at every position
+of a proposal. Prompts are rendered and tokenized locally and sent as ids, so nothing is
+re-tokenized on the way; a start-up check makes sure the server's tokenizer reads texts as the
+local one does.
 
 What each engine calls these requests is in `server_apis`. Requests go through the `openai`
-client (the `remote` extra) for its retries with backoff and its timeouts; every failure becomes a `RemoteModelError` that names the server and what came
-back. The API key stays inside the client: never in `repr`, errors or records.
+client (the `remote` extra) for its retries with backoff and its timeouts; every failure
+becomes a `RemoteModelError` that names the server and what came back. The API key stays
+inside the client: never in `repr`, errors or records.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from transformers import PreTrainedTokenizerBase
@@ -58,8 +62,8 @@ class ServerCounters:
 
 @dataclass
 class RemoteModel:
-    """A causal LM served at `base_url` by `engine` (`llama.cpp`'s `llama-server`, or `vllm`),
-    with its tokenizer loaded here.
+    """A causal LM served at `base_url` by `engine` (`llama.cpp`'s `llama-server`, `vllm` or
+    `sglang`), with its tokenizer loaded here.
 
     `name` labels it in records (default: the URL); `timeout` is per request, in seconds;
     `max_retries` is the client's (backoff on connection errors, 408, 429 and 5xx);
@@ -100,6 +104,19 @@ class RemoteModel:
     def vocab_size(self) -> int:
         return len(self.tokenizer)
 
+    @property
+    def directory(self) -> Path | None:
+        """The local folder the tokenizer was loaded from, if any: the model's side files (a
+        token-speculation depth table fitted for it) live there, as beside a local model."""
+        path = Path(str(self.tokenizer.name_or_path or ""))
+        return path if str(path) and path.is_dir() else None
+
+    @property
+    def scores_proposals(self) -> bool:
+        """Whether the server can score proposed tokens in one request (vLLM, SGLang), so that
+        token speculation and seeded rewrites work against it."""
+        return self.api.scores_proposals
+
     def render_prompt(self, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         return render_prompt(self.tokenizer, turns, tools)
 
@@ -130,6 +147,17 @@ class RemoteModel:
         counters.add(self._read(path, reply, self.api.work))
         return self._read(path, reply, self.api.read_verdict)
 
+    def greedy_choices(self, ids: Sequence[int], start: int, counters: ServerCounters) -> list[int]:
+        """The model's greedy next token at every length of `ids` from `start` to the end: the
+        tokens from `start` on checked as a proposal, in one request."""
+        path, body = self.api.score(ids, start, self._model)
+        reply = self._request("POST", path, body)
+        counters.add(self._read(path, reply, self.api.work))
+        choices = self._read(path, reply, lambda r: self.api.read_choices(r, start, len(ids)))
+        if len(choices) != len(ids) - start + 1:
+            raise self._unreadable(path, reply)
+        return choices
+
     @contextmanager
     def stream(
         self, ids: Sequence[int], counters: ServerCounters, *, max_tokens: int, temperature: float, top_p: float,
@@ -149,13 +177,16 @@ class RemoteModel:
 
     def _tokens(self, path: str, chunks: Any, counters: ServerCounters) -> Iterator[int]:
         last: Any = {}
+        written: list[int] = []
         try:
             for reply in chunks:
                 last = reply
                 chunk = self._read(path, reply, self.api.read_chunk)
-                yield from chunk.tokens
+                new = chunk.tokens[len(written) :] if chunk.so_far else chunk.tokens
+                written.extend(new)
+                yield from new
                 if chunk.done:
-                    if chunk.eos and self.eos_token_ids:
+                    if chunk.eos and self.eos_token_ids and not (written and written[-1] in self.eos_token_ids):
                         yield min(self.eos_token_ids)
                     return
         except RemoteModelError:

@@ -10,6 +10,7 @@ a verdict is one request for the next token's probabilities.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Sequence
+from dataclasses import replace
 
 from langchain_confspec.answer_text import AnswerText
 from langchain_confspec.decoding import (
@@ -17,6 +18,7 @@ from langchain_confspec.decoding import (
     StopScanner,
     TokenChooser,
     WrittenStep,
+    take_seed,
 )
 from langchain_confspec.errors import RemoteModelError
 from langchain_confspec.records import ModelCounters, Verdict
@@ -75,14 +77,24 @@ class RemoteSession:
         answer: AnswerText | None = None,
         final: bool = False,
         stream: bool = False,
+        seed: Sequence[int] = (),
     ) -> Generator[str, None, WrittenStep]:
         """Write one step of at most `budget` tokens on the server, appending it here; with
-        `stream`, yield its settled text as it grows (as `decoding.write_step_texts` does)."""
+        `stream`, yield its settled text as it grows, and with a `seed` start from as much of
+        it as the model agrees with (as `decoding.write_step_texts` does)."""
         step = StepBuilder(self, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)
-        seed = None if chooser.greedy else (chooser.seed + self._steps) % 2**32  # a fresh draw per step, repeatable
+        reused = 0
+        if seed:
+            done, reused = take_seed(self, step, seed)
+            if stream and (text := step.new_text(done)):
+                yield text
+            if done is not None:
+                return replace(done, reused=reused)
+        draw = None if chooser.greedy else (chooser.seed + self._steps) % 2**32  # a fresh draw per step, repeatable
         self._steps += 1
         with self.loaded.stream(
-            self.ids, self.server, max_tokens=budget, temperature=chooser.temperature, top_p=chooser.top_p, seed=seed
+            self.ids, self.server, max_tokens=budget - len(step.ids), temperature=chooser.temperature,
+            top_p=chooser.top_p, seed=draw,
         ) as tokens:
             for token in tokens:
                 done = step.add(token)
@@ -92,11 +104,16 @@ class RemoteSession:
                 if stream and (text := step.new_text(done)):
                     yield text
                 if done is not None:
-                    return done
+                    return replace(done, reused=reused) if seed else done
         raise RemoteModelError(
             f"The server at {self.loaded.base_url} stopped after {len(step.ids)} of a step's {budget} tokens "
             f"without an end of sequence (its context is {self.loaded.context_length} tokens)."
         )
+
+    def greedy_choices(self, start: int) -> list[int]:
+        """The model's greedy token at every length from `start` to the end, scored by the
+        server in one request (`RemoteModel.scores_proposals`)."""
+        return self.loaded.greedy_choices(self.ids, start, self.server)
 
     def judge(self, reader: VerdictReader) -> Verdict:
         """The model's verdict on the step at the end of the context: one request for the

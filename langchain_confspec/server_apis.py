@@ -3,7 +3,8 @@
 `RemoteModel` does the transport, the errors and the flow; an API here builds each request's
 path and body for one engine and reads its replies: the server's facts at start-up (context
 window, version, model name), tokenizing a text, the probabilities after a context (a
-verdict), and a streamed step. Every sampling setting the method relies on is sent
+verdict), a streamed step, and (vLLM, SGLang) the model's greedy choice at every position of a
+proposal, scored in one request. Every sampling setting the method relies on is sent
 explicitly, so a server's defaults (repetition penalties, min-p, top-k) never change what the
 model writes.
 """
@@ -32,6 +33,7 @@ class Chunk:
     tokens: list[int] = field(default_factory=list)
     done: bool = False
     eos: bool = False  # the model ended the answer (its end-of-sequence token may not be among `tokens`)
+    so_far: bool = False  # `tokens` are all the step's tokens until now, not only the new ones
 
 
 Request = tuple[str, dict[str, Any]]
@@ -40,6 +42,7 @@ Request = tuple[str, dict[str, Any]]
 class ServerAPI(Protocol):
     engine: str
     probe_paths: tuple[str, ...]
+    scores_proposals: bool  # `score` works: token speculation and seeded rewrites can use it
 
     def probe(self, get: Callable[[str], Any]) -> ServerInfo: ...
     def tokenize(self, text: str, model: str | None) -> Request: ...
@@ -48,6 +51,8 @@ class ServerAPI(Protocol):
     def read_verdict(self, reply: Any) -> dict[int, float]: ...
     def step(self, ids: Sequence[int], max_tokens: int, temperature: float, top_p: float, seed: int | None, model: str | None) -> Request: ...
     def read_chunk(self, chunk: Any) -> Chunk: ...
+    def score(self, ids: Sequence[int], start: int, model: str | None) -> Request: ...
+    def read_choices(self, reply: Any, start: int, length: int) -> list[int]: ...
     def work(self, reply: Any) -> ServerWork: ...
 
 
@@ -57,6 +62,7 @@ class LlamaCppAPI:
 
     engine = "llama.cpp"
     probe_paths = ("/props",)
+    scores_proposals = False  # it returns probabilities of written tokens only, never of prompt ones
 
     def probe(self, get: Callable[[str], Any]) -> ServerInfo:
         props = get("/props")
@@ -83,6 +89,12 @@ class LlamaCppAPI:
     def read_chunk(self, chunk: Any) -> Chunk:
         stopped = bool(chunk.get("stop"))
         return Chunk([int(t) for t in chunk.get("tokens", ())], stopped, stopped and chunk.get("stop_type") == "eos")
+
+    def score(self, ids: Sequence[int], start: int, model: str | None) -> Request:
+        raise NotImplementedError("llama-server cannot score prompt tokens")
+
+    def read_choices(self, reply: Any, start: int, length: int) -> list[int]:
+        raise NotImplementedError("llama-server cannot score prompt tokens")
 
     def work(self, reply: Any) -> ServerWork:
         timings = reply.get("timings") or {}
@@ -112,11 +124,14 @@ class VLLMAPI:
     """vLLM's OpenAI-compatible server: `/v1/completions` with a prompt of ids and
     `return_token_ids`; a verdict's probabilities for the verdict words exactly
     (`logprob_token_ids`, recent versions), else for the top-n (`logprobs`, capped by the
-    server's `--max-logprobs`, 20 by default), keyed by id (`return_tokens_as_token_ids`).
-    Written from vLLM's request and response models; not yet run against a live server."""
+    server's `--max-logprobs`, 20 by default), keyed by id (`return_tokens_as_token_ids`); a
+    proposal scored with `prompt_logprobs`, which makes vLLM read the whole prompt again (it
+    skips its prefix cache for such requests). Written from vLLM's request and response models
+    (0.33); not yet run against a live server."""
 
     engine = "vllm"
     probe_paths = ("/v1/models", "/version")
+    scores_proposals = True
 
     def probe(self, get: Callable[[str], Any]) -> ServerInfo:
         model = get("/v1/models")["data"][0]
@@ -150,6 +165,17 @@ class VLLMAPI:
         eos = choice.get("finish_reason") == "stop" and choice.get("stop_reason") is None
         return Chunk([int(t) for t in choice.get("token_ids") or ()], finished, eos)
 
+    def score(self, ids: Sequence[int], start: int, model: str | None) -> Request:
+        return "/v1/completions", {**self._completion(ids, 1, 0.0, 1.0, None, model), "prompt_logprobs": 1}
+
+    def read_choices(self, reply: Any, start: int, length: int) -> list[int]:
+        """Each prompt position's rank-1 token (after the prompt's own token, which comes first
+        with its true rank), then the token written after the prompt."""
+        choice = reply["choices"][0]
+        rows = choice["prompt_logprobs"][start:length]
+        chosen = [int(next(token for token, entry in row.items() if entry["rank"] == 1)) for row in rows]
+        return [*chosen, *[int(t) for t in choice["token_ids"][:1]]]
+
     def work(self, reply: Any) -> ServerWork:
         usage = reply.get("usage") or {}
         cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
@@ -176,5 +202,86 @@ class VLLMAPI:
         }
 
 
-APIS: dict[str, ServerAPI] = {api.engine: api for api in (LlamaCppAPI(), VLLMAPI())}
+class SGLangAPI:
+    """SGLang's native `/generate`: `input_ids` in, `output_ids` out (a stream's chunks carry
+    all of them so far, the server's default); a verdict's probabilities for the verdict words
+    exactly (`token_ids_logprob`), else for the top-n (`top_logprobs_num`), and a proposal's
+    greedy choices, both read from the prompt's log-probabilities from `logprob_start_len`
+    (up to which the server's prefix cache is still read). Written from
+    SGLang's request and response models (0.5.23); not yet run against a live server."""
+
+    engine = "sglang"
+    probe_paths = ("/v1/models", "/server_info")
+    scores_proposals = True
+
+    def probe(self, get: Callable[[str], Any]) -> ServerInfo:
+        model = get("/v1/models")["data"][0]
+        return ServerInfo(int(model["max_model_len"]), str(get("/server_info").get("version", "unknown")))
+
+    def tokenize(self, text: str, model: str | None) -> Request:
+        return "/v1/tokenize", {"prompt": text, "add_special_tokens": False}
+
+    def read_tokens(self, reply: Any) -> list[int]:
+        return [int(t) for t in reply["tokens"]]
+
+    def verdict(self, ids: Sequence[int], top_n: int, wanted: Sequence[int], model: str | None) -> Request:
+        # Read from the prompt's log-probabilities, which are the model's own in any batch (a
+        # written token's follow the sampler of the batch it ran in): one token more is sent,
+        # and the row before it is the distribution after `ids`.
+        body = {**self._generate([*ids, ids[-1]], 1, 0.0, 1.0, None), "return_logprob": True, "logprob_start_len": len(ids) - 1}
+        return "/generate", {**body, **({"token_ids_logprob": list(wanted)} if wanted else {"top_logprobs_num": top_n})}
+
+    def read_verdict(self, reply: Any) -> dict[int, float]:
+        meta = reply["meta_info"]
+        row = (meta.get("input_token_ids_logprobs") or meta["input_top_logprobs"])[1]
+        return {int(token): math.exp(float(logprob)) for logprob, token, _ in row}
+
+    def step(self, ids: Sequence[int], max_tokens: int, temperature: float, top_p: float, seed: int | None, model: str | None) -> Request:
+        return "/generate", {**self._generate(ids, max_tokens, temperature, top_p, seed), "stream": True}
+
+    def read_chunk(self, chunk: Any) -> Chunk:
+        finish = chunk["meta_info"].get("finish_reason")
+        # The end-of-sequence token is among `output_ids` ("matched" names it).
+        eos = bool(finish) and finish["type"] == "stop" and isinstance(finish.get("matched"), int)
+        return Chunk([int(t) for t in chunk["output_ids"]], finish is not None, eos, so_far=True)
+
+    def score(self, ids: Sequence[int], start: int, model: str | None) -> Request:
+        # Input position j is scored from position `logprob_start_len + j`'s prefix, and its
+        # first row is empty: start one early to score the token at `start`.
+        body = {**self._generate(ids, 1, 0.0, 1.0, None), "return_logprob": True, "top_logprobs_num": 1}
+        return "/generate", {**body, "logprob_start_len": start - 1}
+
+    def read_choices(self, reply: Any, start: int, length: int) -> list[int]:
+        rows = reply["meta_info"]["input_top_logprobs"][1:]
+        return [*(int(row[0][1]) for row in rows), *(int(t) for t in reply["output_ids"][:1])]
+
+    def work(self, reply: Any) -> ServerWork:
+        meta = reply.get("meta_info") or {}
+        cached = int(meta.get("cached_tokens") or 0)
+        return ServerWork(
+            requests=1,
+            prompt_tokens=int(meta.get("prompt_tokens", 0)) - cached,
+            cached_prompt_tokens=cached,
+            seconds=float(meta.get("e2e_latency") or 0.0),
+        )
+
+    @staticmethod
+    def _generate(ids: Sequence[int], max_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "max_new_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": -1,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "skip_special_tokens": False,
+        }
+        if seed is not None:  # honoured where the server runs with --enable-deterministic-inference
+            params["sampling_seed"] = seed
+        return {"input_ids": list(ids), "sampling_params": params}
+
+
+APIS: dict[str, ServerAPI] = {api.engine: api for api in (LlamaCppAPI(), VLLMAPI(), SGLangAPI())}
 """The engines `RemoteModel` drives, by the name `engine=` takes."""

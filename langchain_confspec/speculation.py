@@ -27,9 +27,11 @@ from langchain_confspec.decoding import (
     TokenChooser,
     WrittenStep,
     drain,
+    kept_prefix,
     take_seed,
 )
 from langchain_confspec.records import TokenSpeculation
+from langchain_confspec.remote_session import RemoteSession
 from langchain_confspec.session import ModelSession
 
 DEPTH_TABLE_FILE = "confspec_depth.json"
@@ -143,7 +145,7 @@ def verify_proposal(
     """
     if chooser.greedy:  # one host synchronisation for the check
         choices = torch.argmax(target_logits, dim=-1).tolist()
-        kept = next((i for i, token in enumerate(proposal.tokens) if choices[i] != token), len(proposal.tokens))
+        kept = kept_prefix(choices, proposal.tokens)
         return kept, choices[kept]
     assert proposal.draft_probs is not None
     # Every proposed token's acceptance ratio p/q, read back at once: one synchronisation.
@@ -159,6 +161,16 @@ def verify_proposal(
             fallback = total <= 0  # p == q there: sample the target itself
             return i, int(chooser.draw(torch.where(fallback, target_probs[i], residual / total.clamp_min(1e-30))))
     return depth, chooser.choose(target_logits[-1])
+
+
+def _checked(target: ModelSession | RemoteSession, base: int, proposal: Proposal, chooser: TokenChooser) -> tuple[int, int]:
+    """`verify_proposal` over a local target's logits. A served target returns no logits: it
+    scores the proposal greedily, in one request (the engine sends it no sampled call)."""
+    if isinstance(target, ModelSession):
+        return verify_proposal(target.logits_from(base), proposal, chooser)
+    choices = target.greedy_choices(base)
+    kept = kept_prefix(choices, proposal.tokens)
+    return kept, choices[kept]
 
 
 def device_round(
@@ -222,7 +234,7 @@ def _sampled_verdict(
 
 
 def speculative_step_texts(
-    target: ModelSession,
+    target: ModelSession | RemoteSession,
     draft: ModelSession,
     chooser: TokenChooser,
     policy: DepthPolicy,
@@ -265,8 +277,9 @@ def speculative_step_texts(
         if fixed_depth is None:
             proposal = propose(draft, chooser, policy, limit)
             target.append(proposal.tokens)
-            kept, extra = verify_proposal(target.logits_from(target_base), proposal, chooser)
+            kept, extra = _checked(target, target_base, proposal, chooser)
         else:
+            assert isinstance(target, ModelSession), "a fixed-depth round runs on the target's device"
             proposal, kept, extra = device_round(target, draft, chooser, min(fixed_depth, limit))
         stats.proposed += len(proposal.tokens)
         stats.target_passes += 1

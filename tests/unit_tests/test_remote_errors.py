@@ -81,7 +81,7 @@ def test_a_server_that_is_not_there_is_named() -> None:
 
 def test_a_server_that_is_not_llama_server_is_named(fake_server: Callable[[dict[str, Reply]], str]) -> None:
     url = fake_server({})
-    with pytest.raises(RemoteModelError, match=rf"{url} has no /props, so it is not a llama.cpp server \(engine='llama.cpp'; this version drives llama.cpp, vllm\)"):
+    with pytest.raises(RemoteModelError, match=rf"{url} has no /props, so it is not a llama.cpp server \(engine='llama.cpp'; this version drives llama.cpp, vllm, sglang\)"):
         remote(url)
 
 
@@ -121,8 +121,8 @@ def test_the_key_stays_in_the_client(fake_server: Callable[[dict[str, Reply]], s
 
 
 def test_what_cannot_be_served_is_refused_at_construction() -> None:
-    with pytest.raises(ConfigurationError, match="Unknown server engine 'sglang': this version drives llama.cpp, vllm"):
-        RemoteModel("http://127.0.0.1:9", build_tokenizer(), engine="sglang")
+    with pytest.raises(ConfigurationError, match="Unknown server engine 'tgi': this version drives llama.cpp, vllm, sglang"):
+        RemoteModel("http://127.0.0.1:9", build_tokenizer(), engine="tgi")
     with pytest.raises(ConfigurationError, match="A served target \\(target_url\\) needs its tokenizer"):
         ConfSpecChatModel(draft_model="confspec-demo-draft", target_url="http://127.0.0.1:9")
     chat = ConfSpecChatModel(draft_model="confspec-demo-draft", target_model="confspec-demo-target", target_url="http://x", target_api_key=SECRET)
