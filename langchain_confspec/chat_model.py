@@ -206,9 +206,9 @@ class ConfSpecChatModel(BaseChatModel):
     """Base URL of a server that serves the target (`target_engine`), e.g.
     `http://127.0.0.1:8080`: no target weights load here, prompts go to it as token ids
     (docs/remote-target.md)."""
-    target_engine: Literal["llama.cpp", "vllm", "sglang"] = "llama.cpp"
-    """What serves `target_url`: llama.cpp's `llama-server`, vLLM's OpenAI-compatible server, or
-    SGLang's native API."""
+    target_engine: Literal["auto", "llama.cpp", "vllm", "sglang"] = "auto"
+    """What serves `target_url`: llama.cpp's `llama-server`, vLLM's OpenAI-compatible server,
+    SGLang's native API, or `auto` (asked of the server at start-up)."""
     target_api_key: SecretStr | None = None
     """API key the target's server asks for (sent as a bearer token; never shown or logged)."""
     target_timeout: float = Field(default=60.0, gt=0)

@@ -91,7 +91,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft", default=DEMO_DRAFT, help="draft model id or path (default: the bundled demo)")
     parser.add_argument("--target", default=DEMO_TARGET, help="target model id or path")
     parser.add_argument("--target-url", help="base URL of a server serving the target (no target weights load here)")
-    parser.add_argument("--target-engine", default="llama.cpp", choices=["llama.cpp", "vllm", "sglang"], help="what serves --target-url")
+    parser.add_argument("--target-engine", default="auto", choices=["auto", "llama.cpp", "vllm", "sglang"], help="what serves --target-url (auto: ask it)")
     parser.add_argument("--target-tokenizer", help="with --target-url: the served target's tokenizer, id or path (default: --target)")
     parser.add_argument(
         "--target-api-key-env", metavar="NAME", help="with --target-url: the environment variable holding the server's API key"

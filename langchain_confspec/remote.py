@@ -45,6 +45,8 @@ PARITY_TEXTS = (
     "Is the last step above correct? Answer Yes or No.\nAnswer: Yes",
 )
 """Texts the server's tokenizer must read as the local one does before the model is used."""
+AUTO = "auto"
+"""`engine=` for a server identified by the endpoint only its engine has (`server_apis`)."""
 VERDICT_TOP_N = 100
 """Most likely next tokens a verdict request asks for by default: the verdict words are among
 them whenever they carry weight, and a word left out lowers the recorded mass."""
@@ -63,7 +65,7 @@ class ServerCounters:
 @dataclass
 class RemoteModel:
     """A causal LM served at `base_url` by `engine` (`llama.cpp`'s `llama-server`, `vllm` or
-    `sglang`), with its tokenizer loaded here.
+    `sglang`; `auto` asks the server), with its tokenizer loaded here.
 
     `name` labels it in records (default: the URL); `timeout` is per request, in seconds;
     `max_retries` is the client's (backoff on connection errors, 408, 429 and 5xx);
@@ -74,7 +76,7 @@ class RemoteModel:
     base_url: str
     tokenizer: PreTrainedTokenizerBase
     name: str = ""
-    engine: str = "llama.cpp"
+    engine: str = "auto"
     api_key: str | None = field(default=None, repr=False)
     timeout: float = 60.0
     max_retries: int = 2
@@ -84,13 +86,15 @@ class RemoteModel:
     version: str = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.engine not in APIS:
-            raise ConfigurationError(f"Unknown server engine {self.engine!r}: this version drives {', '.join(APIS)}.")
-        self.api: ServerAPI = APIS[self.engine]
+        if self.engine not in (AUTO, *APIS):
+            raise ConfigurationError(f"Unknown server engine {self.engine!r}: this version drives {', '.join(APIS)} (or {AUTO!r}).")
         self.base_url = self.base_url.rstrip("/")
         self.name = self.name or self.base_url
         self._client = _client(self.base_url, self.api_key, self.timeout, self.max_retries)
         self.api_key = None  # the client holds it; nothing else does
+        if self.engine == AUTO:
+            self.engine = self._identify()
+        self.api: ServerAPI = APIS[self.engine]
         self.eos_token_ids = frozenset({self.tokenizer.eos_token_id} - {None})
         paths = " and ".join(self.api.probe_paths)
         not_found = f"{self.base_url} has no {paths}, so it is not a {self.engine} server"
@@ -99,6 +103,21 @@ class RemoteModel:
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
             raise RemoteModelError(f"The {self.engine} server at {self.base_url} describes itself in a way this library cannot read ({error!r}).") from None
         self.context_length, self.version, self._model = info.context_length, info.version, info.model
+
+    def _identify(self) -> str:
+        """The engine serving `base_url`: the first whose own endpoint it answers."""
+        import openai
+
+        for api in APIS.values():
+            try:
+                self._client.get(api.identify_path, cast_to=object)
+            except openai.NotFoundError:
+                continue
+            except Exception as error:  # the client's, named
+                raise self._failure(api.identify_path, error) from error
+            return api.engine
+        paths = ", ".join(f"{api.identify_path} ({api.engine})" for api in APIS.values())
+        raise RemoteModelError(f"{self.base_url} answers none of {paths}: name its engine (engine=...) if it is one of these.")
 
     @property
     def vocab_size(self) -> int:
@@ -229,7 +248,8 @@ class RemoteModel:
     def _failure(self, path: str, error: BaseException) -> RemoteModelError:
         import openai
 
-        where = f"The {self.engine} server at {self.base_url}{path}"
+        server = "server" if self.engine == AUTO else f"{self.engine} server"
+        where = f"The {server} at {self.base_url}{path}"
         if isinstance(error, openai.APITimeoutError):
             return RemoteModelError(f"{where} did not answer within {self.timeout:g} s (after {self.max_retries} retries).")
         if isinstance(error, openai.APIConnectionError):

@@ -41,6 +41,7 @@ Request = tuple[str, dict[str, Any]]
 
 class ServerAPI(Protocol):
     engine: str
+    identify_path: str  # an endpoint only this engine's server has
     probe_paths: tuple[str, ...]
     scores_proposals: bool  # `score` works: token speculation and seeded rewrites can use it
 
@@ -61,6 +62,7 @@ class LlamaCppAPI:
     (its `/v1/completions` returns none); top-n probabilities with their ids (`n_probs`, no cap)."""
 
     engine = "llama.cpp"
+    identify_path = "/props"
     probe_paths = ("/props",)
     scores_proposals = False  # it returns probabilities of written tokens only, never of prompt ones
 
@@ -130,6 +132,7 @@ class VLLMAPI:
     (0.33); not yet run against a live server."""
 
     engine = "vllm"
+    identify_path = "/version"
     probe_paths = ("/v1/models", "/version")
     scores_proposals = True
 
@@ -211,6 +214,7 @@ class SGLangAPI:
     SGLang's request and response models (0.5.23); not yet run against a live server."""
 
     engine = "sglang"
+    identify_path = "/model_info"
     probe_paths = ("/v1/models", "/server_info")
     scores_proposals = True
 
@@ -283,5 +287,6 @@ class SGLangAPI:
         return {"input_ids": list(ids), "sampling_params": params}
 
 
-APIS: dict[str, ServerAPI] = {api.engine: api for api in (LlamaCppAPI(), VLLMAPI(), SGLangAPI())}
-"""The engines `RemoteModel` drives, by the name `engine=` takes."""
+APIS: dict[str, ServerAPI] = {api.engine: api for api in (LlamaCppAPI(), SGLangAPI(), VLLMAPI())}
+"""The engines `RemoteModel` drives, by the name `engine=` takes, in the order `engine="auto"`
+asks for their `identify_path`."""

@@ -79,9 +79,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.bodies.append(body)
         return body
 
-    def _json(self, reply: object) -> None:
+    def _get(self, replies: dict[str, object]) -> None:
+        if self.path in replies:
+            self._json(replies[self.path])
+        else:
+            self._json({"error": "Not Found"}, status=404)
+
+    def _json(self, reply: object, status: int = 200) -> None:
         data = json.dumps(reply).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -102,8 +108,7 @@ class _VLLM(_Handler):
     `token_id:N`, `prompt_logprobs` as dicts keyed by id with each entry's rank."""
 
     def do_GET(self) -> None:
-        replies = {"/v1/models": {"data": [{"id": "demo-target", "max_model_len": WINDOW}]}, "/version": {"version": "standin"}}
-        self._json(replies[self.path])
+        self._get({"/v1/models": {"data": [{"id": "demo-target", "max_model_len": WINDOW}]}, "/version": {"version": "standin"}})
 
     def do_POST(self) -> None:
         body = self._body()
@@ -146,8 +151,8 @@ class _SGLang(_Handler):
     rows of `[logprob, id, text]` from `logprob_start_len` (the first row empty)."""
 
     def do_GET(self) -> None:
-        replies = {"/v1/models": {"data": [{"id": "demo-target", "max_model_len": WINDOW}]}, "/server_info": {"version": "standin"}}
-        self._json(replies[self.path])
+        models = {"data": [{"id": "demo-target", "max_model_len": WINDOW}]}
+        self._get({"/v1/models": models, "/model_info": {"model_path": "demo-target"}, "/server_info": {"version": "standin"}})
 
     def do_POST(self) -> None:
         body = self._body()
@@ -255,9 +260,10 @@ def test_the_chat_model_takes_a_served_target(pair: tuple[LoadedModel, LoadedMod
 
     problem = make_problems(1, seed=31_100)[0]
     expected = ConfSpecEngine(*pair).generate(problem.turns(), build_config(mode="target_only", max_tokens=64, fast_path="off")).text
+    # No target_engine: the server is asked which engine it is.
     chat = ConfSpecChatModel(
         draft_model="confspec-demo-draft", target_model="confspec-demo-target", mode="target_only", max_tokens=64,
-        fast_path="off", target_url=standin.url, target_engine=standin.engine, token_speculation=True,
+        fast_path="off", target_url=standin.url, token_speculation=True,
     )  # fmt: skip
     message = chat.invoke(problem.question)
     assert message.content == expected

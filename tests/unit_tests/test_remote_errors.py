@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -69,8 +70,8 @@ def fake_server() -> Iterator[Callable[[dict[str, Reply]], str]]:
 PROPS = json_reply(200, {"default_generation_settings": {"n_ctx": 512}, "build_info": "b1-test"})
 
 
-def remote(url: str, **options: object) -> RemoteModel:
-    return RemoteModel(url, build_tokenizer(), api_key=SECRET, max_retries=0, **options)  # type: ignore[arg-type]
+def remote(url: str, **options: Any) -> RemoteModel:
+    return RemoteModel(url, build_tokenizer(), api_key=SECRET, max_retries=0, **{"engine": "llama.cpp", **options})
 
 
 def test_a_server_that_is_not_there_is_named() -> None:
@@ -79,9 +80,21 @@ def test_a_server_that_is_not_there_is_named() -> None:
     assert SECRET not in str(failed.value)
 
 
+def test_the_engine_is_asked_of_the_server_by_the_endpoint_only_it_has(fake_server: Callable[[dict[str, Reply]], str]) -> None:
+    models = json_reply(200, {"data": [{"id": "m", "max_model_len": 4096}]})
+    sglang = fake_server({"/model_info": json_reply(200, {}), "/v1/models": models, "/server_info": json_reply(200, {"version": "0.5"})})
+    vllm = fake_server({"/version": json_reply(200, {"version": "0.33"}), "/v1/models": models})
+    found = {url: remote(url, engine="auto") for url in (sglang, vllm, fake_server({"/props": PROPS}))}
+    assert [(m.engine, m.version, m.context_length) for m in found.values()] == [("sglang", "0.5", 4096), ("vllm", "0.33", 4096), ("llama.cpp", "b1-test", 512)]
+    with pytest.raises(RemoteModelError, match=r"answers none of /props \(llama.cpp\), /model_info \(sglang\), /version \(vllm\): name its engine"):
+        remote(fake_server({}), engine="auto")
+    with pytest.raises(RemoteModelError, match=r"^The server at http://127.0.0.1:9/props could not be reached"):
+        remote("http://127.0.0.1:9", engine="auto")
+
+
 def test_a_server_that_is_not_llama_server_is_named(fake_server: Callable[[dict[str, Reply]], str]) -> None:
     url = fake_server({})
-    with pytest.raises(RemoteModelError, match=rf"{url} has no /props, so it is not a llama.cpp server \(engine='llama.cpp'; this version drives llama.cpp, vllm, sglang\)"):
+    with pytest.raises(RemoteModelError, match=rf"{url} has no /props, so it is not a llama.cpp server \(engine='llama.cpp'; this version drives llama.cpp, sglang, vllm\)"):
         remote(url)
 
 
@@ -121,7 +134,7 @@ def test_the_key_stays_in_the_client(fake_server: Callable[[dict[str, Reply]], s
 
 
 def test_what_cannot_be_served_is_refused_at_construction() -> None:
-    with pytest.raises(ConfigurationError, match="Unknown server engine 'tgi': this version drives llama.cpp, vllm, sglang"):
+    with pytest.raises(ConfigurationError, match="Unknown server engine 'tgi': this version drives llama.cpp, sglang, vllm"):
         RemoteModel("http://127.0.0.1:9", build_tokenizer(), engine="tgi")
     with pytest.raises(ConfigurationError, match="A served target \\(target_url\\) needs its tokenizer"):
         ConfSpecChatModel(draft_model="confspec-demo-draft", target_url="http://127.0.0.1:9")
