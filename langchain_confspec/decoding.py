@@ -229,7 +229,8 @@ class StepBuilder:
     The step's text is what its ids add to the answer (`AnswerText`): as `tokenizer.decode`
     of all the answer's ids reads, with an unfinished last character held back for the next
     step unless this one ends the answer (`final`). Delimiters and stop strings are matched
-    on whole characters.
+    on whole characters. An `opener` (a tool call's opening tag) ends the step right after it,
+    wherever it stands, so that what it opens can be written as a step of its own.
 
     The text is decoded only after a token that could complete a delimiter or stop string
     (its own text holds a needle's last character): no other token can change whether the
@@ -245,6 +246,7 @@ class StepBuilder:
         stops: StopScanner,
         answer: AnswerText | None = None,
         final: bool = False,
+        opener: str = "",
     ) -> None:
         self.tokenizer = session.loaded.tokenizer
         self.eos = session.loaded.eos_token_ids
@@ -253,8 +255,9 @@ class StepBuilder:
         self.stops = stops
         self.answer = answer or AnswerText(self.tokenizer)
         self.final = final
+        self.opener = opener
         self.ids: list[int] = []
-        self._quiet = quiet_tokens(self.tokenizer, [*delimiters, *stops.stops])
+        self._quiet = quiet_tokens(self.tokenizer, [*delimiters, *stops.stops, *([opener] if opener else [])])
         self._text = ""
         self._decoded = 0  # how many of `ids` `_text` covers
         self._shown = 0  # characters of the text `new_text` has handed out
@@ -289,7 +292,7 @@ class StepBuilder:
             stop_at = self.stops.find(text)
             if stop_at is not None:
                 return self._finish(StepEnd.STOP, stop_at)
-            if ends_step(text, self.delimiters):
+            if ends_step(text, self.delimiters) or (self.opener and text.endswith(self.opener)):
                 return self._finish(StepEnd.DELIMITER)
         if len(self.ids) >= self.budget:
             return self._finish(StepEnd.LENGTH)
@@ -317,6 +320,7 @@ def write_step_texts(
     final: bool = False,
     stream: bool = False,
     seed: Sequence[int] = (),
+    opener: str = "",
 ) -> Generator[str, None, WrittenStep]:
     """Decode one step of at most `budget` tokens, appending it to `session`; with `stream`,
     yield its settled text as it grows. Returns the step: its text is what it adds to
@@ -324,7 +328,7 @@ def write_step_texts(
     decoding only: a rejected step in this model's vocabulary, which the session must end
     with), the step starts with as much of it as the model agrees with (`take_seed`)."""
     reused = 0
-    step = StepBuilder(session, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)
+    step = StepBuilder(session, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final, opener=opener)
     if seed:
         assert chooser.greedy, "a seed is checked greedily"
         done, reused = take_seed(session, step, seed)

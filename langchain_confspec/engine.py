@@ -82,11 +82,15 @@ class Constraint:
     `after_reasoning`: the steps are written first, unconstrained and speculated as for a
     plain answer, and the constrained span comes after them with the steps in context, so
     that a chain-of-thought model can reason before it commits to the object.
+    `opened_by`: the constrained span is written only where the model itself writes this
+    opener (a tool call's tag, under `tool_choice="auto"`), right after it; an answer that
+    ends without it is a plain answer.
     """
 
     plan: Node
     span: Span
     after_reasoning: bool = False
+    opened_by: str = ""
 
 
 T = TypeVar("T")
@@ -430,6 +434,8 @@ class _Generation:
         self.engine = engine
         self.stream_text = stream_text
         self.config = config
+        if isinstance(engine.target, RemoteModel) and constraint is not None and constraint.opened_by:
+            constraint = None  # a served target writes its tool calls freely; they are checked after
         self.constraint = constraint
         self.reasoning = constraint is not None and constraint.after_reasoning  # steps before the object
         if config.token_speculation and not engine.shared_vocabulary:
@@ -555,7 +561,9 @@ class _Generation:
                 record.index, record.decision.value, record.writer.value, record.draft_confidence, record.escalated,
                 record.text,
             )
-            if self.reasoning and (record.end in (StepEnd.EOS, StepEnd.STOP) or self._reasoning_room() <= 0):
+            if self._opener and record.end is StepEnd.DELIMITER and record.text.endswith(self._opener):
+                self.reasoning = False  # the model opened the span: its plan writes the rest
+            elif self.reasoning and not self._opener and (record.end in (StepEnd.EOS, StepEnd.STOP) or self._reasoning_room() <= 0):
                 self._end_reasoning()
             elif record.end in (StepEnd.EOS, StepEnd.STOP):
                 self.finish_reason = "stop"
@@ -579,6 +587,12 @@ class _Generation:
             batch_sizes=self.batch_sizes,
         )
         return RunResult(text=text, records=self.records, summary=summary)
+
+    @property
+    def _opener(self) -> str:
+        """What opens the constrained span while the steps before it are written, if the model
+        decides where it starts."""
+        return self.constraint.opened_by if self.reasoning and self.constraint is not None else ""
 
     @property
     def active_constraint(self) -> Constraint | None:
@@ -612,7 +626,7 @@ class _Generation:
             session: ModelSession | None = getattr(self, role)
             room = session.room if session is not None else self._window(role)[0] - len(prompt) - self.tokens_used
             limits.append(room - self._reserve[role])
-        if self.reasoning:
+        if self.reasoning and not self._opener:
             limits.append(self._reasoning_room())
         answer_limit = min(limits)
         if self.active_constraint is not None:
@@ -632,6 +646,7 @@ class _Generation:
             "answer": self.texts[writer.value],
             "final": budget.ends_answer,
             "stream": self.stream_text,
+            "opener": self._opener,
         }
         if isinstance(session, RemoteSession):  # no constraint reaches a served model
             return (yield from self._deltas(session.write_step_texts(self.chooser, seed=seed, **rules), writer))
@@ -664,6 +679,7 @@ class _Generation:
             samples=self.engine.depth_samples,
             seed=seed or (),
             fixed_depth=self.config.speculation_depth,
+            opener=self._opener,
         )
         return (yield from self._deltas(texts, Writer.TARGET))
 

@@ -78,11 +78,12 @@ class RemoteSession:
         final: bool = False,
         stream: bool = False,
         seed: Sequence[int] = (),
+        opener: str = "",
     ) -> Generator[str, None, WrittenStep]:
         """Write one step of at most `budget` tokens on the server, appending it here; with
         `stream`, yield its settled text as it grows, and with a `seed` start from as much of
         it as the model agrees with (as `decoding.write_step_texts` does)."""
-        step = StepBuilder(self, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)
+        step = StepBuilder(self, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final, opener=opener)
         reused = 0
         if seed:
             done, reused = take_seed(self, step, seed)

@@ -248,6 +248,7 @@ def speculative_step_texts(
     samples: list[tuple[float, bool]] | None = None,
     seed: Sequence[int] = (),
     fixed_depth: int | None = None,
+    opener: str = "",
 ) -> Generator[str, None, tuple[WrittenStep, TokenSpeculation]]:
     """The target writes one step, with the draft proposing tokens ahead of it; with `stream`,
     the step's settled text is yielded as the target's passes settle it.
@@ -259,7 +260,7 @@ def speculative_step_texts(
     round proposes that many tokens (fewer near the budget) and is read back once
     (`device_round`) instead of once per proposed token.
     """
-    step = StepBuilder(target, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final)
+    step = StepBuilder(target, budget=budget, delimiters=delimiters, stops=stops, answer=answer, final=final, opener=opener)
     stats = TokenSpeculation()
     reused = 0
     if seed:

@@ -8,6 +8,7 @@ builds `with_structured_output` from the model, a binding and an output parser.
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.exceptions import OutputParserException
@@ -30,12 +31,14 @@ from pydantic.v1 import BaseModel as BaseModelV1
 
 from langchain_confspec.constrained import compile_schema, tool_call_plan
 from langchain_confspec.engine import Constraint
-from langchain_confspec.errors import ConfigurationError
+from langchain_confspec.errors import ConfigurationError, UnsupportedSchemaError
 from langchain_confspec.records import Span
 from langchain_confspec.tool_calls import CLOSE_TAG, OPEN_TAG, ParsedAnswer
 
 if TYPE_CHECKING:
     from langchain_confspec.chat_model import ConfSpecChatModel
+
+logger = logging.getLogger(__name__)
 
 # Call option carrying the JSON schema that `with_structured_output` constrains answers to.
 SCHEMA_KWARG = "json_schema"
@@ -82,12 +85,17 @@ def answer_shape(
     if not tools:
         return None, None
     tool_choice = resolve_tool_choice(tool_choice, [t["function"]["name"] for t in tools])
-    if tool_choice == "auto":
-        return tools, None
     if tool_choice == "none":
         return None, None
-    forced = [t["function"] for t in tools if tool_choice == "any" or t["function"]["name"] == tool_choice]
-    parameters = {f["name"]: f.get("parameters") or {"type": "object", "properties": {}} for f in forced}
+    callable_ = [t["function"] for t in tools if tool_choice in ("auto", "any") or t["function"]["name"] == tool_choice]
+    parameters = {f["name"]: f.get("parameters") or {"type": "object", "properties": {}} for f in callable_}
+    if tool_choice == "auto":  # free text; a call the model opens is written under the bound tools' schemas
+        try:
+            plan = tool_call_plan(parameters, open_tag="\n", close_tag="\n" + CLOSE_TAG, strict=strict)
+        except UnsupportedSchemaError as unsupported:
+            logger.info("Tool calls are written unconstrained and checked after (%s).", unsupported)
+            return tools, None
+        return tools, Constraint(plan, Span.TOOL_CALL, after_reasoning=True, opened_by=OPEN_TAG)
     plan = tool_call_plan(parameters, open_tag=OPEN_TAG + "\n", close_tag="\n" + CLOSE_TAG, strict=strict)
     return tools, Constraint(plan, Span.TOOL_CALL)
 

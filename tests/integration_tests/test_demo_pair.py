@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from langchain_confspec import (
     ConfSpecChatModel,
@@ -13,6 +15,7 @@ from langchain_confspec import (
     load_model,
 )
 from langchain_confspec.config import build_config
+from langchain_confspec.constrained import tool_call_plan
 from langchain_confspec.demo import DEMO_SETTINGS
 from langchain_confspec.demo.agent import run_tool_loop
 from langchain_confspec.demo.problems import (
@@ -22,7 +25,10 @@ from langchain_confspec.demo.problems import (
     make_stories,
 )
 from langchain_confspec.demo.tools import calculator
+from langchain_confspec.engine import Constraint
 from langchain_confspec.loading import DEMO_PAIR_DIR
+from langchain_confspec.records import Span
+from langchain_confspec.tool_calls import CLOSE_TAG, OPEN_TAG, parse_tool_calls, schema_mismatch
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +103,41 @@ def test_anything_outside_the_domain_gets_a_short_answer_that_ends_by_itself(mes
     assert answer.response_metadata["finish_reason"] == "stop"
     assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] <= 40
     assert answer.content == OFF_DOMAIN_ANSWER
+
+
+@tool
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers."""
+    return a * b
+
+
+def test_a_call_the_model_opens_is_one_the_agent_can_run() -> None:
+    """With only a tool it never learned bound, the pair still opens calls (it knows only its
+    calculator); what follows its opening tag is written under the bound tools' names and
+    argument schemas, so every call comes back valid and none invalid."""
+    schema = convert_to_openai_tool(multiply)["function"]["parameters"]
+    bound = ConfSpecChatModel.demo(max_tokens=128).bind_tools([multiply])
+    opened = 0
+    for question in ["hello", "zxqv", *(p.question for p in make_stories(4, seed=20_004))]:
+        message = bound.invoke(question)
+        assert not message.invalid_tool_calls
+        assert all(c["name"] == "multiply" and schema_mismatch(c["args"], schema) is None for c in message.tool_calls)
+        steps = message.response_metadata["confspec"]["steps"]
+        calls = [i for i, s in enumerate(steps) if s["span"] == "tool_call" and s["text"].startswith("\n{")]
+        assert len(calls) == len(message.tool_calls) and all(steps[i - 1]["text"].endswith(OPEN_TAG) for i in calls)
+        opened += len(calls)
+    assert opened  # the rule was exercised
+
+
+def test_plain_text_before_a_call_is_what_the_model_writes_unconstrained(demo_engine: ConfSpecEngine) -> None:
+    """The constraint starts at the opening tag, not before: the steps before it read as the
+    model's own (here: greedy, the tag cut out of the unconstrained answer)."""
+    tools = [convert_to_openai_tool(multiply)]
+    settings = build_config(**DEMO_SETTINGS, max_tokens=128)
+    plan = tool_call_plan({"multiply": tools[0]["function"]["parameters"]}, open_tag="\n", close_tag="\n" + CLOSE_TAG)
+    constraint = Constraint(plan, Span.TOOL_CALL, after_reasoning=True, opened_by=OPEN_TAG)
+    turns = [{"role": "user", "content": "hello"}]
+    free = demo_engine.generate(turns, settings, tools=tools).text
+    constrained = demo_engine.generate(turns, settings, tools=tools, constraint=constraint).text
+    assert OPEN_TAG in free and constrained.startswith(free[: free.index(OPEN_TAG) + len(OPEN_TAG)])
+    assert parse_tool_calls(constrained, tools).tool_calls and not parse_tool_calls(free, tools).tool_calls

@@ -185,3 +185,18 @@ def test_writers_yield_text_only_when_streaming(tiny_engine: ConfSpecEngine) -> 
         texts = write_step_texts(session, TokenChooser(build_config()), seed=seed, **rules)
         assert next(texts, None) is None  # nothing yielded: the step is only returned
         assert session.ids == [*prompt, *plain.ids]
+
+
+def test_an_opener_ends_the_step_right_after_it_wherever_it_stands(tiny_engine: ConfSpecEngine) -> None:
+    """A tool call's opening tag ends the step at once, at the step's start too (where a
+    delimiter would not: it needs content before it), so the call can be a step of its own."""
+    tokenizer = tiny_engine.target.tokenizer
+    session = ModelSession(tiny_engine.target, tiny_engine.target.render_prompt([{"role": "user", "content": "Hi"}]))
+    for before in ("I will call it. ", ""):
+        ids = tokenizer.encode(before + '<tool_call>\n{"name": "x"}', add_special_tokens=False)
+        endings = {}
+        for opener in ("<tool_call>", ""):
+            builder = StepBuilder(session, budget=len(ids), delimiters=["\n\n", "\n"], stops=StopScanner([]), opener=opener)
+            endings[opener] = next(done for done in map(builder.add, ids) if done is not None)
+        assert endings["<tool_call>"].end is StepEnd.DELIMITER and endings["<tool_call>"].text == before + "<tool_call>"
+        assert len(endings[""].text) > len(before + "<tool_call>")  # without it, the step runs on
