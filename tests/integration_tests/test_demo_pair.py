@@ -28,7 +28,12 @@ from langchain_confspec.demo.tools import calculator
 from langchain_confspec.engine import Constraint
 from langchain_confspec.loading import DEMO_PAIR_DIR
 from langchain_confspec.records import Span
-from langchain_confspec.tool_calls import CLOSE_TAG, OPEN_TAG, parse_tool_calls, schema_mismatch
+from langchain_confspec.tool_calls import (
+    CLOSE_TAG,
+    OPEN_TAG,
+    parse_tool_calls,
+    schema_mismatch,
+)
 
 
 @pytest.fixture(scope="module")
