@@ -12,6 +12,7 @@ from langchain_confspec import ConfigurationError, ConfSpecEngine, Writer, wrap_
 from langchain_confspec.config import build_config
 from langchain_confspec.decoding import TokenChooser
 from langchain_confspec.speculation import (
+    DEPTH_TABLE_FILE,
     DepthPolicy,
     Proposal,
     _sampled_verdict,
@@ -305,14 +306,30 @@ def test_with_no_samples_a_fitted_table_is_the_prior_read_at_each_bins_start() -
     assert DepthPolicy.fit([], bins=16).acceptance == [a for a in prior for _ in range(2)]
 
 
+def test_a_fitted_table_never_trusts_a_less_sure_bin_more() -> None:
+    """Drafts refused when sure and kept when a little less sure: the second bin's rate is
+    brought down to the first's, as every later bin is to the one before it."""
+    fitted = DepthPolicy.fit([(0.05, False)] * 50 + [(0.2, True)] * 50)
+    assert fitted.acceptance[1] == fitted.acceptance[0] < 0.1
+    assert all(a >= b for a, b in zip(fitted.acceptance, fitted.acceptance[1:]))
+
+
 def test_a_fitted_table_trusts_confident_drafts_more(tmp_path) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(0)
     samples = [(h, rng.random() < 1 - h) for h in (rng.random() for _ in range(4000))]
     policy = DepthPolicy.fit(samples)
     assert policy.acceptance[0] > 0.8 and policy.acceptance[-1] < 0.25
     assert all(a >= b for a, b in zip(policy.acceptance, policy.acceptance[1:]))
+    assert all(a == round(a, 4) != round(a, 3) for a in policy.acceptance)  # the saved table reads at 4 decimals
     policy.save(tmp_path / "depth.json")
     assert DepthPolicy.load(tmp_path / "depth.json") == policy
+
+
+def test_a_table_saved_beside_a_model_is_the_one_it_gets(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    fitted = DepthPolicy(acceptance=[0.9, 0.6, 0.2], max_depth=5)
+    fitted.save(tmp_path / DEPTH_TABLE_FILE)
+    assert DepthPolicy.for_model(tmp_path) == fitted
+    assert DepthPolicy.for_model(tmp_path / "elsewhere") == DepthPolicy() == DepthPolicy.for_model(None)
 
 
 def test_depth_follows_confidence(related_engine: ConfSpecEngine) -> None:
