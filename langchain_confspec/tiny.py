@@ -131,6 +131,36 @@ def build_model(
     return model.eval()
 
 
+def grow_depth(model: LlamaForCausalLM, layers: int) -> LlamaForCausalLM:
+    """Deepen a trained Llama to `layers` layers without changing what it computes.
+
+    Each layer is followed by copies of itself whose attention and MLP output projections are
+    zero, so every new layer adds nothing to the residual stream until training moves those
+    projections (depth up-scaling with a function-preserving start). The demo target grows
+    this way: on a CPU a token of a tiny model costs in proportion to its layer count, and the
+    target must cost several times the draft for speculation to pay.
+    """
+    old = list(model.model.layers)
+    if layers % len(old) or layers < len(old):
+        raise ValueError(f"layers must be a multiple of the model's {len(old)} layers, got {layers}")
+    grown = []
+    for layer in old:
+        grown.append(layer)
+        for _ in range(layers // len(old) - 1):
+            copy = type(layer)(model.config, layer_idx=0)
+            copy.load_state_dict(layer.state_dict())
+            torch.nn.init.zeros_(copy.self_attn.o_proj.weight)
+            torch.nn.init.zeros_(copy.mlp.down_proj.weight)
+            grown.append(copy)
+    for index, layer in enumerate(grown):
+        layer.self_attn.layer_idx = index
+    model.model.layers = torch.nn.ModuleList(grown)
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[0]] * layers
+    return model
+
+
 def build_tiny_pair(directory: str | Path, *, seed: int = 0) -> tuple[Path, Path]:
     """Save a tiny draft (1 layer) and target (3 layers) sharing one tokenizer under `directory`.
 

@@ -43,7 +43,12 @@ from langchain_confspec.demo.problems import (
 )
 from langchain_confspec.demo.tools import calculator, evaluate
 from langchain_confspec.prompting import render_prompt
-from langchain_confspec.tiny import TOOLS_CHAT_TEMPLATE, build_model, train_tokenizer
+from langchain_confspec.tiny import (
+    TOOLS_CHAT_TEMPLATE,
+    build_model,
+    grow_depth,
+    train_tokenizer,
+)
 from langchain_confspec.tool_calls import format_tool_call
 
 SHAPES = {
@@ -239,6 +244,8 @@ def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int, device: str, log_every: int = 100):  # type: ignore[no-untyped-def]
+    if not steps:
+        return model
     rng = random.Random(seed)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -247,8 +254,6 @@ def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int,
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     started = time.time()
-    if not steps:
-        return model.to("cpu").eval()
     stream = batches(examples, batch_size, model.config.pad_token_id, rng)
     for step in range(steps):
         ids, labels = next(stream)
@@ -298,6 +303,12 @@ def train_phase(phase: Phase, examples: list[Example], args: argparse.Namespace,
                           "seconds": round(time.time() - started, 1)})
 
 
+def shape_of(model) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    config = model.config
+    return {"hidden_size": config.hidden_size, "num_layers": config.num_hidden_layers,
+            "num_heads": config.num_attention_heads, "ffn_multiple": config.intermediate_size // config.hidden_size}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("langchain_confspec/demo/pair"))
@@ -317,6 +328,10 @@ def main() -> None:
         help="go on training the pair in this folder (its tokenizer and shapes, learning rates scaled by --lr-scale)",
     )
     parser.add_argument("--lr-scale", type=float, default=1.0, help="scales both models' learning rates")
+    parser.add_argument(
+        "--grow-target", type=int, metavar="LAYERS",
+        help="with --resume: deepen the target to LAYERS layers first, each new layer starting as the identity",
+    )
     args = parser.parse_args()
 
     random.seed(args.seed)
@@ -329,6 +344,8 @@ def main() -> None:
         for model in models.values():  # plain RoPE: a longer window is a setting, not new weights
             model.config.max_position_embeddings = CONTEXT
         history = {role: json.loads((args.resume / role / "training.json").read_text()) for role in models}
+        if args.grow_target:
+            grow_depth(models["target"], args.grow_target)
     else:
         tokenizer = train_tokenizer(tokenizer_corpus(problems), vocab_size=400)
         tokenizer.add_tokens(TOOL_WORDS)
@@ -364,7 +381,7 @@ def main() -> None:
             "earlier": history.get(role),  # the training of the pair this run went on from
             "command": "python scripts/train_demo_pair.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "shape": history[role]["shape"] if history else SHAPES[role], "phases": log[role], "draft_attempts_wrong": f"{wrong} of {len(attempts)}",
+            "shape": shape_of(model), "phases": log[role], "draft_attempts_wrong": f"{wrong} of {len(attempts)}",
             "total_seconds": round(time.time() - began, 1),
         }
         (path / "training.json").write_text(json.dumps(record, indent=2) + "\n")
