@@ -43,7 +43,7 @@ def demo_engine() -> ConfSpecEngine:
 
 def test_the_pair_ships_small_in_safetensors() -> None:
     files = [p for p in DEMO_PAIR_DIR.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) < 40 * 2**20
+    assert sum(p.stat().st_size for p in files) <= 20 * 2**20
     assert {p.parent.name for p in files if p.name == "model.safetensors"} == {"draft", "target"}
 
 
@@ -84,9 +84,12 @@ def test_demo_constructor_answers_through_langchain() -> None:
     assert extract_answer(str(message.content)) is not None
 
 
-def test_the_demo_pair_solves_problems_with_its_calculator() -> None:
-    """The agent loop for real: the model calls the calculator, reads the results, answers."""
-    model = ConfSpecChatModel.demo(max_tokens=160)
+@pytest.mark.parametrize(("mode", "least_right"), [("target_only", 8), ("confspec", 6)])
+def test_the_demo_pair_solves_problems_with_its_calculator(mode: str, least_right: int) -> None:
+    """The agent loop for real: the model calls the calculator, reads the results, answers.
+    `confspec` trails the target here: the target keeps some of the draft's wrong tool turns
+    (docs/model-card.md, "Tools")."""
+    model = ConfSpecChatModel.demo(max_tokens=160, mode=mode)
     right = 0
     for problem in make_stories(10, seed=20_003):
         conversation = run_tool_loop(model, [calculator], problem.question)
@@ -95,7 +98,7 @@ def test_the_demo_pair_solves_problems_with_its_calculator() -> None:
         assert calls and all(c["name"] == "calculator" for c in calls)
         assert len(results) == len(calls) and all(m.status == "success" for m in results)
         right += extract_answer(str(conversation[-1].content)) == str(problem.answer)
-    assert right >= 8
+    assert right >= least_right
 
 
 @pytest.mark.parametrize(
