@@ -20,7 +20,7 @@ from langchain_confspec import (
     StepRecord,
 )
 from langchain_confspec.config import build_config
-from langchain_confspec.cuda_graphs import EagerRehearsal
+from langchain_confspec.models.cuda_graphs import EagerRehearsal
 
 QUESTIONS = [
     "Tom has 3 apples and buys 4 more. How many apples does he have?",

@@ -19,9 +19,9 @@ from transformers import LlamaForCausalLM
 
 from langchain_confspec import ConfSpecEngine, wrap_model
 from langchain_confspec.config import build_config
-from langchain_confspec.decoding import TokenChooser
-from langchain_confspec.speculation import DepthPolicy
-from langchain_confspec.tiny import build_model, build_tokenizer
+from langchain_confspec.engine.decoding import TokenChooser
+from langchain_confspec.engine.speculation import DepthPolicy
+from langchain_confspec.models.tiny import build_model, build_tokenizer
 
 EngineOn = Callable[[ConfSpecEngine, str], ConfSpecEngine]
 DIGITS = "123456"

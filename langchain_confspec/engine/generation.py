@@ -1,60 +1,50 @@
-"""The step loop: draft writes, draft judges, the gate decides, the target steps in.
+"""One generation: the step loop of one answer, in one slot of its engine.
 
-`ConfSpecEngine` is plain Python and torch (no LangChain). `run` is a generator that yields
-one `StepRecord` as soon as each step is decided and a `RunResult` at the end, so callers can
-stream accepted steps. Up to `max_batch` generations run at once per engine, each in its own
-slot (its own cache row), their forward passes batched by the `BatchScheduler`; each one's step
-logic runs in its caller's thread and never sees the others.
+A `Generation` opens a session per model in its slot's cache row, then writes the answer
+step by step as its mode says (the target alone, the draft alone, or speculation: the draft
+writes and judges, the gate decides, the target checks and rewrites), yielding each step's
+record and, when streaming, its text as it settles.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
-import torch
-
-from langchain_confspec.answer_text import AnswerText
-from langchain_confspec.batching import BatchScheduler, PassJob
-from langchain_confspec.cache_budget import (
-    CachePlan,
-    KVBudget,
-    plan_caches,
-    resolve_budget,
-)
 from langchain_confspec.config import FastPath, Mode, SpecConfig
-from langchain_confspec.constrained import Node, write_json
-from langchain_confspec.cuda_graphs import CudaGraphCapture, GraphCapture
-from langchain_confspec.decoding import (
+from langchain_confspec.engine.answer_text import AnswerText
+from langchain_confspec.engine.constrained import Constraint, write_json
+from langchain_confspec.engine.decoding import (
     StopScanner,
     TokenChooser,
     WrittenStep,
-    token_texts,
     write_step_texts,
 )
+from langchain_confspec.engine.gate import GateAction, gate, target_accepts
+from langchain_confspec.engine.outputs import RunResult, TextDelta
+from langchain_confspec.engine.remote_session import RemoteSession
+from langchain_confspec.engine.speculation import DepthPolicy, speculative_step_texts
+from langchain_confspec.engine.verification import VerdictReader, judge
 from langchain_confspec.errors import (
     ConfigurationError,
-    ConfSpecError,
     ContextLengthError,
-    DeviceContextLostError,
-    GenerationError,
-    ModelOutOfMemoryError,
-    is_sticky_cuda_error,
 )
-from langchain_confspec.fast_path import FastPaths, ModelPath
-from langchain_confspec.gate import GateAction, gate, target_accepts
-from langchain_confspec.loading import LoadedModel, rollback_problem, same_vocabulary
+from langchain_confspec.models.batching import BatchScheduler
+from langchain_confspec.models.fast_path import FastPaths, ModelPath
+from langchain_confspec.models.loading import (
+    LoadedModel,
+)
+from langchain_confspec.models.prompting import OPEN_TAG
+from langchain_confspec.models.remote import RemoteModel
+from langchain_confspec.models.session import ModelSession
 from langchain_confspec.records import (
     Decision,
     ModelCounters,
     PhaseBatches,
     PhaseTimes,
-    RunSummary,
     ServerWork,
     Span,
     StepEnd,
@@ -63,51 +53,9 @@ from langchain_confspec.records import (
     Writer,
     summarize,
 )
-from langchain_confspec.remote import RemoteModel
-from langchain_confspec.remote_session import RemoteSession
-from langchain_confspec.session import ModelSession
-from langchain_confspec.speculation import DepthPolicy, speculative_step_texts
-from langchain_confspec.static_cache import bytes_per_token, check_static_support
-from langchain_confspec.static_runner import WarmupReport
-from langchain_confspec.tool_calls import OPEN_TAG
-from langchain_confspec.verification import VerdictReader, judge
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """An answer that must follow a JSON plan, and what kind of span that makes it.
-
-    `after_reasoning`: the steps are written first, unconstrained and speculated as for a
-    plain answer, and the constrained span comes after them with the steps in context, so
-    that a chain-of-thought model can reason before it commits to the object.
-    `opened_by`: the constrained span is written only where the model itself writes this
-    opener (a tool call's tag, under `tool_choice="auto"`), right after it; an answer that
-    ends without it is a plain answer.
-    """
-
-    plan: Node
-    span: Span
-    after_reasoning: bool = False
-    opened_by: str = ""
-
-
 T = TypeVar("T")
-DEFAULT_MAX_BATCH = 8
-"""Generations one engine runs at once; each holds a row of every static cache."""
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    """Text a step settled while it was being written (streaming only). `provisional` text is
-    a draft step still awaiting its verdict; the rest is final as soon as it is settled."""
-
-    text: str
-    step: int
-    writer: Writer
-    provisional: bool
-    span: Span = Span.TEXT
 
 
 class StepBudget(NamedTuple):
@@ -115,233 +63,6 @@ class StepBudget(NamedTuple):
 
     tokens: int
     ends_answer: bool
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """The answer of one generation and how it was produced."""
-
-    text: str
-    records: list[StepRecord]
-    summary: RunSummary
-
-    @property
-    def input_tokens(self) -> int:
-        counters = self.summary.target if self.summary.target.prompt_tokens else self.summary.draft
-        return counters.prompt_tokens
-
-    @property
-    def output_tokens_by_writer(self) -> dict[str, int]:
-        counts = {w.value: 0 for w in Writer}
-        for record in self.records:
-            counts[record.writer.value] += record.n_tokens
-        return counts
-
-
-class ConfSpecEngine:
-    """A draft and a target model, their static caches, and the scheduler that runs up to
-    `max_batch` generations at once, their forward passes batched together.
-
-    `max_context` caps the context window the engine uses for both models; `kv_cache_memory`
-    (bytes, or a fraction of the free device memory) bounds their static caches, whose rows
-    and row length come out of it (`cache_budget`): the rows cap `max_batch`, the row length
-    the context of calls on `static` and `graphs`; `graph_capture` says how graphs are
-    captured (CUDA graphs by default; `EagerRehearsal` runs the graph path's passes eagerly
-    on any device).
-    """
-
-    def __init__(
-        self,
-        draft: LoadedModel,
-        target: LoadedModel | RemoteModel,
-        depth_policy: DepthPolicy | None = None,
-        *,
-        max_context: int | None = None,
-        graph_capture: GraphCapture | None = None,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        kv_cache_memory: KVBudget | None = None,
-    ) -> None:
-        if max_context is not None and max_context < 2:
-            raise ConfigurationError(f"max_context must be at least 2 tokens, not {max_context}.")
-        if max_batch < 1:
-            raise ConfigurationError(f"max_batch must be at least 1, not {max_batch}.")
-        self.draft = draft
-        self.target = target
-        self.max_context = max_context
-        self.shared_vocabulary = same_vocabulary(draft.tokenizer, target.tokenizer)
-        self.depth_policy = depth_policy or DepthPolicy.for_model(getattr(target, "directory", None))
-        self.depth_samples: list[tuple[float, bool]] | None = None
-        """When a list, token speculation records (entropy, kept) there, for `DepthPolicy.fit`."""
-        self.context = {
-            role: min(loaded.context_length, max_context or loaded.context_length)
-            for role, loaded in (("draft", draft), ("target", target))
-        }
-        self.local = {role: m for role, m in (("draft", draft), ("target", target)) if isinstance(m, LoadedModel)}
-        """The models in this process (a target may be served: `RemoteModel`)."""
-        for role, loaded in self.local.items():
-            if (problem := rollback_problem(loaded.model, self.context[role])) is not None:
-                raise ConfigurationError(f"The {role} model {loaded.name!r} cannot be used: {problem}.")
-        self.context_limit = {  # what set each model's context, for errors
-            role: "context window" if self.context[role] == loaded.context_length else "context window (max_context)"
-            for role, loaded in (("draft", draft), ("target", target))
-        }
-        self.cache_plan = self._plan_caches(kv_cache_memory, max_batch)
-        self.static_context = dict(self.cache_plan.tokens) if isinstance(self.cache_plan, CachePlan) else {}
-        """Positions a static-cache row holds per model: the context of calls on `static` and `graphs`."""
-        self.max_batch = self.cache_plan.rows if isinstance(self.cache_plan, CachePlan) else max_batch
-        self.fast_paths = FastPaths(
-            self.local,
-            {**self.context, **self.static_context},
-            graph_capture or CudaGraphCapture(),
-            plan=self.cache_plan,
-        )
-        self.scheduler = BatchScheduler(self.max_batch, self._run_batch)
-        self._preparing = threading.Lock()
-        self._in_flight = 0  # calls inside run(): under `auto`, a busy CPU engine batches
-        self._in_flight_lock = threading.Lock()
-        self.lost: str | None = None  # why, once a sticky CUDA error broke the device context for good
-
-    def window(self, role: str, path: FastPath) -> tuple[int, str]:
-        """The context `role`'s model has on `path`, and what set it (for errors)."""
-        if path is not FastPath.OFF and self.static_context.get(role, self.context[role]) < self.context[role]:
-            assert isinstance(self.cache_plan, CachePlan)
-            budget = self.cache_plan.budget_bytes / 2**20
-            return self.static_context[role], f"static KV cache row (sized by kv_cache_memory={budget:,.1f} MiB)"
-        return self.context[role], self.context_limit[role]
-
-    def _plan_caches(self, kv_cache_memory: KVBudget | None, max_batch: int) -> CachePlan | str:
-        """Size the static caches of the models that can have one to the KV budget (a call on
-        `off` keeps the whole window); a reason where none fits."""
-        static = {}
-        for role, loaded in sorted(self.local.items(), reverse=True):  # the target first
-            try:
-                check_static_support(loaded.model, self.context[role])
-                static[role] = loaded
-            except ConfigurationError:
-                continue
-        if not static:
-            return "neither model can use a static KV cache"
-        budget = resolve_budget(kv_cache_memory, next(iter(static.values())).device)
-        per_token = {role: bytes_per_token(loaded.model) for role, loaded in static.items()}
-        plan = plan_caches(per_token, {role: self.context[role] for role in static}, max_batch, budget)
-        if isinstance(plan, str):
-            logger.warning("static KV caches: %s; fast_path 'auto' uses 'off'", plan)
-        else:
-            logger.info("%s", plan.describe())
-        return plan
-
-    def warmup(self, fast_path: FastPath | str = FastPath.AUTO) -> list[WarmupReport]:
-        """Allocate static caches and capture graphs for `fast_path` now, and build each
-        tokenizer's token-text table, so that no call pays for them; one report per model.
-        Waits until no generation is running, and holds new ones back meanwhile."""
-        self._check_device()
-        with self.scheduler.exclusive(), self._model_failures():
-            for loaded in (self.draft, self.target):
-                token_texts(loaded.tokenizer)
-            return self.fast_paths.warm_up(FastPath(fast_path))
-
-    def prepare_batching(self) -> None:
-        """Ready the static caches that concurrent calls share under `auto` on the CPU, before
-        a batch of calls starts (a no-op where they are ready, where `auto` takes graphs, or
-        where the pair has no static cache)."""
-        roles = tuple(self.local)
-        if any(self.fast_paths.capture.available(self.local[role].device) for role in roles):
-            return
-        if all(self.fast_paths.ready(role, FastPath.STATIC) for role in roles):
-            return
-        try:
-            self.warmup(FastPath.STATIC)
-        except ConfigurationError:
-            logger.debug("no static cache for batching: concurrent calls take turns on 'off'")
-
-    def run(
-        self,
-        turns: list[dict[str, Any]],
-        config: SpecConfig,
-        *,
-        tools: list[dict[str, Any]] | None = None,
-        constraint: Constraint | None = None,
-        stream_text: bool = False,
-    ) -> Iterator[StepRecord | TextDelta | RunResult]:
-        """Yield each step's record as it is decided, then the `RunResult`.
-
-        `tools` (OpenAI-style definitions) are shown to both models; with a `constraint`
-        the whole answer is one span written to that plan (a forced tool call, a JSON
-        document), drafted, judged and rewritten under the same rules as any step. With
-        `stream_text`, each piece of a step's text is also yielded (`TextDelta`) as soon as it
-        settles, before the step's record.
-        """
-        started = time.perf_counter()
-        self._check_device()
-        with self._in_flight_lock:
-            busy = self._in_flight > 0
-            self._in_flight += 1
-        try:
-            yield from self._run(turns, config, tools, constraint, stream_text, started=started, busy=busy)
-        finally:
-            with self._in_flight_lock:
-                self._in_flight -= 1
-
-    def _run(
-        self,
-        turns: list[dict[str, Any]],
-        config: SpecConfig,
-        tools: list[dict[str, Any]] | None,
-        constraint: Constraint | None,
-        stream_text: bool,
-        *,
-        started: float,
-        busy: bool,
-    ) -> Iterator[StepRecord | TextDelta | RunResult]:
-        generation = _Generation(self, turns, config, tools, constraint, stream_text, busy=busy)
-        if not generation.paths_ready():
-            with self._preparing:  # one call warms up; the others then find the paths ready
-                if not generation.paths_ready():
-                    with self.scheduler.exclusive(), self._model_failures():
-                        generation.prepare_paths()
-        with self.scheduler.slot() as (row, slot_wait):
-            logger.debug("generation starts (%s) in row %d after waiting %.3f s for a slot", config.mode.value, row, slot_wait)
-            with self._model_failures():
-                generation.open_sessions(row)
-                for item in generation.steps():
-                    with self.scheduler.away():  # the caller has the item: others may batch meanwhile
-                        yield item
-            result = generation.result(wall_time=time.perf_counter() - started, lock_wait=slot_wait)
-            with self.scheduler.away():
-                yield result
-
-    def _check_device(self) -> None:
-        """Refuse at once when a sticky CUDA error has broken the device context."""
-        if self.lost is not None:
-            raise DeviceContextLostError(self.lost)
-
-    @contextmanager
-    def _model_failures(self) -> Iterator[None]:
-        """`_model_failures`, and a sticky CUDA error marks the engine lost for every later call."""
-        try:
-            with _model_failures():
-                yield
-        except GenerationError as error:
-            cause = error.__cause__
-            if cause is not None and is_sticky_cuda_error(cause):
-                self.lost = (
-                    f"The CUDA context is no longer usable ({type(cause).__name__}: {cause}): restart the process. "
-                    "A device-side assert or illegal memory access breaks every later CUDA call in this process."
-                )
-                raise DeviceContextLostError(self.lost) from cause
-            raise
-
-    def _run_batch(self, role: str, jobs: list[PassJob]) -> list[torch.Tensor]:
-        runner = self.fast_paths.runner(role)
-        assert runner is not None, "a batched pass needs the model's static cache"
-        return runner.forward_rows(jobs)
-
-    def generate(self, turns: list[dict[str, Any]], config: SpecConfig, **request: Any) -> RunResult:
-        """Run to the end and return the result (`request`: as for `run`)."""
-        for item in self.run(turns, config, **request):
-            if isinstance(item, RunResult):
-                return item
-        raise AssertionError("run() ended without a result")
 
 
 def _retokenized(step: WrittenStep, receiver: LoadedModel | RemoteModel) -> list[int]:
@@ -373,25 +94,6 @@ def _check_remote_request(target: RemoteModel, config: SpecConfig, constraint: C
         )
 
 
-@contextmanager
-def _model_failures() -> Iterator[None]:
-    """Turn an exception from inside a model into a `GenerationError` that says so.
-
-    Everything a generation holds (sessions, KV caches) belongs to that call and is dropped
-    with it, and its slot is freed on the way out, so the next call starts clean.
-    """
-    try:
-        yield
-    except ConfSpecError:
-        raise
-    except (RuntimeError, MemoryError, ValueError, IndexError) as error:
-        if isinstance(error, MemoryError | torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            raise ModelOutOfMemoryError(f"A model ran out of memory while answering: {error}") from error
-        raise GenerationError(f"A model failed while answering ({type(error).__name__}: {error}).") from error
-
-
 class _PhaseClock:
     """Accumulates wall time per phase for one step, less the time the caller spent between
     streamed pieces of text (`away`), and the mean size of the batches its passes ran in."""
@@ -417,12 +119,29 @@ class _PhaseClock:
         return PhaseBatches(**{name: sum(sizes) / len(sizes) for name, sizes in self._batched.items() if sizes})
 
 
-class _Generation:
+class EngineParts(Protocol):
+    """What a generation uses of its engine (`ConfSpecEngine`): the models, their windows,
+    fast paths and scheduler, and how token speculation picks its depth."""
+
+    draft: LoadedModel
+    target: LoadedModel | RemoteModel
+    local: dict[str, LoadedModel]
+    context: dict[str, int]
+    shared_vocabulary: bool
+    fast_paths: FastPaths
+    scheduler: BatchScheduler
+    depth_policy: DepthPolicy
+    depth_samples: list[tuple[float, bool]] | None
+
+    def window(self, role: str, path: FastPath) -> tuple[int, str]: ...
+
+
+class Generation:
     """The state of one answer: both sessions, the text so far, the records."""
 
     def __init__(
         self,
-        engine: ConfSpecEngine,
+        engine: EngineParts,
         turns: list[dict[str, Any]],
         config: SpecConfig,
         tools: list[dict[str, Any]] | None,
