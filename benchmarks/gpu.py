@@ -40,10 +40,10 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from langchain_confspec import engine as engine_module
 from langchain_confspec.config import FastPath, build_config
 from langchain_confspec.demo import DEMO_SETTINGS
 from langchain_confspec.demo.problems import extract_answer, make_problems
+from langchain_confspec.engine import generation as generation_module
 from langchain_confspec.engine.decoding import StopScanner, TokenChooser, write_step
 from langchain_confspec.engine.engine import ConfSpecEngine
 from langchain_confspec.engine.verification import VerdictReader
@@ -359,12 +359,12 @@ class ScriptedVerdicts:
 @contextlib.contextmanager
 def scripted(keep: float, rewrite_share: float) -> Iterator[ScriptedVerdicts]:
     script = ScriptedVerdicts(keep, rewrite_share)
-    original = engine_module.VerdictReader
-    engine_module.VerdictReader = script.reader  # type: ignore[assignment,misc]
+    original = generation_module.VerdictReader
+    generation_module.VerdictReader = script.reader  # type: ignore[assignment,misc]
     try:
         yield script
     finally:
-        engine_module.VerdictReader = original  # type: ignore[misc]
+        generation_module.VerdictReader = original  # type: ignore[misc]
 
 
 def predicted_seconds(plan: Plan, keep: float, costs: dict[str, Any]) -> float:

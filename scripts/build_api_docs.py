@@ -42,8 +42,8 @@ def _signature(name: str, obj: Any) -> str:
 
 
 def _fields(model: type[BaseModel]) -> list[str]:
-    """The fields the class itself declares (not those inherited from LangChain)."""
-    own = inspect.get_annotations(model)
+    """The fields the package declares (not those inherited from LangChain or pydantic)."""
+    own = {name for cls in model.__mro__ if cls.__module__.startswith("langchain_confspec") for name in inspect.get_annotations(cls)}
     rows = ["| field | type | default | description |", "|---|---|---|---|"]
     for field_name, field in model.model_fields.items():
         if field_name not in own:

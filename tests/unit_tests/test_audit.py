@@ -224,7 +224,7 @@ def test_logging_is_silent_by_default_and_tells_each_step_at_debug(
     assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("langchain_confspec").handlers)
     with caplog.at_level(logging.DEBUG, logger="langchain_confspec"):
         message = model.invoke("hi")
-    steps = [r for r in caplog.records if r.name == "langchain_confspec.engine.engine" and r.getMessage().startswith("step ")]
+    steps = [r for r in caplog.records if r.name == "langchain_confspec.engine.generation" and r.getMessage().startswith("step ")]
     assert len(steps) == len(message.response_metadata["confspec"]["steps"])
 
 

@@ -129,7 +129,7 @@ def test_token_speculation_samples_from_the_targets_distribution(
 
 
 def test_a_speculation_rule_that_keeps_every_proposal_is_caught(sampler: ConfSpecEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    from langchain_confspec import speculation
+    from langchain_confspec.engine import speculation
 
     monkeypatch.setattr(
         speculation, "verify_proposal", lambda logits, proposal, chooser: (len(proposal.tokens), chooser.choose(logits[-1]))

@@ -123,7 +123,7 @@ def test_a_speculative_writer_yields_text_only_when_streaming_and_keeps_both_ses
 def test_depth_samples_label_each_round_up_to_its_first_refusal(related_engine: ConfSpecEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     """What `confspec fit-depth` learns from: per round, every kept token (True) and the first
     refused one (False); tokens after it were never judged and are left out."""
-    from langchain_confspec import speculation
+    from langchain_confspec.engine import speculation
 
     rounds: list[tuple[int, int]] = []  # (kept, proposed) per round, as the rule decided
 
