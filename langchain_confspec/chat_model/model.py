@@ -354,11 +354,15 @@ class ConfSpecChatModel(ChatModelFields):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[AIMessage]:
-        """As LangChain's `batch`, with the shared static caches ready first, so that on the
-        CPU the calls batch their forward passes instead of taking turns."""
-        if self._batches_on_auto(inputs, kwargs):
-            self._get_engine().prepare_batching()
-        return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
+        """As LangChain's `batch`, with the shared static caches ready first and every call of
+        the batch on them, so that on the CPU the calls batch their forward passes instead of
+        taking turns."""
+        if not self._batches_on_auto(inputs, kwargs):
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
+        engine = self._get_engine()
+        engine.prepare_batching()
+        with engine.batch_of_calls():
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
 
     async def abatch(
         self,
@@ -369,9 +373,12 @@ class ConfSpecChatModel(ChatModelFields):
         **kwargs: Any,
     ) -> list[AIMessage]:
         """As `batch`, for asyncio (the preparation runs in a worker thread)."""
-        if self._batches_on_auto(inputs, kwargs):
-            await asyncio.to_thread(self._get_engine().prepare_batching)
-        return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
+        if not self._batches_on_auto(inputs, kwargs):
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
+        engine = self._get_engine()
+        await asyncio.to_thread(engine.prepare_batching)
+        with engine.batch_of_calls():
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
 
     def _batches_on_auto(self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]) -> bool:
         return len(inputs) > 1 and kwargs.get("fast_path", self.fast_path) == FastPath.AUTO  # a str enum

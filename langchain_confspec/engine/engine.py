@@ -121,6 +121,7 @@ class ConfSpecEngine:
         self.scheduler = BatchScheduler(self.max_batch, self._run_batch)
         self._preparing = threading.Lock()
         self._in_flight = 0  # calls inside run(): under `auto`, a busy CPU engine batches
+        self._batches = 0  # batches of calls announced (`batch_of_calls`) and not over
         self._in_flight_lock = threading.Lock()
         self.lost: str | None = None  # why, once a sticky CUDA error broke the device context for good
 
@@ -177,6 +178,19 @@ class ConfSpecEngine:
         except ConfigurationError:
             logger.debug("no static cache for batching: concurrent calls take turns on 'off'")
 
+    @contextmanager
+    def batch_of_calls(self) -> Iterator[None]:
+        """Calls started inside are one batch: under `auto` on the CPU each takes the batched
+        path (`static`, once `prepare_batching` has readied it), the first one too, which would
+        otherwise start alone on `off` and never share a pass with the others."""
+        with self._in_flight_lock:
+            self._batches += 1
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._batches -= 1
+
     def run(
         self,
         turns: list[dict[str, Any]],
@@ -197,7 +211,7 @@ class ConfSpecEngine:
         started = time.perf_counter()
         self._check_device()
         with self._in_flight_lock:
-            busy = self._in_flight > 0
+            busy = self._in_flight > 0 or self._batches > 0
             self._in_flight += 1
         try:
             yield from self._run(turns, config, tools, constraint, stream_text, started=started, busy=busy)
