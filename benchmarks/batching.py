@@ -29,8 +29,9 @@ from transformers.utils import logging as hf_logging
 from langchain_confspec.config import build_config
 from langchain_confspec.demo import DEMO_SETTINGS
 from langchain_confspec.demo.problems import make_problems
-from langchain_confspec.engine import ConfSpecEngine, RunResult
-from langchain_confspec.loading import load_model
+from langchain_confspec.engine.engine import ConfSpecEngine
+from langchain_confspec.engine.outputs import RunResult
+from langchain_confspec.models.loading import load_model
 
 
 def concurrently(engine: ConfSpecEngine, questions: list[str], config: Any) -> tuple[float, list[float], list[RunResult]]:
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         results["device"] = "cpu"
         device_map, path = None, args.fast_path
     if args.smoke:
-        from langchain_confspec.tiny import build_tiny_pair
+        from langchain_confspec.models.tiny import build_tiny_pair
 
         draft_path, target_path = build_tiny_pair(args.out / "tiny-pair")
         draft, target = load_model(str(draft_path), role="draft"), load_model(str(target_path), role="target")

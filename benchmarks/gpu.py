@@ -40,23 +40,23 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from langchain_confspec import engine as engine_module
 from langchain_confspec.config import FastPath, build_config
-from langchain_confspec.cuda_graphs import (
+from langchain_confspec.demo import DEMO_SETTINGS
+from langchain_confspec.demo.problems import extract_answer, make_problems
+from langchain_confspec.engine import generation as generation_module
+from langchain_confspec.engine.decoding import StopScanner, TokenChooser, write_step
+from langchain_confspec.engine.engine import ConfSpecEngine
+from langchain_confspec.engine.verification import VerdictReader
+from langchain_confspec.models.cuda_graphs import (
     CudaGraphCapture,
     EagerRehearsal,
     GraphCapture,
     synchronize,
 )
-from langchain_confspec.decoding import StopScanner, TokenChooser, write_step
-from langchain_confspec.demo import DEMO_SETTINGS
-from langchain_confspec.demo.problems import extract_answer, make_problems
-from langchain_confspec.engine import ConfSpecEngine
-from langchain_confspec.loading import LoadedModel, load_model, wrap_model
+from langchain_confspec.models.loading import LoadedModel, load_model, wrap_model
+from langchain_confspec.models.session import ModelSession
+from langchain_confspec.models.static_runner import PASS_BUCKETS, StaticRunner
 from langchain_confspec.records import Verdict
-from langchain_confspec.session import ModelSession
-from langchain_confspec.static_runner import PASS_BUCKETS, StaticRunner
-from langchain_confspec.verification import VerdictReader
 
 BANDWIDTH = 3.0e12  # bytes/s: what the H100's HBM3 sustains (measured; docs/benchmarks.md)
 NEVER = ["\x00never"]  # a delimiter no token writes: steps run to their budget
@@ -359,12 +359,12 @@ class ScriptedVerdicts:
 @contextlib.contextmanager
 def scripted(keep: float, rewrite_share: float) -> Iterator[ScriptedVerdicts]:
     script = ScriptedVerdicts(keep, rewrite_share)
-    original = engine_module.VerdictReader
-    engine_module.VerdictReader = script.reader  # type: ignore[assignment,misc]
+    original = generation_module.VerdictReader
+    generation_module.VerdictReader = script.reader  # type: ignore[assignment,misc]
     try:
         yield script
     finally:
-        engine_module.VerdictReader = original  # type: ignore[misc]
+        generation_module.VerdictReader = original  # type: ignore[misc]
 
 
 def predicted_seconds(plan: Plan, keep: float, costs: dict[str, Any]) -> float:

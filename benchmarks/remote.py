@@ -23,10 +23,9 @@ from typing import Any
 
 from langchain_confspec import ConfSpecEngine, load_model
 from langchain_confspec.config import build_config
-from langchain_confspec.demo import DEMO_SETTINGS
+from langchain_confspec.demo import DEMO_PAIR_DIR, DEMO_SETTINGS
 from langchain_confspec.demo.problems import make_problems
-from langchain_confspec.loading import DEMO_PAIR_DIR
-from langchain_confspec.remote import RemoteModel
+from langchain_confspec.models.remote import RemoteModel
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,10 +24,10 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from langchain_confspec.config import FastPath, build_config
-from langchain_confspec.decoding import StopScanner, TokenChooser, write_step
-from langchain_confspec.engine import ConfSpecEngine
-from langchain_confspec.loading import load_model
-from langchain_confspec.session import ModelSession
+from langchain_confspec.engine.decoding import StopScanner, TokenChooser, write_step
+from langchain_confspec.engine.engine import ConfSpecEngine
+from langchain_confspec.models.loading import load_model
+from langchain_confspec.models.session import ModelSession
 
 PROMPT = [{"role": "user", "content": "Mia has 27 shells. Mia finds 38 more. How many shells does Mia have now?"}]
 

@@ -22,9 +22,9 @@ from transformers.utils import logging as hf_logging
 from langchain_confspec import ConfSpecEngine, load_model
 from langchain_confspec.config import build_config
 from langchain_confspec.demo.problems import check_step, corrupt_step, make_problems
-from langchain_confspec.loading import LoadedModel
-from langchain_confspec.session import ModelSession
-from langchain_confspec.verification import VerdictReader, judge
+from langchain_confspec.engine.verification import VerdictReader, judge
+from langchain_confspec.models.loading import LoadedModel
+from langchain_confspec.models.session import ModelSession
 
 
 def p_accept(model: LoadedModel, context: list[int]) -> float:

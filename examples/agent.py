@@ -19,9 +19,9 @@ import argparse
 from langchain_core.messages import AIMessage
 
 from langchain_confspec import ConfSpecChatModel, StepRecord
+from langchain_confspec.audit.display import format_step_table
 from langchain_confspec.demo.agent import run_tool_loop
 from langchain_confspec.demo.tools import calculator
-from langchain_confspec.display import format_step_table
 
 QUESTION = "Max has 12 eggs. Then Max has three times as many. Max loses 2. How many eggs does Max have now?"
 

@@ -21,7 +21,7 @@ from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
 from langchain_confspec import ConfSpecChatModel, StepRecord
-from langchain_confspec.display import format_step_table
+from langchain_confspec.audit.display import format_step_table
 
 FACTS = [
     "Zoe has 34 stamps.",

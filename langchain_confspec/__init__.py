@@ -7,12 +7,16 @@ an audit record.
 
 import logging
 
-from langchain_confspec.audit import AuditEntry, ConfSpecAuditHandler, read_audit_log
-from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT
-from langchain_confspec.chat_model import ChatConfSpec, ConfSpecChatModel
+from langchain_confspec.audit.log import (
+    AuditEntry,
+    ConfSpecAuditHandler,
+    read_audit_log,
+)
+from langchain_confspec.chat_model.callbacks import STEP_EVENT, SUMMARY_EVENT
+from langchain_confspec.chat_model.model import ChatConfSpec, ConfSpecChatModel
 from langchain_confspec.config import FastPath, Mode, SpecConfig, VerificationStyle
-from langchain_confspec.cuda_graphs import CudaGraphCapture
-from langchain_confspec.engine import ConfSpecEngine, RunResult
+from langchain_confspec.engine.engine import ConfSpecEngine
+from langchain_confspec.engine.outputs import RunResult
 from langchain_confspec.errors import (
     ConfigurationError,
     ConfSpecError,
@@ -26,7 +30,10 @@ from langchain_confspec.errors import (
     TokenizerMismatchError,
     UnsupportedSchemaError,
 )
-from langchain_confspec.loading import LoadedModel, load_model, wrap_model
+from langchain_confspec.models.cuda_graphs import CudaGraphCapture
+from langchain_confspec.models.loading import LoadedModel, load_model, wrap_model
+from langchain_confspec.models.remote import RemoteModel
+from langchain_confspec.models.static_runner import WarmupReport
 from langchain_confspec.records import (
     Decision,
     PhaseTimes,
@@ -36,8 +43,6 @@ from langchain_confspec.records import (
     StepRecord,
     Writer,
 )
-from langchain_confspec.remote import RemoteModel
-from langchain_confspec.static_runner import WarmupReport
 
 # Library convention: log through per-module loggers, print nothing unless the application
 # configures logging (e.g. logging.basicConfig(level=logging.DEBUG) shows every step).

@@ -11,22 +11,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from langchain_confspec.cache_budget import validate_budget
-from langchain_confspec.config import Mode, build_config
-from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
-from langchain_confspec.display import (
+from langchain_confspec.audit.display import (
     format_outcome,
     format_step_header,
     format_step_row,
     format_step_table,
 )
-from langchain_confspec.engine import ConfSpecEngine, RunResult
+from langchain_confspec.config import Mode, build_config
+from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
+from langchain_confspec.engine.engine import ConfSpecEngine
+from langchain_confspec.engine.outputs import RunResult
 from langchain_confspec.errors import ConfigurationError, ConfSpecError
-from langchain_confspec.loading import load_model, load_tokenizer
-from langchain_confspec.remote import RemoteModel
+from langchain_confspec.models.cache_budget import validate_budget
+from langchain_confspec.models.loading import load_model, load_tokenizer
+from langchain_confspec.models.remote import RemoteModel
 
 if TYPE_CHECKING:
-    from langchain_confspec.audit import ConfSpecAuditHandler
+    from langchain_confspec.audit.log import ConfSpecAuditHandler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,7 +118,7 @@ def _audit_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _audit_log(args: argparse.Namespace) -> ConfSpecAuditHandler | None:
-    from langchain_confspec.audit import ConfSpecAuditHandler
+    from langchain_confspec.audit.log import ConfSpecAuditHandler
 
     return ConfSpecAuditHandler(args.audit_log) if args.audit_log else None
 
@@ -207,7 +208,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from langchain_confspec.demo.problems import check_step
-    from langchain_confspec.evaluation import (
+    from langchain_confspec.evaluation.harness import (
         RunPlan,
         builtin_items,
         evaluate,
@@ -250,7 +251,7 @@ def _eval(args: argparse.Namespace) -> int:
     (args.out / "results.md").write_text(report.markdown() + "\n")
     written = [args.out / "results.json", args.out / "results.md"]
     try:
-        from langchain_confspec.plots import plot_reliability, plot_sweep
+        from langchain_confspec.evaluation.plots import plot_reliability, plot_sweep
 
         written.append(plot_reliability(report.calibration, args.out / "reliability.png"))
         if any(label is not None for label in report.calibration.truth_labels):
@@ -271,8 +272,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from langchain_confspec.audit import read_audit_log
-    from langchain_confspec.report import render_report
+    from langchain_confspec.audit.log import read_audit_log
+    from langchain_confspec.audit.report import render_report
 
     entries = list(read_audit_log(args.log))
     if not entries:
@@ -283,8 +284,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _fit_depth(args: argparse.Namespace) -> int:
-    from langchain_confspec.evaluation import builtin_items, load_jsonl
-    from langchain_confspec.speculation import DEPTH_TABLE_FILE, DepthPolicy
+    from langchain_confspec.engine.speculation import DEPTH_TABLE_FILE, DepthPolicy
+    from langchain_confspec.evaluation.harness import builtin_items, load_jsonl
 
     items = load_jsonl(args.data) if args.data else builtin_items(args.problems, seed=30_000)
     engine = _engine(args)

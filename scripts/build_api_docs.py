@@ -23,12 +23,12 @@ import langchain_confspec
 OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 # Public names beyond the package's __all__: module, names.
 EXTRA = {
-    "langchain_confspec.audit": ["RotatingJsonLines", "audit_files"],
-    "langchain_confspec.report": ["render_report", "estimated_time_saved"],
-    "langchain_confspec.constrained": ["compile_schema", "tool_call_plan", "write_json"],
-    "langchain_confspec.tool_calls": ["parse_tool_calls", "ToolCallHoldback"],
-    "langchain_confspec.prompting": ["render_prompt", "template_abilities"],
-    "langchain_confspec.evaluation": ["evaluate", "load_jsonl", "builtin_items", "RunPlan", "EvalReport"],
+    "langchain_confspec.audit.log": ["RotatingJsonLines", "audit_files"],
+    "langchain_confspec.audit.report": ["render_report", "estimated_time_saved"],
+    "langchain_confspec.engine.constrained": ["compile_schema", "tool_call_plan", "write_json"],
+    "langchain_confspec.chat_model.tool_calls": ["parse_tool_calls", "ToolCallHoldback"],
+    "langchain_confspec.models.prompting": ["render_prompt", "template_abilities"],
+    "langchain_confspec.evaluation.harness": ["evaluate", "load_jsonl", "builtin_items", "RunPlan", "EvalReport"],
     "langchain_confspec.demo.agent": ["run_tool_loop"],
     "langchain_confspec.demo.tools": ["calculator", "evaluate"],
 }
@@ -42,8 +42,8 @@ def _signature(name: str, obj: Any) -> str:
 
 
 def _fields(model: type[BaseModel]) -> list[str]:
-    """The fields the class itself declares (not those inherited from LangChain)."""
-    own = inspect.get_annotations(model)
+    """The fields the package declares (not those inherited from LangChain or pydantic)."""
+    own = {name for cls in model.__mro__ if cls.__module__.startswith("langchain_confspec") for name in inspect.get_annotations(cls)}
     rows = ["| field | type | default | description |", "|---|---|---|---|"]
     for field_name, field in model.model_fields.items():
         if field_name not in own:

@@ -42,14 +42,13 @@ from langchain_confspec.demo.problems import (
     make_story,
 )
 from langchain_confspec.demo.tools import calculator, evaluate
-from langchain_confspec.prompting import render_prompt
-from langchain_confspec.tiny import (
+from langchain_confspec.models.prompting import format_tool_call, render_prompt
+from langchain_confspec.models.tiny import (
     TOOLS_CHAT_TEMPLATE,
     build_model,
     grow_depth,
     train_tokenizer,
 )
-from langchain_confspec.tool_calls import format_tool_call
 
 SHAPES = {
     "draft": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "ffn_multiple": 3},

@@ -10,8 +10,8 @@ import pytest
 from transformers.utils import logging as hf_logging
 
 from langchain_confspec import ConfSpecEngine, load_model
-from langchain_confspec.cuda_graphs import EagerRehearsal
-from langchain_confspec.tiny import build_tiny_pair
+from langchain_confspec.models.cuda_graphs import EagerRehearsal
+from langchain_confspec.models.tiny import build_tiny_pair
 
 hf_logging.disable_progress_bar()
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+DEMO_PAIR_DIR = Path(__file__).parent / "pair"
 DEMO_DRAFT = "confspec-demo-draft"
 DEMO_TARGET = "confspec-demo-target"
 

@@ -14,9 +14,9 @@ from langchain_confspec import (
     Writer,
     load_model,
 )
+from langchain_confspec.chat_model.tool_calls import parse_tool_calls, schema_mismatch
 from langchain_confspec.config import build_config
-from langchain_confspec.constrained import tool_call_plan
-from langchain_confspec.demo import DEMO_SETTINGS
+from langchain_confspec.demo import DEMO_PAIR_DIR, DEMO_SETTINGS
 from langchain_confspec.demo.agent import run_tool_loop
 from langchain_confspec.demo.problems import (
     OFF_DOMAIN_ANSWER,
@@ -25,15 +25,9 @@ from langchain_confspec.demo.problems import (
     make_stories,
 )
 from langchain_confspec.demo.tools import calculator
-from langchain_confspec.engine import Constraint
-from langchain_confspec.loading import DEMO_PAIR_DIR
+from langchain_confspec.engine.constrained import Constraint, tool_call_plan
+from langchain_confspec.models.prompting import CLOSE_TAG, OPEN_TAG
 from langchain_confspec.records import Span
-from langchain_confspec.tool_calls import (
-    CLOSE_TAG,
-    OPEN_TAG,
-    parse_tool_calls,
-    schema_mismatch,
-)
 
 
 @pytest.fixture(scope="module")

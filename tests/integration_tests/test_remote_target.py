@@ -25,18 +25,17 @@ from langchain_confspec import (
     load_model,
 )
 from langchain_confspec.config import build_config
-from langchain_confspec.demo import DEMO_SETTINGS
+from langchain_confspec.demo import DEMO_PAIR_DIR, DEMO_SETTINGS
 from langchain_confspec.demo.problems import make_problems
+from langchain_confspec.engine.verification import VerdictReader
 from langchain_confspec.errors import (
     ConfigurationError,
     RemoteModelError,
     TokenizerMismatchError,
 )
-from langchain_confspec.loading import DEMO_PAIR_DIR
-from langchain_confspec.remote import RemoteModel, ServerCounters
-from langchain_confspec.session import ModelSession
-from langchain_confspec.tiny import build_tokenizer
-from langchain_confspec.verification import VerdictReader
+from langchain_confspec.models.remote import RemoteModel, ServerCounters
+from langchain_confspec.models.session import ModelSession
+from langchain_confspec.models.tiny import build_tokenizer
 
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
 

@@ -22,10 +22,10 @@ from langchain_confspec import ConfSpecEngine, LoadedModel, load_model
 from langchain_confspec.config import build_config
 from langchain_confspec.demo import DEMO_SETTINGS
 from langchain_confspec.demo.problems import make_problems
+from langchain_confspec.engine.verification import VerdictReader
 from langchain_confspec.errors import ConfigurationError
+from langchain_confspec.models.remote import RemoteModel
 from langchain_confspec.records import Decision
-from langchain_confspec.remote import RemoteModel
-from langchain_confspec.verification import VerdictReader
 
 pytest.importorskip("openai")
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]

@@ -23,21 +23,21 @@ from langchain_confspec import (
     StepRecord,
     Writer,
 )
-from langchain_confspec.audit import (
+from langchain_confspec.audit.log import (
     AuditEntry,
     ConfSpecAuditHandler,
     RotatingJsonLines,
     audit_files,
     read_audit_log,
 )
-from langchain_confspec.cli import main as cli_main
-from langchain_confspec.records import ModelCounters, summarize
-from langchain_confspec.report import (
+from langchain_confspec.audit.report import (
     RunView,
     estimated_time_saved,
     group_runs,
     render_report,
 )
+from langchain_confspec.cli import main as cli_main
+from langchain_confspec.records import ModelCounters, summarize
 
 
 @pytest.fixture
@@ -224,7 +224,7 @@ def test_logging_is_silent_by_default_and_tells_each_step_at_debug(
     assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("langchain_confspec").handlers)
     with caplog.at_level(logging.DEBUG, logger="langchain_confspec"):
         message = model.invoke("hi")
-    steps = [r for r in caplog.records if r.name == "langchain_confspec.engine" and r.getMessage().startswith("step ")]
+    steps = [r for r in caplog.records if r.name == "langchain_confspec.engine.generation" and r.getMessage().startswith("step ")]
     assert len(steps) == len(message.response_metadata["confspec"]["steps"])
 
 

@@ -20,7 +20,7 @@ from langchain_confspec import (
     StepRecord,
 )
 from langchain_confspec.config import build_config
-from langchain_confspec.cuda_graphs import EagerRehearsal
+from langchain_confspec.models.cuda_graphs import EagerRehearsal
 
 QUESTIONS = [
     "Tom has 3 apples and buys 4 more. How many apples does he have?",
@@ -269,4 +269,14 @@ def test_batch_on_auto_answers_as_invoke_does_and_shares_passes(tiny_model_param
     batched = model.batch(QUESTIONS[:4])
     assert [m.content for m in batched] == [m.content for m in alone]
     paths = [m.response_metadata["confspec"]["summary"]["target"]["fast_path"] for m in batched]
-    assert "static" in paths  # the calls that found others in flight joined the batched path
+    assert paths == ["static"] * 4  # the first call too: it never has to run alone on `off`
+
+
+async def test_abatch_on_auto_puts_every_call_on_the_batched_path_and_a_later_lone_call_on_off(
+    tiny_model_params: dict[str, str],
+) -> None:
+    model = ConfSpecChatModel(**tiny_model_params, max_tokens=30, max_step_tokens=7, max_batch=8)
+    batched = await model.abatch(QUESTIONS[:4])
+    paths = [m.response_metadata["confspec"]["summary"]["target"]["fast_path"] for m in batched]
+    assert paths == ["static"] * 4
+    assert model.invoke(QUESTIONS[0]).response_metadata["confspec"]["summary"]["target"]["fast_path"] == "off"

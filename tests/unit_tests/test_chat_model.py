@@ -34,7 +34,7 @@ from langchain_confspec import (
 )
 from langchain_confspec.cli import _settings as cli_settings
 from langchain_confspec.demo import DEMO_DRAFT, DEMO_SETTINGS, DEMO_TARGET
-from langchain_confspec.tiny import build_model, build_tokenizer
+from langchain_confspec.models.tiny import build_model, build_tokenizer
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 

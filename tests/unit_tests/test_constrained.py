@@ -10,12 +10,16 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from langchain_confspec import ConfSpecEngine
+from langchain_confspec.chat_model.tool_calls import parse_tool_calls
 from langchain_confspec.config import build_config
-from langchain_confspec.constrained import TokenClasses, compile_schema, tool_call_plan
-from langchain_confspec.engine import Constraint
+from langchain_confspec.engine.constrained import (
+    Constraint,
+    TokenClasses,
+    compile_schema,
+    tool_call_plan,
+)
 from langchain_confspec.errors import UnsupportedSchemaError
 from langchain_confspec.records import Span
-from langchain_confspec.tool_calls import parse_tool_calls
 
 PERSON = {
     "type": "object",

@@ -12,8 +12,9 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.load import dumps, loads
 from langchain_core.runnables import ConfigurableField
 
-from langchain_confspec import ConfigurationError, ConfSpecChatModel, Mode, sharing
-from langchain_confspec.tiny import build_tiny_pair
+from langchain_confspec import ConfigurationError, ConfSpecChatModel, Mode
+from langchain_confspec.chat_model import sharing
+from langchain_confspec.models.tiny import build_tiny_pair
 
 QUESTION = "What is 12 * 12?"
 

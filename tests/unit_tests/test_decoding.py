@@ -10,7 +10,7 @@ import torch
 
 from langchain_confspec import ConfSpecEngine
 from langchain_confspec.config import build_config
-from langchain_confspec.decoding import (
+from langchain_confspec.engine.decoding import (
     StepBuilder,
     StopScanner,
     TokenChooser,
@@ -20,8 +20,8 @@ from langchain_confspec.decoding import (
     token_texts,
     write_step,
 )
+from langchain_confspec.models.session import ModelSession
 from langchain_confspec.records import StepEnd
-from langchain_confspec.session import ModelSession
 
 
 def test_quiet_tokens_are_those_that_cannot_complete_a_needle(tiny_engine: ConfSpecEngine) -> None:
@@ -137,7 +137,7 @@ def test_the_decode_loop_reads_back_nothing_but_the_chosen_ids(
 
 
 def test_streamed_pieces_of_a_step_join_to_its_text_and_a_stop_is_never_released(tiny_engine: ConfSpecEngine) -> None:
-    from langchain_confspec.decoding import write_step_texts
+    from langchain_confspec.engine.decoding import write_step_texts
 
     for question in ("Hello world", "What is 12 * 12?"):
         session = ModelSession(tiny_engine.target, tiny_engine.target.render_prompt([{"role": "user", "content": question}]))
@@ -175,7 +175,7 @@ def test_a_step_cut_by_a_stop_counts_the_tokens_whose_text_begins_before_it(tiny
 
 
 def test_writers_yield_text_only_when_streaming(tiny_engine: ConfSpecEngine) -> None:
-    from langchain_confspec.decoding import write_step_texts
+    from langchain_confspec.engine.decoding import write_step_texts
 
     prompt = tiny_engine.target.render_prompt([{"role": "user", "content": "What is 12 * 12?"}])
     rules = {"budget": 12, "delimiters": ["\n\n"], "stops": StopScanner([])}

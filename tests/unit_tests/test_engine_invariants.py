@@ -9,8 +9,8 @@ import torch
 
 from langchain_confspec import ConfSpecEngine, Decision, StepEnd, Writer, wrap_model
 from langchain_confspec.config import build_config
-from langchain_confspec.loading import LoadedModel
-from langchain_confspec.tiny import build_model, build_tokenizer
+from langchain_confspec.models.loading import LoadedModel
+from langchain_confspec.models.tiny import build_model, build_tokenizer
 
 PROMPTS = [
     "Tom has 3 apples and buys 4 more. How many apples does he have?",

@@ -19,7 +19,7 @@ from langchain_confspec.demo.problems import (
     extract_answer,
     make_problems,
 )
-from langchain_confspec.evaluation import (
+from langchain_confspec.evaluation.harness import (
     Calibration,
     EvalItem,
     ModeReport,
@@ -249,7 +249,7 @@ def _overlaps(figure: Any, covering: Any, parts: list[Any]) -> list[Any]:
 
 def test_reliability_charts_say_what_they_are_measured_against_and_hide_nothing() -> None:
     pytest.importorskip("matplotlib")
-    from langchain_confspec.plots import reliability_figure
+    from langchain_confspec.evaluation.plots import reliability_figure
 
     calibration = _calibration()
     titles = []
@@ -269,7 +269,7 @@ def test_reliability_charts_say_what_they_are_measured_against_and_hide_nothing(
 
 def test_the_sweep_chart_legend_hides_no_point_or_label() -> None:
     pytest.importorskip("matplotlib")
-    from langchain_confspec.plots import sweep_figure
+    from langchain_confspec.evaluation.plots import sweep_figure
 
     reports = [ModeReport("confspec", {"accept_threshold": t}, n=10, correct=c, speedup=s) for t, c, s in ((0.6, 8, 1.3), (0.7, 9, 1.2), (0.9, 10, 1.0))]
     reference = ModeReport("target_only", {}, n=10, correct=10, speedup=1.0)

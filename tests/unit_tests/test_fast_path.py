@@ -17,14 +17,14 @@ from langchain_confspec import (
     wrap_model,
 )
 from langchain_confspec.config import build_config
-from langchain_confspec.cuda_graphs import EagerRehearsal
-from langchain_confspec.engine import _Generation
+from langchain_confspec.engine.generation import Generation
 from langchain_confspec.errors import ContextLengthError, GenerationError
-from langchain_confspec.loading import LoadedModel, rollback_problem
-from langchain_confspec.session import DynamicKV, ModelSession, StaticKV
-from langchain_confspec.static_cache import StaticKVCache
-from langchain_confspec.static_runner import PASS_BUCKETS, StaticRunner
-from langchain_confspec.tiny import build_tokenizer
+from langchain_confspec.models.cuda_graphs import EagerRehearsal
+from langchain_confspec.models.loading import LoadedModel, rollback_problem
+from langchain_confspec.models.session import DynamicKV, ModelSession, StaticKV
+from langchain_confspec.models.static_cache import StaticKVCache
+from langchain_confspec.models.static_runner import PASS_BUCKETS, StaticRunner
+from langchain_confspec.models.tiny import build_tokenizer
 
 EngineOn = Callable[[ConfSpecEngine, str], ConfSpecEngine]
 QUESTION = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have?"}]
@@ -53,7 +53,7 @@ def test_draft_and_target_caches_hold_the_same_text_after_every_step(
     tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str, settings: dict[str, object]
 ) -> None:
     engine = engine_on(tiny_engine, fast_path)
-    generation = _Generation(engine, QUESTION, build_config(max_tokens=40, max_step_tokens=6, fast_path=fast_path, **settings), None, None)
+    generation = Generation(engine, QUESTION, build_config(max_tokens=40, max_step_tokens=6, fast_path=fast_path, **settings), None, None)
     generation.prepare_paths()
     with engine.scheduler.slot() as (row, _):
         generation.open_sessions(row)

@@ -20,11 +20,8 @@ from transformers import (
 )
 
 from langchain_confspec import ConfSpecEngine, wrap_model
-from langchain_confspec.batching import PassJob
-from langchain_confspec.cache_budget import MIN_CONTEXT, USEFUL_CONTEXT, plan_caches
 from langchain_confspec.config import build_config
-from langchain_confspec.cuda_graphs import CudaGraphCapture, EagerRehearsal
-from langchain_confspec.decoding import TokenChooser
+from langchain_confspec.engine.decoding import TokenChooser
 from langchain_confspec.errors import (
     ConfigurationError,
     ContextLengthError,
@@ -32,14 +29,21 @@ from langchain_confspec.errors import (
     GenerationError,
     ModelOutOfMemoryError,
 )
-from langchain_confspec.loading import LoadedModel
-from langchain_confspec.static_runner import (
+from langchain_confspec.models.batching import PassJob
+from langchain_confspec.models.cache_budget import (
+    MIN_CONTEXT,
+    USEFUL_CONTEXT,
+    plan_caches,
+)
+from langchain_confspec.models.cuda_graphs import CudaGraphCapture, EagerRehearsal
+from langchain_confspec.models.loading import LoadedModel
+from langchain_confspec.models.static_runner import (
     ATTEND_BASE,
     PASS_BUCKETS,
     StaticRunner,
     attend_buckets,
 )
-from langchain_confspec.tiny import build_tokenizer
+from langchain_confspec.models.tiny import build_tokenizer
 
 TOKENIZER = build_tokenizer()
 QUESTION = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have?"}]
@@ -420,7 +424,7 @@ def test_a_batched_decode_step_reads_every_row_back_with_one_sync(
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
 def test_checking_a_proposal_reads_back_at_most_twice(temperature: float, monkeypatch: pytest.MonkeyPatch) -> None:
-    from langchain_confspec.speculation import Proposal, verify_proposal
+    from langchain_confspec.engine.speculation import Proposal, verify_proposal
 
     vocab, depth = len(TOKENIZER), 5
     torch.manual_seed(3)
@@ -447,8 +451,8 @@ def test_a_fixed_depth_round_reads_back_once(graphs: bool | None, temperature: f
     """A round of `speculation_depth` tokens is proposed, fed back, checked and decided on the
     device, and read back with one synchronisation, greedy or sampled; both sessions then hold
     the proposal, as after a round read token by token."""
-    from langchain_confspec.session import ModelSession, StaticKV
-    from langchain_confspec.speculation import device_round
+    from langchain_confspec.engine.speculation import device_round
+    from langchain_confspec.models.session import ModelSession, StaticKV
 
     target, draft = qwen(256, seed=1), qwen(256, seed=2, layers=1)
     runners = {m: StaticRunner(m, 256, EagerRehearsal()) for m in (target, draft)}
@@ -475,7 +479,7 @@ def test_a_fixed_depth_round_reads_back_once(graphs: bool | None, temperature: f
 
 
 def test_a_verdict_is_read_with_one_sync(monkeypatch: pytest.MonkeyPatch) -> None:
-    from langchain_confspec.verification import VerdictReader
+    from langchain_confspec.engine.verification import VerdictReader
 
     reader = VerdictReader(TOKENIZER, build_config())
     logits = torch.randn(len(TOKENIZER))

@@ -29,13 +29,13 @@ from langchain_core.messages import (
 )
 
 from langchain_confspec import ConfSpecChatModel, ConfSpecError, StepEnd
-from langchain_confspec.batching import BatchScheduler
 from langchain_confspec.errors import (
     ContextLengthError,
     GenerationError,
     ModelOutOfMemoryError,
 )
-from langchain_confspec.tiny import build_tiny_pair
+from langchain_confspec.models.batching import BatchScheduler
+from langchain_confspec.models.tiny import build_tiny_pair
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 

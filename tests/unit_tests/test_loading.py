@@ -24,12 +24,12 @@ from langchain_confspec import (
     load_model,
 )
 from langchain_confspec.demo import DEMO_TARGET
-from langchain_confspec.loading import (
+from langchain_confspec.models.loading import (
     hub_unreachable,
     load_tokenizer,
     resolve_model_source,
 )
-from langchain_confspec.prompting import render_prompt
+from langchain_confspec.models.prompting import render_prompt
 
 pytestmark = pytest.mark.filterwarnings("ignore:A test tried to use socket")
 

@@ -8,7 +8,8 @@ import pytest
 
 from langchain_confspec import ConfSpecEngine
 from langchain_confspec.config import build_config
-from langchain_confspec.gate import GateAction, gate, target_accepts
+from langchain_confspec.engine.gate import GateAction, gate, target_accepts
+from langchain_confspec.engine.speculation import DepthPolicy
 from langchain_confspec.records import (
     Decision,
     ModelCounters,
@@ -20,7 +21,6 @@ from langchain_confspec.records import (
     Writer,
     summarize,
 )
-from langchain_confspec.speculation import DepthPolicy
 
 ACCEPT, REJECT, ESCALATE = GateAction.ACCEPT, GateAction.REJECT, GateAction.ESCALATE
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import langchain_confspec
 from langchain_confspec import Decision, PhaseTimes, StepEnd, StepRecord, Writer
-from langchain_confspec.display import format_outcome, format_step_table
+from langchain_confspec.audit.display import format_outcome, format_step_table
 from langchain_confspec.records import ModelCounters, summarize
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ import pytest
 
 from langchain_confspec import ConfSpecChatModel
 from langchain_confspec.errors import ConfigurationError, RemoteModelError
-from langchain_confspec.remote import RemoteModel
-from langchain_confspec.tiny import build_tokenizer
+from langchain_confspec.models.remote import RemoteModel
+from langchain_confspec.models.tiny import build_tokenizer
 
 pytest.importorskip("openai")
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]

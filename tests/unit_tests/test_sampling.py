@@ -19,9 +19,9 @@ from transformers import LlamaForCausalLM
 
 from langchain_confspec import ConfSpecEngine, wrap_model
 from langchain_confspec.config import build_config
-from langchain_confspec.decoding import TokenChooser
-from langchain_confspec.speculation import DepthPolicy
-from langchain_confspec.tiny import build_model, build_tokenizer
+from langchain_confspec.engine.decoding import TokenChooser
+from langchain_confspec.engine.speculation import DepthPolicy
+from langchain_confspec.models.tiny import build_model, build_tokenizer
 
 EngineOn = Callable[[ConfSpecEngine, str], ConfSpecEngine]
 DIGITS = "123456"
@@ -129,7 +129,7 @@ def test_token_speculation_samples_from_the_targets_distribution(
 
 
 def test_a_speculation_rule_that_keeps_every_proposal_is_caught(sampler: ConfSpecEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    from langchain_confspec import speculation
+    from langchain_confspec.engine import speculation
 
     monkeypatch.setattr(
         speculation, "verify_proposal", lambda logits, proposal, chooser: (len(proposal.tokens), chooser.choose(logits[-1]))

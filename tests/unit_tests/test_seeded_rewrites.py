@@ -8,12 +8,12 @@ from uuid import uuid4
 import pytest
 
 from langchain_confspec import ConfSpecEngine
-from langchain_confspec.audit import AuditEntry
+from langchain_confspec.audit.display import format_outcome, format_step_row
+from langchain_confspec.audit.log import AuditEntry
+from langchain_confspec.audit.report import render_report
 from langchain_confspec.config import build_config
-from langchain_confspec.decoding import StepBuilder, StopScanner, take_seed
-from langchain_confspec.display import format_outcome, format_step_row
-from langchain_confspec.report import render_report
-from langchain_confspec.session import ModelSession
+from langchain_confspec.engine.decoding import StepBuilder, StopScanner, take_seed
+from langchain_confspec.models.session import ModelSession
 
 QUESTIONS = [
     [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have?"}],
@@ -37,7 +37,7 @@ def test_seeded_rewrites_answer_as_unseeded_ones_with_no_more_target_passes(
 
 def twin_engine(tiny_engine: ConfSpecEngine, fast_path: str) -> ConfSpecEngine:
     """The target as its own draft: every rejected step is exactly what the target writes."""
-    from langchain_confspec.cuda_graphs import EagerRehearsal
+    from langchain_confspec.models.cuda_graphs import EagerRehearsal
 
     capture = EagerRehearsal() if fast_path == "graphs" else None
     return ConfSpecEngine(tiny_engine.target, tiny_engine.target, graph_capture=capture)

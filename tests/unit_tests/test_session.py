@@ -9,9 +9,14 @@ import pytest
 import torch
 
 from langchain_confspec import ConfSpecEngine
-from langchain_confspec.cuda_graphs import EagerRehearsal
-from langchain_confspec.session import DynamicKV, KVBackend, ModelSession, StaticKV
-from langchain_confspec.static_runner import StaticRunner
+from langchain_confspec.models.cuda_graphs import EagerRehearsal
+from langchain_confspec.models.session import (
+    DynamicKV,
+    KVBackend,
+    ModelSession,
+    StaticKV,
+)
+from langchain_confspec.models.static_runner import StaticRunner
 
 
 @pytest.fixture(params=["dynamic", "static"])
@@ -128,7 +133,7 @@ def test_truncate_outside_the_context_is_refused(tiny_engine: ConfSpecEngine, le
 
 def test_choose_next_picks_after_all_ids(tiny_engine: ConfSpecEngine, kv: KVBackend) -> None:
     from langchain_confspec.config import build_config
-    from langchain_confspec.decoding import TokenChooser
+    from langchain_confspec.engine.decoding import TokenChooser
 
     session = ModelSession(tiny_engine.target, [5, 6, 7], kv=kv)
     chooser = TokenChooser(build_config())
@@ -150,7 +155,7 @@ class ChoosingKV(DynamicKV):
 
 def test_a_choice_made_by_the_backend_is_taken_once_and_only_after_a_one_token_pass(tiny_engine: ConfSpecEngine) -> None:
     from langchain_confspec.config import build_config
-    from langchain_confspec.decoding import TokenChooser
+    from langchain_confspec.engine.decoding import TokenChooser
 
     session = ModelSession(tiny_engine.target, [5, 6, 7], kv=ChoosingKV(tiny_engine.target))
     chooser = TokenChooser(build_config())

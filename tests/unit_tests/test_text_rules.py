@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from langchain_confspec.decoding import StopHoldback, StopScanner, ends_step
+from langchain_confspec.engine.decoding import StopHoldback, StopScanner, ends_step
 
 
 def test_a_step_ends_at_a_delimiter_after_content() -> None:
@@ -71,8 +71,8 @@ def test_holdback_without_stops_releases_everything() -> None:
 def test_the_step_after_a_received_one_starts_right_after_it() -> None:
     """A step the other model wrote (re-tokenized here) is a chunk of its own: the next step
     written in this tokenizer releases its whole text, from its first character."""
-    from langchain_confspec.answer_text import AnswerText
-    from langchain_confspec.tiny import build_tokenizer
+    from langchain_confspec.engine.answer_text import AnswerText
+    from langchain_confspec.models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     answer = AnswerText(tokenizer)
@@ -94,8 +94,8 @@ def test_a_stop_at_the_very_start_and_the_first_of_several_stops_are_found() -> 
 def test_token_texts_decode_each_token_alone_for_any_tokenizer() -> None:
     """Fast tokenizers decode the whole vocabulary in one batch; any other tokenizer one token
     at a time: the same texts either way."""
-    from langchain_confspec.decoding import token_texts
-    from langchain_confspec.tiny import build_tokenizer
+    from langchain_confspec.engine.decoding import token_texts
+    from langchain_confspec.models.tiny import build_tokenizer
 
     fast = build_tokenizer()
 

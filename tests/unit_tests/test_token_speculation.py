@@ -10,8 +10,8 @@ import torch
 
 from langchain_confspec import ConfigurationError, ConfSpecEngine, Writer, wrap_model
 from langchain_confspec.config import build_config
-from langchain_confspec.decoding import TokenChooser
-from langchain_confspec.speculation import (
+from langchain_confspec.engine.decoding import TokenChooser
+from langchain_confspec.engine.speculation import (
     DEPTH_TABLE_FILE,
     DepthPolicy,
     Proposal,
@@ -19,7 +19,7 @@ from langchain_confspec.speculation import (
     normalised_entropy,
     verify_proposal,
 )
-from langchain_confspec.tiny import build_model, build_tokenizer
+from langchain_confspec.models.tiny import build_model, build_tokenizer
 
 PROMPTS = ["Hello world", "What is 12 * 12?", "Tom has 3 apples and buys 4 more.", "The quick brown fox", "24 + 36"]
 ALWAYS_DEEP = DepthPolicy(max_depth=6, min_path_chance=0.0)
@@ -100,9 +100,9 @@ def test_a_speculative_writer_yields_text_only_when_streaming_and_keeps_both_ses
     """With and without a seed (a rejected step checked first), nothing is yielded unless
     streaming, both sessions end holding the step, and a step written without a seed reused
     nothing."""
-    from langchain_confspec.decoding import StopScanner, write_step
-    from langchain_confspec.session import ModelSession
-    from langchain_confspec.speculation import speculative_step_texts
+    from langchain_confspec.engine.decoding import StopScanner, write_step
+    from langchain_confspec.engine.speculation import speculative_step_texts
+    from langchain_confspec.models.session import ModelSession
 
     prompt = related_engine.target.render_prompt(turns(PROMPTS[1]))
     rules = {"budget": 10, "delimiters": ["\n\n"], "stops": StopScanner([])}
@@ -123,7 +123,7 @@ def test_a_speculative_writer_yields_text_only_when_streaming_and_keeps_both_ses
 def test_depth_samples_label_each_round_up_to_its_first_refusal(related_engine: ConfSpecEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     """What `confspec fit-depth` learns from: per round, every kept token (True) and the first
     refused one (False); tokens after it were never judged and are left out."""
-    from langchain_confspec import speculation
+    from langchain_confspec.engine import speculation
 
     rounds: list[tuple[int, int]] = []  # (kept, proposed) per round, as the rule decided
 
@@ -145,8 +145,8 @@ def test_depth_samples_label_each_round_up_to_its_first_refusal(related_engine: 
 def test_a_device_round_leaves_both_sessions_holding_the_proposal(related_engine: ConfSpecEngine, temperature: float) -> None:
     """After each round both models hold the same text (the draft's last token still to be
     read), so the next round starts in step; every proposed token has its entropy."""
-    from langchain_confspec.session import ModelSession
-    from langchain_confspec.speculation import device_round
+    from langchain_confspec.engine.speculation import device_round
+    from langchain_confspec.models.session import ModelSession
 
     prompt = related_engine.target.render_prompt(turns(PROMPTS[2]))
     target, draft = ModelSession(related_engine.target, prompt), ModelSession(related_engine.draft, prompt)

@@ -25,11 +25,21 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel
 
 from langchain_confspec import ConfSpecChatModel
+from langchain_confspec.chat_model.messages import to_chat_turns
+from langchain_confspec.chat_model.tool_calls import (
+    ToolCallHoldback,
+    parse_tool_calls,
+    schema_mismatch,
+)
 from langchain_confspec.config import SpecConfig
-from langchain_confspec.engine import RunResult
+from langchain_confspec.engine.outputs import RunResult
 from langchain_confspec.errors import ConfigurationError, UnsupportedSchemaError
-from langchain_confspec.messages import to_chat_turns
-from langchain_confspec.prompting import render_prompt, template_abilities
+from langchain_confspec.models.prompting import (
+    format_tool_call,
+    render_prompt,
+    template_abilities,
+)
+from langchain_confspec.models.tiny import TOOLS_CHAT_TEMPLATE, build_tokenizer
 from langchain_confspec.records import (
     Decision,
     ModelCounters,
@@ -37,13 +47,6 @@ from langchain_confspec.records import (
     StepRecord,
     Writer,
     summarize,
-)
-from langchain_confspec.tiny import TOOLS_CHAT_TEMPLATE, build_tokenizer
-from langchain_confspec.tool_calls import (
-    ToolCallHoldback,
-    format_tool_call,
-    parse_tool_calls,
-    schema_mismatch,
 )
 
 

@@ -8,10 +8,10 @@ from transformers import AutoTokenizer
 
 from langchain_confspec import ConfigurationError, ConfSpecEngine
 from langchain_confspec.config import build_config
-from langchain_confspec.gate import GateAction, gate, target_accepts
-from langchain_confspec.loading import DEMO_PAIR_DIR
-from langchain_confspec.tiny import build_tokenizer
-from langchain_confspec.verification import VerdictReader
+from langchain_confspec.demo import DEMO_PAIR_DIR
+from langchain_confspec.engine.gate import GateAction, gate, target_accepts
+from langchain_confspec.engine.verification import VerdictReader
+from langchain_confspec.models.tiny import build_tokenizer
 
 TURNS = [{"role": "user", "content": "What is 12 * 12?"}]
 

@@ -24,19 +24,19 @@ from dataclasses import dataclass
 
 import torch
 
-from langchain_confspec.batching import BatchScheduler
-from langchain_confspec.cache_budget import CachePlan
 from langchain_confspec.config import FastPath
-from langchain_confspec.cuda_graphs import GraphCapture, timed
 from langchain_confspec.errors import (
     ConfigurationError,
     ModelOutOfMemoryError,
     is_sticky_cuda_error,
 )
-from langchain_confspec.loading import LoadedModel
-from langchain_confspec.session import DynamicKV, KVBackend, StaticKV
-from langchain_confspec.static_cache import check_static_support
-from langchain_confspec.static_runner import StaticRunner, WarmupReport
+from langchain_confspec.models.batching import BatchScheduler
+from langchain_confspec.models.cache_budget import CachePlan
+from langchain_confspec.models.cuda_graphs import GraphCapture, timed
+from langchain_confspec.models.loading import LoadedModel
+from langchain_confspec.models.session import DynamicKV, KVBackend, StaticKV
+from langchain_confspec.models.static_cache import check_static_support
+from langchain_confspec.models.static_runner import StaticRunner, WarmupReport
 
 logger = logging.getLogger(__name__)
 

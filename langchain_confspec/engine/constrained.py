@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from langchain_confspec.decoding import TokenChooser, WrittenStep
+from langchain_confspec.engine.decoding import TokenChooser, WrittenStep
 from langchain_confspec.errors import UnsupportedSchemaError
-from langchain_confspec.records import StepEnd
-from langchain_confspec.session import ModelSession
+from langchain_confspec.models.session import ModelSession
+from langchain_confspec.records import Span, StepEnd
 
 MAX_STRING_TOKENS = 64
 MAX_NUMBER_DIGITS = 15
@@ -409,3 +409,21 @@ class JsonWriter:
 def write_json(session: ModelSession, chooser: TokenChooser, plan: Node, *, budget: int) -> WrittenStep:
     """Write `plan` over `session` (ends `EOS` when complete, `LENGTH` when out of budget)."""
     return JsonWriter(session, chooser, budget=budget).write(plan)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """An answer that must follow a JSON plan, and what kind of span that makes it.
+
+    `after_reasoning`: the steps are written first, unconstrained and speculated as for a
+    plain answer, and the constrained span comes after them with the steps in context, so
+    that a chain-of-thought model can reason before it commits to the object.
+    `opened_by`: the constrained span is written only where the model itself writes this
+    opener (a tool call's tag, under `tool_choice="auto"`), right after it; an answer that
+    ends without it is a plain answer.
+    """
+
+    plan: Node
+    span: Span
+    after_reasoning: bool = False
+    opened_by: str = ""

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from langchain_core.exceptions import OutputParserException
-from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, ToolCallChunk
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.output_parsers import (
@@ -29,14 +29,15 @@ from langchain_core.utils.function_calling import (
 from pydantic import BaseModel, ValidationError
 from pydantic.v1 import BaseModel as BaseModelV1
 
-from langchain_confspec.constrained import compile_schema, tool_call_plan
-from langchain_confspec.engine import Constraint
+from langchain_confspec.chat_model.tool_calls import ParsedAnswer
+from langchain_confspec.engine.constrained import (
+    Constraint,
+    compile_schema,
+    tool_call_plan,
+)
 from langchain_confspec.errors import ConfigurationError, UnsupportedSchemaError
+from langchain_confspec.models.prompting import CLOSE_TAG, OPEN_TAG
 from langchain_confspec.records import Span
-from langchain_confspec.tool_calls import CLOSE_TAG, OPEN_TAG, ParsedAnswer
-
-if TYPE_CHECKING:
-    from langchain_confspec.chat_model import ConfSpecChatModel
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def tool_call_chunks(answer: ParsedAnswer) -> list[ToolCallChunk]:
 
 
 def structured_output_runnable(
-    model: ConfSpecChatModel,
+    model: BaseChatModel,
     schema: dict[str, Any] | type | None,
     *,
     method: Literal["json_schema", "function_calling", "json_mode"],

@@ -12,18 +12,18 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import replace
 
-from langchain_confspec.answer_text import AnswerText
-from langchain_confspec.decoding import (
+from langchain_confspec.engine.answer_text import AnswerText
+from langchain_confspec.engine.decoding import (
     StepBuilder,
     StopScanner,
     TokenChooser,
     WrittenStep,
     take_seed,
 )
+from langchain_confspec.engine.verification import VerdictReader
 from langchain_confspec.errors import RemoteModelError
+from langchain_confspec.models.remote import RemoteModel, ServerCounters
 from langchain_confspec.records import ModelCounters, Verdict
-from langchain_confspec.remote import RemoteModel, ServerCounters
-from langchain_confspec.verification import VerdictReader
 
 FAST_PATH = "remote"
 """What the records say a served model's passes ran on."""

@@ -30,9 +30,9 @@ from langchain_confspec.errors import (
     RemoteModelError,
     TokenizerMismatchError,
 )
-from langchain_confspec.prompting import render_prompt
+from langchain_confspec.models.prompting import render_prompt
+from langchain_confspec.models.server_apis import APIS, ServerAPI
 from langchain_confspec.records import ServerWork
-from langchain_confspec.server_apis import APIS, ServerAPI
 
 T = TypeVar("T")
 

@@ -16,18 +16,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import DynamicCache
 
-from langchain_confspec.batching import BatchScheduler, PassJob, TokenIds
-from langchain_confspec.loading import LoadedModel
+from langchain_confspec.models.batching import BatchScheduler, PassJob, TokenIds
+from langchain_confspec.models.loading import LoadedModel
+from langchain_confspec.models.static_runner import StaticRunner
 from langchain_confspec.records import ModelCounters
-from langchain_confspec.static_runner import StaticRunner
 
-if TYPE_CHECKING:
-    from langchain_confspec.decoding import TokenChooser
+
+class TokenChooser(Protocol):
+    """How the engine picks a token from logits (`engine.decoding.TokenChooser`): on the
+    device for a batched step (`pick`), or from one row's logits (`choose`)."""
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor: ...
+
+    def choose(self, logits: torch.Tensor) -> int: ...
 
 
 class KVBackend(Protocol):

@@ -14,9 +14,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from langchain_confspec.audit import AuditEntry
+from langchain_confspec.audit.display import SHORT_DECISION, format_outcome
+from langchain_confspec.audit.log import AuditEntry
 from langchain_confspec.config import Mode
-from langchain_confspec.display import SHORT_DECISION, format_outcome
 from langchain_confspec.records import Decision, RunSummary, StepRecord, Writer
 
 _FATES = {

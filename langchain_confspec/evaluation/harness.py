@@ -20,7 +20,8 @@ from typing import Any
 
 from langchain_confspec.config import Mode, SpecConfig, build_config
 from langchain_confspec.demo.problems import extract_answer, make_problems
-from langchain_confspec.engine import ConfSpecEngine, RunResult
+from langchain_confspec.engine.engine import ConfSpecEngine
+from langchain_confspec.engine.outputs import RunResult
 from langchain_confspec.records import Writer
 
 AnswerExtractor = Callable[[str], "str | None"]

@@ -17,15 +17,15 @@ import threading
 import weakref
 from typing import Any
 
-from langchain_confspec.cache_budget import KVBudget
-from langchain_confspec.engine import ConfSpecEngine
-from langchain_confspec.loading import (
+from langchain_confspec.engine.engine import ConfSpecEngine
+from langchain_confspec.models.cache_budget import KVBudget
+from langchain_confspec.models.loading import (
     LoadedModel,
     load_model,
     load_tokenizer,
     wrap_model,
 )
-from langchain_confspec.remote import RemoteModel
+from langchain_confspec.models.remote import RemoteModel
 
 _LOCK = threading.RLock()
 _TOKENIZERS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from langchain_confspec.errors import ConfigurationError
-from langchain_confspec.loading import rollback_problem
+from langchain_confspec.models.loading import rollback_problem
 
 # Attention implementations whose masks this cache knows how to build: `sdpa` takes a boolean
 # mask (True attends), `eager` an additive one (0 or the dtype's minimum).

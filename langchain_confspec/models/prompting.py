@@ -16,7 +16,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from langchain_confspec.tool_calls import CLOSE_TAG, OPEN_TAG, format_tool_call
+# Tool calls as Hermes / Qwen-style models write them, in their text.
+OPEN_TAG = "<tool_call>"
+CLOSE_TAG = "</tool_call>"
 
 # For tokenizers that ship without a chat template (base models): plain role prefixes.
 FALLBACK_CHAT_TEMPLATE = (
@@ -29,6 +31,11 @@ _PROBE_TOOL = {
     "type": "function",
     "function": {"name": _PROBE_NAME, "description": "", "parameters": {"type": "object", "properties": {}}},
 }
+
+
+def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
+    """How a call is written in a conversation, for templates that have no tool-call syntax."""
+    return f"{OPEN_TAG}\n{json.dumps({'name': name, 'arguments': arguments})}\n{CLOSE_TAG}"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from langchain_confspec.evaluation import Calibration, ModeReport
+from langchain_confspec.evaluation.harness import Calibration, ModeReport
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -29,13 +29,12 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET
+from langchain_confspec.demo import DEMO_DRAFT, DEMO_PAIR_DIR, DEMO_TARGET
 from langchain_confspec.errors import ModelLoadError, TokenizerMismatchError
-from langchain_confspec.prompting import render_prompt
+from langchain_confspec.models.prompting import render_prompt
 
 logger = logging.getLogger(__name__)
 
-DEMO_PAIR_DIR = Path(__file__).parent / "demo" / "pair"
 DEMO_MODELS = {DEMO_DRAFT: DEMO_PAIR_DIR / "draft", DEMO_TARGET: DEMO_PAIR_DIR / "target"}
 HUB_PROBE_SECONDS = 2.0
 

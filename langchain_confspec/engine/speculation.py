@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from langchain_confspec.answer_text import AnswerText
-from langchain_confspec.decoding import (
+from langchain_confspec.engine.answer_text import AnswerText
+from langchain_confspec.engine.decoding import (
     StepBuilder,
     StopScanner,
     TokenChooser,
@@ -30,9 +30,9 @@ from langchain_confspec.decoding import (
     kept_prefix,
     take_seed,
 )
+from langchain_confspec.engine.remote_session import RemoteSession
+from langchain_confspec.models.session import ModelSession
 from langchain_confspec.records import TokenSpeculation
-from langchain_confspec.remote_session import RemoteSession
-from langchain_confspec.session import ModelSession
 
 DEPTH_TABLE_FILE = "confspec_depth.json"
 TOP_K = 8

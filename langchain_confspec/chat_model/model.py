@@ -11,14 +11,13 @@ import asyncio
 import difflib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import (
     LangSmithParams,
     generate_from_stream,
@@ -27,70 +26,58 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    ToolCallChunk,
 )
-from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import (
     BaseModel,
-    ConfigDict,
-    Field,
     PrivateAttr,
-    SecretStr,
     ValidationError,
 )
 
-from langchain_confspec.cache_budget import validate_budget
-from langchain_confspec.callbacks import (
-    DRAFT_TOKEN_EVENT,
-    STEP_EVENT,
-    SUMMARY_EVENT,
+from langchain_confspec.chat_model.callbacks import (
     EventEmitter,
 )
-from langchain_confspec.config import (
-    FastPath,
-    Mode,
-    SpecConfig,
-    VerificationStyle,
-    build_config,
-    settings_error,
+from langchain_confspec.chat_model.fields import ChatModelFields
+from langchain_confspec.chat_model.messages import to_chat_turns
+from langchain_confspec.chat_model.responses import (
+    Chunker,
+    Request,
+    event_of,
+    with_tool_call_errors,
 )
-from langchain_confspec.decoding import StopHoldback
-from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
-from langchain_confspec.engine import (
-    DEFAULT_MAX_BATCH,
-    ConfSpecEngine,
-    Constraint,
-    RunResult,
-    TextDelta,
-)
-from langchain_confspec.errors import ConfigurationError
-from langchain_confspec.loading import LoadedModel
-from langchain_confspec.messages import to_chat_turns
-from langchain_confspec.prompting import render_prompt
-from langchain_confspec.records import Span, StepRecord
-from langchain_confspec.remote import RemoteModel
-from langchain_confspec.sharing import (
+from langchain_confspec.chat_model.sharing import (
     engine_for,
     model_by_name,
     model_object,
     served_model,
     tokenizer_by_name,
 )
-from langchain_confspec.static_runner import WarmupReport
-from langchain_confspec.structured import (
+from langchain_confspec.chat_model.structured import (
     REASON_FIRST_KWARG,
     SCHEMA_KWARG,
     answer_shape,
     resolve_tool_choice,
     structured_output_runnable,
-    tool_call_chunks,
 )
-from langchain_confspec.threading_bridge import iterate_in_thread
-from langchain_confspec.tool_calls import ToolCallHoldback, parse_tool_calls
+from langchain_confspec.chat_model.threading_bridge import iterate_in_thread
+from langchain_confspec.config import (
+    FastPath,
+    SpecConfig,
+    build_config,
+    settings_error,
+)
+from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
+from langchain_confspec.engine.engine import ConfSpecEngine
+from langchain_confspec.engine.outputs import RunResult
+from langchain_confspec.errors import ConfigurationError
+from langchain_confspec.models.cache_budget import validate_budget
+from langchain_confspec.models.loading import LoadedModel
+from langchain_confspec.models.prompting import render_prompt
+from langchain_confspec.models.remote import RemoteModel
+from langchain_confspec.models.static_runner import WarmupReport
 
 # Call option through which stream()/astream() hand `_stream` the run's event emitter.
 _EMITTER_KWARG = "_confspec_emitter"
@@ -98,7 +85,7 @@ _EMITTER_KWARG = "_confspec_emitter"
 _TOKENS_KWARG = "_confspec_stream_text"
 
 
-class ConfSpecChatModel(BaseChatModel):
+class ConfSpecChatModel(ChatModelFields):
     """Chat model answering by step-level speculative reasoning over two local HF models.
 
     A small **draft** writes each reasoning step and judges it; its confident verdicts stand,
@@ -194,105 +181,6 @@ class ConfSpecChatModel(BaseChatModel):
         Each step is also sent to callbacks as a `confspec_step` custom event, and the
         summary as `confspec_summary`.
     """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), use_attribute_docstrings=True)
-
-    draft_model: str | None = None
-    """Hugging Face id or local path of the draft (small) model."""
-    target_model: str | None = None
-    """Hugging Face id or local path of the target (large) model; with `target_url`, of its
-    tokenizer only."""
-    target_url: str | None = None
-    """Base URL of a server that serves the target (`target_engine`), e.g.
-    `http://127.0.0.1:8080`: no target weights load here, prompts go to it as token ids
-    (docs/remote-target.md)."""
-    target_engine: Literal["auto", "llama.cpp", "vllm", "sglang"] = "auto"
-    """What serves `target_url`: llama.cpp's `llama-server`, vLLM's OpenAI-compatible server,
-    SGLang's native API, or `auto` (asked of the server at start-up)."""
-    target_api_key: SecretStr | None = None
-    """API key the target's server asks for (sent as a bearer token; never shown or logged)."""
-    target_timeout: float = Field(default=60.0, gt=0)
-    """Seconds a request to the target's server may take, per try (the client retries twice)."""
-    draft: Any = Field(default=None, exclude=True, repr=False)
-    """An already-loaded draft model, used instead of loading `draft_model`."""
-    draft_tokenizer: Any = Field(default=None, exclude=True, repr=False)
-    """Tokenizer of a preloaded `draft` (loaded from `draft_model` when omitted)."""
-    target: Any = Field(default=None, exclude=True, repr=False)
-    """An already-loaded target model, used instead of loading `target_model`."""
-    target_tokenizer: Any = Field(default=None, exclude=True, repr=False)
-    """Tokenizer of a preloaded `target` (loaded from `target_model` when omitted)."""
-    device_map: str | dict[str, Any] | None = None
-    """Passed to `from_pretrained`, e.g. "auto" to place models on GPUs."""
-    torch_dtype: Any = None
-    """Passed to `from_pretrained` as the weights' dtype, e.g. "bfloat16"."""
-
-    mode: Mode = Mode.CONFSPEC
-    """`confspec`, `target_only`, `draft_only` or `always_verify` (the target judges every step)."""
-    step_delimiters: list[str] = Field(default_factory=lambda: ["\n\n"])
-    """Text that ends a reasoning step."""
-    max_step_tokens: int = 128
-    """Longest step, in tokens."""
-    max_tokens: int = 512
-    """Longest answer, in tokens."""
-    stop: list[str] | None = None
-    """Stop strings, matched on the text (also across token boundaries)."""
-    verification: VerificationStyle = VerificationStyle.BINARY
-    """Ask for a Yes/No verdict (`binary`) or a 0-9 `score`."""
-    verification_prompt: str | None = None
-    """Replaces the default verification suffix appended after a step."""
-    score_pass_mark: int = 7
-    """With `verification="score"`, the lowest passing score."""
-    accept_threshold: float = 0.8
-    """Draft confidence at which its own accept verdict stands (above 1: never)."""
-    reject_threshold: float = 0.9
-    """Draft confidence at which its own reject verdict stands (above 1: never)."""
-    target_accept_threshold: float = 0.5
-    """Target acceptance probability needed to keep an escalated step."""
-    verdict_mass_floor: float = 0.5
-    """Least probability a model must put on the verdict tokens for its verdict to count: below
-    it the draft's verdict is uncertain (the step escalates) and the target's a rejection."""
-    token_speculation: bool = False
-    """Let the draft propose tokens inside the target's own steps (same output, fewer target passes)."""
-    speculation_depth: int | None = None
-    """With token speculation: `None` lets the draft's entropy decide how far each proposal goes
-    (one host read per proposed token); a number (1-64) proposes that many tokens every round,
-    made and checked on the device with one host read per round. Same output either way."""
-    rewrite_from_rejected: bool = True
-    """When the target rewrites a rejected step (greedy decoding), check the rejected step as its
-    first proposal: the rewrite keeps the prefix the target would write itself, so an identical
-    rewrite costs one target pass (none after the target's own verdict) instead of one per token.
-    Same output either way."""
-    temperature: float = 0.0
-    """0 decodes greedily."""
-    top_p: float = 1.0
-    """Nucleus sampling mass, when `temperature` > 0."""
-    seed: int | None = None
-    """Seed for sampling; a fixed seed makes sampled answers repeatable."""
-    fast_path: FastPath = FastPath.AUTO
-    """How forward passes run: `off` (a dynamic KV cache per call), `static` (each model's
-    preallocated cache, rolled back by position), `graphs` (static plus CUDA graphs; CUDA
-    only) or `auto` (`graphs` on CUDA, the faster of the others on the CPU)."""
-    max_context: int | None = Field(default=None, ge=2)
-    """Context window the engine uses for each model, in tokens (default: the model's own).
-    It sizes the static KV caches, so lower it to what your calls need on long-context models."""
-    max_batch: int = Field(default=DEFAULT_MAX_BATCH, ge=1)
-    """Calls answered at once: each holds a row of every static cache, and their forward passes
-    run together in batches (on `static` and `graphs`). More wait for a free slot. The KV
-    budget may allow fewer rows (see `kv_cache_memory`)."""
-    kv_cache_memory: int | float | None = None
-    """Memory for both models' static KV caches: bytes (an int) or a fraction of the device's
-    free memory after the weights (a float in (0, 1]); default half of it on CUDA, a quarter of
-    the available memory on the CPU. Rows and each row's context come out of it: rows are given
-    up before a row drops below 4,096 tokens, then the row shrinks (a call whose prompt and
-    `max_tokens` do not fit goes to `off` under `auto`; a prompt longer than a row is refused at
-    once, naming the budget, on `static`/`graphs`); where
-    not one row of 256 tokens fits, `auto` uses `off`. The warm-up report and an INFO log line
-    say what was chosen."""
-    streaming: bool = False
-    """Whether `invoke` streams tokens to callbacks by default."""
-    metadata_steps: Literal["full", "numbers", "none"] = "full"
-    """Step records in `response_metadata`: all of them, only ids and numbers (no texts,
-    for tracing back ends that should stay small), or none (the summary only)."""
 
     _engine: ConfSpecEngine | None = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
@@ -466,11 +354,15 @@ class ConfSpecChatModel(BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[AIMessage]:
-        """As LangChain's `batch`, with the shared static caches ready first, so that on the
-        CPU the calls batch their forward passes instead of taking turns."""
-        if self._batches_on_auto(inputs, kwargs):
-            self._get_engine().prepare_batching()
-        return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
+        """As LangChain's `batch`, with the shared static caches ready first and every call of
+        the batch on them, so that on the CPU the calls batch their forward passes instead of
+        taking turns."""
+        if not self._batches_on_auto(inputs, kwargs):
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
+        engine = self._get_engine()
+        engine.prepare_batching()
+        with engine.batch_of_calls():
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
 
     async def abatch(
         self,
@@ -481,9 +373,12 @@ class ConfSpecChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> list[AIMessage]:
         """As `batch`, for asyncio (the preparation runs in a worker thread)."""
-        if self._batches_on_auto(inputs, kwargs):
-            await asyncio.to_thread(self._get_engine().prepare_batching)
-        return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
+        if not self._batches_on_auto(inputs, kwargs):
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
+        engine = self._get_engine()
+        await asyncio.to_thread(engine.prepare_batching)
+        with engine.batch_of_calls():
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
 
     def _batches_on_auto(self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]) -> bool:
         return len(inputs) > 1 and kwargs.get("fast_path", self.fast_path) == FastPath.AUTO  # a str enum
@@ -526,7 +421,7 @@ class ConfSpecChatModel(BaseChatModel):
             if stream_tokens:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)  # type: ignore[union-attr]
             chunks.append(chunk)
-        return _with_tool_call_errors(generate_from_stream(iter(chunks)))
+        return with_tool_call_errors(generate_from_stream(iter(chunks)))
 
     async def _agenerate(
         self,
@@ -543,7 +438,7 @@ class ConfSpecChatModel(BaseChatModel):
             if stream_tokens:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)  # type: ignore[union-attr]
             chunks.append(chunk)
-        return _with_tool_call_errors(generate_from_stream(iter(chunks)))
+        return with_tool_call_errors(generate_from_stream(iter(chunks)))
 
     def _stream(
         self,
@@ -557,9 +452,9 @@ class ConfSpecChatModel(BaseChatModel):
         emitter = kwargs.pop(_EMITTER_KWARG, None) or (EventEmitter.for_run(run_manager) if run_manager else None)
         stream_text = kwargs.pop(_TOKENS_KWARG, True)
         request = self._prepare(messages, stop, kwargs)
-        chunker = _Chunker(self, request)
+        chunker = Chunker(request, self._response_metadata)
         for item in request.run(self._get_engine(), stream_text=stream_text):
-            if emitter and (event := _event(item)):
+            if emitter and (event := event_of(item)):
                 emitter.emit(*event)
             chunk = chunker.chunk(item)
             if chunk is not None:
@@ -575,9 +470,9 @@ class ConfSpecChatModel(BaseChatModel):
         emitter = kwargs.pop(_EMITTER_KWARG, None) or (EventEmitter.for_run(run_manager) if run_manager else None)
         stream_text = kwargs.pop(_TOKENS_KWARG, True)
         request = self._prepare(messages, stop, kwargs)
-        chunker = _Chunker(self, request)
+        chunker = Chunker(request, self._response_metadata)
         async for item in iterate_in_thread(lambda: request.run(self._get_engine(), stream_text=stream_text)):
-            if emitter and (event := _event(item)):
+            if emitter and (event := event_of(item)):
                 await emitter.aemit(*event)
             chunk = chunker.chunk(item)
             if chunk is not None:
@@ -599,7 +494,7 @@ class ConfSpecChatModel(BaseChatModel):
         )
         return {**config, "run_id": run_id}, emitter
 
-    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Request:
+    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> Request:
         """Validate the call before any model work: the turns, this call's settings, its tools."""
         _check_options(kwargs)
         tools, constraint = answer_shape(
@@ -609,7 +504,7 @@ class ConfSpecChatModel(BaseChatModel):
             strict=bool(kwargs.pop("strict", None)),
             reason_first=bool(kwargs.pop(REASON_FIRST_KWARG, True)),
         )
-        return _Request(to_chat_turns(messages), self._call_config(stop, kwargs), tools, constraint)
+        return Request(to_chat_turns(messages), self._call_config(stop, kwargs), tools, constraint)
 
     def _spec_config(self, **overrides: Any) -> SpecConfig:
         settings = {name: getattr(self, name) for name in SpecConfig.model_fields}
@@ -711,119 +606,6 @@ def _check_options(options: dict[str, Any], *, binding: bool = False) -> None:
         nearest = difflib.get_close_matches(name, sorted(known - {_EMITTER_KWARG, _TOKENS_KWARG, SCHEMA_KWARG}), n=1)
         hint = f" Did you mean {nearest[0]!r}?" if nearest else ""
         raise ConfigurationError(f"Unknown call option {name!r}.{hint}")
-
-
-def _event(item: StepRecord | TextDelta | RunResult) -> tuple[str, dict[str, Any]] | None:
-    """The custom event announcing a step record, provisional draft text, or the run's summary."""
-    if isinstance(item, RunResult):
-        return SUMMARY_EVENT, item.summary.model_dump(mode="json")
-    if isinstance(item, TextDelta):
-        return (DRAFT_TOKEN_EVENT, {"step": item.step, "text": item.text}) if item.provisional else None
-    return STEP_EVENT, item.model_dump(mode="json")
-
-
-@dataclass(frozen=True)
-class _Request:
-    """One call, validated: what to answer, with which settings, tools and constraint."""
-
-    turns: list[dict[str, Any]]
-    config: SpecConfig
-    tools: list[dict[str, Any]] | None
-    constraint: Constraint | None
-
-    def run(self, engine: ConfSpecEngine, *, stream_text: bool) -> Iterator[StepRecord | TextDelta | RunResult]:
-        return engine.run(self.turns, self.config, tools=self.tools, constraint=self.constraint, stream_text=stream_text)
-
-
-class _Chunker:
-    """Turns engine output into message chunks that merge into the final message.
-
-    With tools bound, text from the first `<tool_call>` on is held back and the calls come
-    as `tool_call_chunks` on the last chunk, so no half-written call is streamed as text.
-    Reasoning steps before a constrained object go out as `reasoning_content`, so that the
-    content is the object alone.
-    """
-
-    def __init__(self, model: ConfSpecChatModel, request: _Request) -> None:
-        self.model = model
-        self.reasoning_first = request.constraint is not None and request.constraint.after_reasoning
-        self.holdback = StopHoldback(request.config.stop)
-        self.tool_holdback = ToolCallHoldback() if request.tools else None
-        self.tools = request.tools
-        self._streamed: dict[int, int] = {}  # step index -> characters of it already streamed
-
-    def chunk(self, item: StepRecord | TextDelta | RunResult) -> ChatGenerationChunk | None:
-        if isinstance(item, RunResult):
-            return self._last_chunk(item)
-        if isinstance(item, TextDelta):
-            if item.provisional:  # a draft step awaiting its verdict: announced by an event only
-                return None
-            self._streamed[item.step] = self._streamed.get(item.step, 0) + len(item.text)
-            return self._reasoning_chunk(item.text) if self._is_reasoning(item.span) else self._text_chunk(item.text)
-        rest = item.text[self._streamed.pop(item.index, 0) :]  # what was not streamed yet
-        return self._reasoning_chunk(rest) if self._is_reasoning(item.span) else self._text_chunk(rest)
-
-    def _is_reasoning(self, span: Span) -> bool:
-        return self.reasoning_first and span is Span.TEXT
-
-    @staticmethod
-    def _reasoning_chunk(text: str) -> ChatGenerationChunk | None:
-        if not text:
-            return None
-        return ChatGenerationChunk(message=AIMessageChunk(content="", additional_kwargs={"reasoning_content": text}))
-
-    def _text_chunk(self, text: str) -> ChatGenerationChunk | None:
-        text = self.holdback.feed(text)
-        if self.tool_holdback is not None:
-            text = self.tool_holdback.feed(text)
-        return ChatGenerationChunk(message=AIMessageChunk(content=text)) if text else None
-
-    def _last_chunk(self, result: RunResult) -> ChatGenerationChunk:
-        # Usage, names and float-valued summaries go on the last chunk only: merging chunks
-        # sums usage, concatenates strings and refuses two different floats.
-        metadata = self.model._response_metadata(result)
-        content = result.text
-        if self.reasoning_first:
-            content = "".join(r.text for r in result.records if r.span is not Span.TEXT)
-        rest = self.holdback.finish(content)
-        call_chunks: list[ToolCallChunk] = []
-        if self.tool_holdback is not None:
-            answer = parse_tool_calls(result.text, self.tools)
-            rest = answer.content[self.tool_holdback.released :]
-            call_chunks = tool_call_chunks(answer)
-            if answer.tool_calls:
-                metadata["finish_reason"] = "tool_calls"
-            if answer.invalid_tool_calls:
-                metadata["confspec"]["invalid_tool_call_errors"] = {c["id"]: c["error"] for c in answer.invalid_tool_calls}
-        return ChatGenerationChunk(
-            message=AIMessageChunk(
-                content=rest,
-                chunk_position="last",
-                response_metadata=metadata,
-                usage_metadata=_usage(result),
-                tool_call_chunks=call_chunks,
-            )
-        )
-
-
-def _with_tool_call_errors(result: ChatResult) -> ChatResult:
-    """Put back the reasons why tool calls were invalid (merging chunks drops them)."""
-    message = result.generations[0].message
-    errors = message.response_metadata.get("confspec", {}).get("invalid_tool_call_errors")
-    if errors and isinstance(message, AIMessage):
-        for call in message.invalid_tool_calls:
-            call["error"] = errors.get(call["id"] or "", call["error"])
-    return result
-
-
-def _usage(result: RunResult) -> UsageMetadata:
-    output_tokens = sum(r.n_tokens for r in result.records)
-    return UsageMetadata(
-        input_tokens=result.input_tokens,
-        output_tokens=output_tokens,
-        total_tokens=result.input_tokens + output_tokens,
-        output_token_details=result.output_tokens_by_writer,  # type: ignore[typeddict-item]
-    )
 
 
 ChatConfSpec = ConfSpecChatModel

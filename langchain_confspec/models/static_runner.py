@@ -23,10 +23,15 @@ import logging
 import torch
 from pydantic import BaseModel, Field, computed_field
 
-from langchain_confspec.batching import PassJob, TokenIds
-from langchain_confspec.cuda_graphs import GraphCapture, Replay, graph_memory, timed
-from langchain_confspec.loading import LoadedModel
-from langchain_confspec.static_cache import StaticKVCache
+from langchain_confspec.models.batching import PassJob, TokenIds
+from langchain_confspec.models.cuda_graphs import (
+    GraphCapture,
+    Replay,
+    graph_memory,
+    timed,
+)
+from langchain_confspec.models.loading import LoadedModel
+from langchain_confspec.models.static_cache import StaticKVCache
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage, ChatMessage, HumanMessage
 from pydantic import BaseModel, Field, ValidationError
 
-from langchain_confspec.callbacks import STEP_EVENT, SUMMARY_EVENT
+from langchain_confspec.chat_model.callbacks import STEP_EVENT, SUMMARY_EVENT
 from langchain_confspec.records import RunSummary, StepRecord
 
 logger = logging.getLogger(__name__)

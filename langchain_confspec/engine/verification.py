@@ -15,8 +15,8 @@ from transformers import PreTrainedTokenizerBase
 
 from langchain_confspec.config import SpecConfig, VerificationStyle
 from langchain_confspec.errors import ConfigurationError
+from langchain_confspec.models.session import ModelSession
 from langchain_confspec.records import Verdict
-from langchain_confspec.session import ModelSession
 
 _YES_WORDS = ("Yes", "yes", "YES")
 _NO_WORDS = ("No", "no", "NO")

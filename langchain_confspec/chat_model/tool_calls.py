@@ -17,18 +17,13 @@ from typing import Any
 from langchain_core.messages import InvalidToolCall, ToolCall
 from langchain_core.messages.tool import invalid_tool_call, tool_call
 
-OPEN_TAG = "<tool_call>"
-CLOSE_TAG = "</tool_call>"
+from langchain_confspec.models.prompting import CLOSE_TAG, OPEN_TAG
+
 _BLOCK = re.compile(re.escape(OPEN_TAG) + r"(.*?)(?:" + re.escape(CLOSE_TAG) + r"|$)", re.DOTALL)
 
 
 def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
-
-
-def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
-    """How a call is written in a conversation, for templates that have no tool-call syntax."""
-    return f"{OPEN_TAG}\n{json.dumps({'name': name, 'arguments': arguments})}\n{CLOSE_TAG}"
 
 
 @dataclass

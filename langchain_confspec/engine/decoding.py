@@ -16,10 +16,10 @@ from typing import Any, Protocol, TypeVar
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from langchain_confspec.answer_text import UNFINISHED, AnswerText
 from langchain_confspec.config import SpecConfig
+from langchain_confspec.engine.answer_text import UNFINISHED, AnswerText
+from langchain_confspec.models.session import ModelSession
 from langchain_confspec.records import StepEnd
-from langchain_confspec.session import ModelSession
 
 T = TypeVar("T")
 
