@@ -37,9 +37,7 @@ from pydantic import (
     ValidationError,
 )
 
-from langchain_confspec.chat_model.callbacks import (
-    EventEmitter,
-)
+from langchain_confspec.chat_model.callbacks import EventEmitter
 from langchain_confspec.chat_model.fields import ChatModelFields
 from langchain_confspec.chat_model.messages import to_chat_turns
 from langchain_confspec.chat_model.responses import (

@@ -20,13 +20,9 @@ from langchain_confspec.chat_model.callbacks import (
     STEP_EVENT,
     SUMMARY_EVENT,
 )
-from langchain_confspec.chat_model.structured import (
-    tool_call_chunks,
-)
+from langchain_confspec.chat_model.structured import tool_call_chunks
 from langchain_confspec.chat_model.tool_calls import ToolCallHoldback, parse_tool_calls
-from langchain_confspec.config import (
-    SpecConfig,
-)
+from langchain_confspec.config import SpecConfig
 from langchain_confspec.engine.constrained import Constraint
 from langchain_confspec.engine.decoding import StopHoldback
 from langchain_confspec.engine.engine import ConfSpecEngine

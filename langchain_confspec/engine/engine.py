@@ -20,9 +20,7 @@ import torch
 
 from langchain_confspec.config import FastPath, SpecConfig
 from langchain_confspec.engine.constrained import Constraint
-from langchain_confspec.engine.decoding import (
-    token_texts,
-)
+from langchain_confspec.engine.decoding import token_texts
 from langchain_confspec.engine.generation import Generation
 from langchain_confspec.engine.outputs import RunResult, TextDelta
 from langchain_confspec.engine.speculation import DepthPolicy
@@ -51,9 +49,7 @@ from langchain_confspec.models.loading import (
 from langchain_confspec.models.remote import RemoteModel
 from langchain_confspec.models.static_cache import bytes_per_token, check_static_support
 from langchain_confspec.models.static_runner import WarmupReport
-from langchain_confspec.records import (
-    StepRecord,
-)
+from langchain_confspec.records import StepRecord
 
 logger = logging.getLogger(__name__)
 

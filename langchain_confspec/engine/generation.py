@@ -34,9 +34,7 @@ from langchain_confspec.errors import (
     ContextLengthError,
 )
 from langchain_confspec.models.fast_path import ModelPath
-from langchain_confspec.models.loading import (
-    LoadedModel,
-)
+from langchain_confspec.models.loading import LoadedModel
 from langchain_confspec.models.remote import RemoteModel
 from langchain_confspec.models.session import ModelSession
 from langchain_confspec.records import (

@@ -28,9 +28,7 @@ from langchain_confspec.engine.speculation import DepthPolicy, speculative_step_
 from langchain_confspec.engine.verification import VerdictReader, judge
 from langchain_confspec.models.batching import BatchScheduler
 from langchain_confspec.models.fast_path import FastPaths
-from langchain_confspec.models.loading import (
-    LoadedModel,
-)
+from langchain_confspec.models.loading import LoadedModel
 from langchain_confspec.models.prompting import OPEN_TAG
 from langchain_confspec.models.remote import RemoteModel
 from langchain_confspec.models.session import ModelSession
