@@ -1,8 +1,9 @@
 """`ConfSpecChatModel`: the LangChain face of the engine.
 
-This module holds no algorithm. It turns messages into chat turns, call options into a
-`SpecConfig`, engine records into callback events and message chunks, and results into
-`AIMessage`s with usage and audit metadata. Weights load on first use, once.
+This module holds no algorithm. It turns messages into chat turns and call options into a
+`SpecConfig`, runs the engine, and hands its output to `responses.py`, which makes callback
+events, message chunks and `AIMessage`s with usage and audit metadata of it. The settings
+are declared in `fields.py`. Weights load on first use, once.
 """
 
 from __future__ import annotations

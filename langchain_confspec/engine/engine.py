@@ -1,10 +1,10 @@
-"""The step loop: draft writes, draft judges, the gate decides, the target steps in.
+"""`ConfSpecEngine`: a draft and a target, their caches, and the generations that run on them.
 
-`ConfSpecEngine` is plain Python and torch (no LangChain). `run` is a generator that yields
+Plain Python and torch (no LangChain). `run` is a generator that yields
 one `StepRecord` as soon as each step is decided and a `RunResult` at the end, so callers can
 stream accepted steps. Up to `max_batch` generations run at once per engine, each in its own
 slot (its own cache row), their forward passes batched by the `BatchScheduler`; each one's step
-logic runs in its caller's thread and never sees the others.
+logic (`generation.py`, `steps.py`) runs in its caller's thread and never sees the others.
 """
 
 from __future__ import annotations
