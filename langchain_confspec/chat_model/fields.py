@@ -9,17 +9,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
-from pydantic import (
-    ConfigDict,
-    Field,
-    SecretStr,
-)
+from pydantic import ConfigDict, Field, SecretStr
 
-from langchain_confspec.config import (
-    FastPath,
-    Mode,
-    VerificationStyle,
-)
+from langchain_confspec.config import FastPath, Mode, VerificationStyle
 from langchain_confspec.engine.engine import DEFAULT_MAX_BATCH
 
 

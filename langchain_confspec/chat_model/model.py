@@ -14,39 +14,20 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
-from langchain_core.callbacks import (
-    AsyncCallbackManagerForLLMRun,
-    CallbackManagerForLLMRun,
-)
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LanguageModelInput
-from langchain_core.language_models.chat_models import (
-    LangSmithParams,
-    generate_from_stream,
-)
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-)
+from langchain_core.language_models.chat_models import LangSmithParams, generate_from_stream
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import (
-    BaseModel,
-    PrivateAttr,
-    ValidationError,
-)
+from pydantic import BaseModel, PrivateAttr, ValidationError
 
 from langchain_confspec.chat_model.callbacks import EventEmitter
 from langchain_confspec.chat_model.fields import ChatModelFields
 from langchain_confspec.chat_model.messages import to_chat_turns
-from langchain_confspec.chat_model.responses import (
-    Chunker,
-    Request,
-    event_of,
-    with_tool_call_errors,
-)
+from langchain_confspec.chat_model.responses import Chunker, Request, event_of, with_tool_call_errors
 from langchain_confspec.chat_model.sharing import (
     engine_for,
     model_by_name,
@@ -62,12 +43,7 @@ from langchain_confspec.chat_model.structured import (
     structured_output_runnable,
 )
 from langchain_confspec.chat_model.threading_bridge import iterate_in_thread
-from langchain_confspec.config import (
-    FastPath,
-    SpecConfig,
-    build_config,
-    settings_error,
-)
+from langchain_confspec.config import FastPath, SpecConfig, build_config, settings_error
 from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
 from langchain_confspec.engine.engine import ConfSpecEngine
 from langchain_confspec.engine.outputs import RunResult

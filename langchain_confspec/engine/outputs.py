@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from langchain_confspec.records import (
-    RunSummary,
-    Span,
-    StepRecord,
-    Writer,
-)
+from langchain_confspec.records import RunSummary, Span, StepRecord, Writer
 
 
 @dataclass(frozen=True)
