@@ -14,9 +14,15 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import LanguageModelInput
-from langchain_core.language_models.chat_models import LangSmithParams, generate_from_stream
+from langchain_core.language_models.chat_models import (
+    LangSmithParams,
+    generate_from_stream,
+)
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
@@ -27,7 +33,12 @@ from pydantic import BaseModel, PrivateAttr, ValidationError
 from langchain_confspec.chat_model.callbacks import EventEmitter
 from langchain_confspec.chat_model.fields import ChatModelFields
 from langchain_confspec.chat_model.messages import to_chat_turns
-from langchain_confspec.chat_model.responses import Chunker, Request, event_of, with_tool_call_errors
+from langchain_confspec.chat_model.responses import (
+    Chunker,
+    Request,
+    event_of,
+    with_tool_call_errors,
+)
 from langchain_confspec.chat_model.sharing import (
     engine_for,
     model_by_name,

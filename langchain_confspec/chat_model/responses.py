@@ -11,7 +11,11 @@ from langchain_core.messages import AIMessage, AIMessageChunk, ToolCallChunk
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
-from langchain_confspec.chat_model.callbacks import DRAFT_TOKEN_EVENT, STEP_EVENT, SUMMARY_EVENT
+from langchain_confspec.chat_model.callbacks import (
+    DRAFT_TOKEN_EVENT,
+    STEP_EVENT,
+    SUMMARY_EVENT,
+)
 from langchain_confspec.chat_model.structured import tool_call_chunks
 from langchain_confspec.chat_model.tool_calls import ToolCallHoldback, parse_tool_calls
 from langchain_confspec.config import SpecConfig

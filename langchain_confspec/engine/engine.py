@@ -33,10 +33,19 @@ from langchain_confspec.errors import (
     is_sticky_cuda_error,
 )
 from langchain_confspec.models.batching import BatchScheduler, PassJob
-from langchain_confspec.models.cache_budget import CachePlan, KVBudget, plan_caches, resolve_budget
+from langchain_confspec.models.cache_budget import (
+    CachePlan,
+    KVBudget,
+    plan_caches,
+    resolve_budget,
+)
 from langchain_confspec.models.cuda_graphs import CudaGraphCapture, GraphCapture
 from langchain_confspec.models.fast_path import FastPaths
-from langchain_confspec.models.loading import LoadedModel, rollback_problem, same_vocabulary
+from langchain_confspec.models.loading import (
+    LoadedModel,
+    rollback_problem,
+    same_vocabulary,
+)
 from langchain_confspec.models.remote import RemoteModel
 from langchain_confspec.models.static_cache import bytes_per_token, check_static_support
 from langchain_confspec.models.static_runner import WarmupReport

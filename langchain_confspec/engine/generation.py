@@ -19,14 +19,25 @@ from langchain_confspec.engine.constrained import Constraint
 from langchain_confspec.engine.decoding import StopScanner, TokenChooser
 from langchain_confspec.engine.outputs import RunResult, TextDelta
 from langchain_confspec.engine.remote_session import RemoteSession
-from langchain_confspec.engine.steps import EngineParts, PhaseClock, StepBudget, StepWriter
+from langchain_confspec.engine.steps import (
+    EngineParts,
+    PhaseClock,
+    StepBudget,
+    StepWriter,
+)
 from langchain_confspec.engine.verification import VerdictReader
 from langchain_confspec.errors import ConfigurationError, ContextLengthError
 from langchain_confspec.models.fast_path import ModelPath
 from langchain_confspec.models.loading import LoadedModel
 from langchain_confspec.models.remote import RemoteModel
 from langchain_confspec.models.session import ModelSession
-from langchain_confspec.records import ModelCounters, ServerWork, StepEnd, StepRecord, summarize
+from langchain_confspec.records import (
+    ModelCounters,
+    ServerWork,
+    StepEnd,
+    StepRecord,
+    summarize,
+)
 
 logger = logging.getLogger(__name__)
 

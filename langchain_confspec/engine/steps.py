@@ -15,7 +15,12 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from langchain_confspec.config import FastPath, Mode, SpecConfig
 from langchain_confspec.engine.answer_text import AnswerText
 from langchain_confspec.engine.constrained import Constraint, write_json
-from langchain_confspec.engine.decoding import StopScanner, TokenChooser, WrittenStep, write_step_texts
+from langchain_confspec.engine.decoding import (
+    StopScanner,
+    TokenChooser,
+    WrittenStep,
+    write_step_texts,
+)
 from langchain_confspec.engine.gate import GateAction, gate, target_accepts
 from langchain_confspec.engine.outputs import TextDelta
 from langchain_confspec.engine.remote_session import RemoteSession
