@@ -33,6 +33,7 @@ from pydantic import BaseModel, PrivateAttr, ValidationError
 from langchain_confspec.chat_model.callbacks import EventEmitter
 from langchain_confspec.chat_model.fields import ChatModelFields
 from langchain_confspec.chat_model.messages import to_chat_turns
+from langchain_confspec.chat_model.pair import load_role, model_name, named_tokenizer
 from langchain_confspec.chat_model.responses import (
     Chunker,
     Request,
@@ -41,10 +42,6 @@ from langchain_confspec.chat_model.responses import (
 )
 from langchain_confspec.chat_model.sharing import (
     engine_for,
-    model_by_name,
-    model_object,
-    served_model,
-    tokenizer_by_name,
 )
 from langchain_confspec.chat_model.structured import (
     REASON_FIRST_KWARG,
@@ -60,9 +57,7 @@ from langchain_confspec.engine.engine import ConfSpecEngine
 from langchain_confspec.engine.outputs import RunResult
 from langchain_confspec.errors import ConfigurationError
 from langchain_confspec.models.cache_budget import validate_budget
-from langchain_confspec.models.loading import LoadedModel
 from langchain_confspec.models.prompting import render_prompt
-from langchain_confspec.models.remote import RemoteModel
 from langchain_confspec.models.static_runner import WarmupReport
 
 # Call option through which stream()/astream() hand `_stream` the run's event emitter.
@@ -234,8 +229,8 @@ class ConfSpecChatModel(ChatModelFields):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {
-            "draft_model": self._model_name("draft"),
-            "target_model": self._model_name("target"),
+            "draft_model": model_name(self, "draft"),
+            "target_model": model_name(self, "target"),
             "device_map": self.device_map,
             "torch_dtype": str(self.torch_dtype) if self.torch_dtype is not None else None,
             "max_context": self.max_context,
@@ -251,7 +246,7 @@ class ConfSpecChatModel(ChatModelFields):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider="confspec",
-            ls_model_name=kwargs.get("model") or self._model_name("target"),
+            ls_model_name=kwargs.get("model") or model_name(self, "target"),
             ls_model_type="chat",
             ls_temperature=kwargs.get("temperature", self.temperature),
             ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
@@ -508,11 +503,11 @@ class ConfSpecChatModel(ChatModelFields):
 
     def _response_metadata(self, result: RunResult) -> dict[str, Any]:
         return {
-            "model_name": self._model_name("target"),
+            "model_name": model_name(self, "target"),
             "finish_reason": result.summary.finish_reason,
             "confspec": {
-                "draft_model": self._model_name("draft"),
-                "target_model": self._model_name("target"),
+                "draft_model": model_name(self, "draft"),
+                "target_model": model_name(self, "target"),
                 "summary": result.summary.model_dump(mode="json"),
                 **self._steps_metadata(result),
             },
@@ -524,53 +519,23 @@ class ConfSpecChatModel(ChatModelFields):
         texts = {"text", "rejected_text"} if self.metadata_steps == "numbers" else set()
         return {"steps": [record.model_dump(mode="json", exclude=texts) for record in result.records]}
 
-    def _model_name(self, role: str) -> str:
-        name = getattr(self, f"{role}_model")
-        if name:
-            return name
-        model = getattr(self, role)
-        return str(getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__)
-
     def _get_engine(self) -> ConfSpecEngine:
         """The engine over this model's pair: weights load the first time anything asks for
         them and are shared by every model (copies included) asking for the same ones."""
         self._engine = engine_for(
-            self._load("draft"),
-            self._load("target"),
+            load_role(self, "draft"),
+            load_role(self, "target"),
             max_context=self.max_context,
             max_batch=self.max_batch,
             kv_cache_memory=self.kv_cache_memory,
         )
         return self._engine  # kept by this model, so its weights live as long as it does
 
-    def _load(self, role: str) -> LoadedModel | RemoteModel:
-        if role == "target" and self.target_url is not None:
-            key = self.target_api_key.get_secret_value() if self.target_api_key is not None else None
-            tokenizer = self.target_tokenizer or self._named_tokenizer("target")
-            return served_model(self.target_url, tokenizer, engine=self.target_engine, api_key=key, timeout=self.target_timeout)
-        preloaded = getattr(self, role)
-        tokenizer = getattr(self, f"{role}_tokenizer") or self._named_tokenizer(role)
-        if preloaded is None:
-            return model_by_name(
-                getattr(self, f"{role}_model"),
-                role=role,
-                device_map=self.device_map,
-                torch_dtype=self.torch_dtype,
-                tokenizer=tokenizer,
-            )
-        return model_object(preloaded, tokenizer, role=role, name=self._model_name(role))
-
-    def _named_tokenizer(self, role: str) -> Any:
-        name = getattr(self, f"{role}_model")
-        if name is None:
-            raise ConfigurationError(f"A preloaded {role} needs {role}_tokenizer= (or {role}_model= to load it from).")
-        return tokenizer_by_name(name, role=role)
-
     def _target_tokenizer(self) -> Any:
         """The target's tokenizer, without loading any weights."""
         if self.target_tokenizer is None and self.target_model is None:
             raise ConfigurationError("A preloaded target needs target_tokenizer= to count tokens.")
-        self._tokenizer = self.target_tokenizer or self._named_tokenizer("target")
+        self._tokenizer = self.target_tokenizer or named_tokenizer(self, "target")
         return self._tokenizer  # kept, so that counting tokens does not load it again
 
 
