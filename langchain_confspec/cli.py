@@ -19,15 +19,15 @@ from langchain_confspec.audit.display import (
 )
 from langchain_confspec.config import Mode, build_config
 from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET, pair_settings
-from langchain_confspec.engine.engine import ConfSpecEngine
-from langchain_confspec.engine.outputs import RunResult
 from langchain_confspec.errors import ConfigurationError, ConfSpecError
-from langchain_confspec.models.cache_budget import validate_budget
-from langchain_confspec.models.loading import load_model, load_tokenizer
-from langchain_confspec.models.remote import RemoteModel
 
+# torch, transformers and the engine load inside the commands that need them: `confspec
+# --help` and a mistyped option answer at once.
 if TYPE_CHECKING:
     from langchain_confspec.audit.log import ConfSpecAuditHandler
+    from langchain_confspec.engine.engine import ConfSpecEngine
+    from langchain_confspec.engine.outputs import RunResult
+    from langchain_confspec.models.remote import RemoteModel
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +124,9 @@ def _audit_log(args: argparse.Namespace) -> ConfSpecAuditHandler | None:
 
 
 def _engine(args: argparse.Namespace) -> ConfSpecEngine:
+    from langchain_confspec.engine.engine import ConfSpecEngine
+    from langchain_confspec.models.loading import load_model
+
     draft = load_model(args.draft, role="draft", device_map=args.device_map, torch_dtype=args.dtype)
     target = _served_target(args) if args.target_url else load_model(
         args.target, role="target", device_map=args.device_map, torch_dtype=args.dtype
@@ -132,6 +135,9 @@ def _engine(args: argparse.Namespace) -> ConfSpecEngine:
 
 
 def _served_target(args: argparse.Namespace) -> RemoteModel:
+    from langchain_confspec.models.loading import load_tokenizer
+    from langchain_confspec.models.remote import RemoteModel
+
     """`--target-url`: the server, its tokenizer checked against the local one."""
     api_key = None
     if args.target_api_key_env:
@@ -151,6 +157,8 @@ def _budget(text: str) -> int | float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     budget = value if 0.0 < value <= 1.0 else int(value)
+    from langchain_confspec.models.cache_budget import validate_budget
+
     try:
         validate_budget(budget)
     except ConfigurationError as error:
@@ -173,6 +181,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from langchain_confspec.engine.outputs import RunResult
+
     engine = _engine(args)
     settings = _settings(args)
     turns = [{"role": "user", "content": args.question}]

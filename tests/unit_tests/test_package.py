@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import langchain_confspec
 from langchain_confspec import Decision, PhaseTimes, StepEnd, StepRecord, Writer
@@ -79,3 +83,21 @@ def test_the_outcome_line_says_what_each_figure_counts() -> None:
     assert "1 escalated to the target (0 kept, 1 rewritten), 1 rewritten on the draft's own rejection" in line
     assert line.endswith("kept in all 2 of 4 (50%)")
     assert _summary_of(Decision.UNVERIFIED) == "1 step, none of them judged (confspec)"
+
+
+def test_the_cli_answers_help_without_loading_torch_or_transformers() -> None:
+    code = (
+        "import sys\nfrom langchain_confspec.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules, 'langchain_core' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split()[-3:] == ["False", "False", "False"]
+    assert "usage: confspec" in result.stdout
+
+
+def test_the_package_imports_what_needs_torch_on_first_use() -> None:
+    assert "ConfSpecChatModel" in dir(langchain_confspec)
+    assert langchain_confspec.ConfSpecChatModel is langchain_confspec.chat_model.model.ConfSpecChatModel
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
+        langchain_confspec.NoSuchThing  # noqa: B018
