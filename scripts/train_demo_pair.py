@@ -13,7 +13,10 @@ the verification suffix after a step.
 
 The target is deep and the draft shallow: on a CPU the cost of a token of a model this small
 grows with its layer count, and the target must cost several times the draft per token for
-speculation to pay, as a 7B target does against a 0.5B draft on a GPU.
+speculation to pay, as a 7B target does against a 0.5B draft on a GPU. Trained from scratch,
+such a target needs far more than an hour of a CPU; the bundled one was grown instead:
+`--resume PAIR --grow-target 20` deepens a trained target, each new layer starting as the
+identity, and trains on (docs/model-card.md has the commands).
 """
 
 from __future__ import annotations
