@@ -27,6 +27,8 @@ import torch
 
 GATHER_TIMEOUT = 0.02
 """Seconds a waiting pass gives busy requests to join its batch before it runs anyway."""
+STARVATION_LIMIT = 0.1
+"""Seconds a pass may be passed over for larger groups before its group runs first."""
 IDLE_EXIT = 1.0
 """Seconds without passes after which the executor thread ends (a new pass starts another)."""
 
@@ -84,6 +86,7 @@ class BatchScheduler:
         self._pending: list[PassJob] = []
         self._executing = False  # a batch (or a lone generation's pass) is running
         self._current: list[PassJob] = []  # the executor's batch in hand
+        self._free_since = 0.0  # when the last batch ended: waiting counts from then
 
     # -- slots ----------------------------------------------------------------------------------
 
@@ -161,9 +164,7 @@ class BatchScheduler:
                 self._executor = threading.Thread(target=self._execute_batches, name="confspec-batches", daemon=True)
                 self._executor.start()
             self._condition.notify_all()
-        job.finished.wait()
-        with self._condition:
-            self._busy += 1
+        job.finished.wait()  # the executor counted this request busy again when it finished the job
         return self._outcome(job)
 
     @staticmethod
@@ -181,6 +182,7 @@ class BatchScheduler:
         except BaseException as error:
             with self._condition:
                 self._executor = None
+                self._busy += len(self._pending)  # the current batch was counted as it ended
                 failed, self._pending = [*self._current, *self._pending], []
             for job in failed:
                 if not job.finished.is_set():
@@ -197,8 +199,7 @@ class BatchScheduler:
                             self._executor = None  # idle: the next pass starts a new executor
                             return
                     else:
-                        oldest = min(job.submitted for job in self._pending)
-                        self._condition.wait(max(0.0, oldest + GATHER_TIMEOUT - time.perf_counter()))
+                        self._condition.wait(max(0.0, self._waited_since() + GATHER_TIMEOUT - time.perf_counter()))
                 batch = self._current = self._take()
                 self._executing = True
             try:
@@ -206,6 +207,11 @@ class BatchScheduler:
             finally:
                 with self._condition:
                     self._executing = False
+                    # Their requests are back on the host from now, not from when their threads
+                    # wake: a pass that came during the batch waits for them instead of running
+                    # alone and keeping the requests out of step for good.
+                    self._busy += len(batch)
+                    self._free_since = time.perf_counter()
                     self._condition.notify_all()
 
     def _ready(self) -> bool:
@@ -213,15 +219,26 @@ class BatchScheduler:
         oldest waiting pass has waited long enough."""
         if not self._pending or self._executing:
             return False
-        oldest = min(job.submitted for job in self._pending)
-        return self._busy <= 0 or time.perf_counter() - oldest >= GATHER_TIMEOUT
+        return self._busy <= 0 or time.perf_counter() - self._waited_since() >= GATHER_TIMEOUT
+
+    def _waited_since(self) -> float:
+        """Since when the oldest pass has waited for the others rather than for a batch: a pass
+        that arrived during a batch gives the requests that batch served time to catch up, so
+        that its forward neither runs beside their host work (both slow, fighting for the GIL) nor
+        leaves them out."""
+        return max(min(job.submitted for job in self._pending), self._free_since)
 
     def _take(self) -> list[PassJob]:
-        """The largest group of waiting passes of one model and kind (decoding first on ties)."""
+        """The largest group of waiting passes of one model and kind (decoding first on ties),
+        unless a pass has waited `STARVATION_LIMIT`: then the oldest one's group."""
         groups: dict[tuple[str, tuple[str, bool]], list[PassJob]] = {}
         for job in self._pending:
             groups.setdefault((job.role, job.kind), []).append(job)
-        batch = max(groups.values(), key=lambda jobs: (len(jobs), jobs[0].kind[0] == "decode"))
+        oldest = min(self._pending, key=lambda job: job.submitted)
+        if time.perf_counter() - oldest.submitted >= STARVATION_LIMIT:
+            batch = groups[(oldest.role, oldest.kind)]
+        else:
+            batch = max(groups.values(), key=lambda jobs: (len(jobs), jobs[0].kind[0] == "decode"))
         self._pending = [job for job in self._pending if job not in batch]
         return batch
 

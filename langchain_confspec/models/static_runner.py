@@ -7,10 +7,12 @@ for its last rows. Every pass covers a span of rows: jobs' tokens are right-alig
 padding and rows without a job write to their row's dump slot (`StaticKVCache`), so any mix
 of job lengths and rows stays inside each row.
 
-A pass attends to the first `attend` slots of its rows, where `attend` is the smallest
-*attend bucket* (`attend_buckets`: 1,024 slots, growing fourfold, then the whole row) that
-holds the furthest row's context: a decode step's cost follows the live context, not the
-window. With graphs, one-token steps replay graphs captured per (rows, attend bucket), and
+A pass attends to the first `attend` slots of its rows: an eager pass to exactly the furthest
+row's context, a replayed graph to the smallest *attend bucket* that holds it
+(`attend_buckets`: 1,024 slots, growing fourfold, then the whole row), since graphs are
+captured per bucket. Either way a decode step's cost follows the live context, not the
+window (and on a CPU, where a tiny model's 30-token pass over 1,024 slots costs twice one
+over its 150 live ones, the exact context is what makes batched passes pay). With graphs, one-token steps replay graphs captured per (rows, attend bucket), and
 passes of up to `PASS_BUCKETS[-1]` tokens per (rows, length bucket, attend bucket), for any
 rows and any batch; graphs write logits only for the rows that stepped and only the last
 `keep` positions a caller reads. Longer passes (a long prompt) run eagerly.
@@ -145,7 +147,8 @@ class StaticRunner:
                 raise ValueError(f"row {job.row} is outside the static cache's {self.rows} rows")
         with torch.inference_mode():
             key = self._graph_key(jobs) if jobs[0].graphs else None
-            attend = key[2] if key is not None else self.attend_for(max(job.start + len(job.tokens) for job in jobs))
+            # an eager pass attends to exactly the live context: its shapes are free to change
+            attend = key[2] if key is not None else max(job.start + len(job.tokens) for job in jobs)
             if self.attended is not None:
                 self.attended.append(attend)
             outputs = self._replay(jobs, key) if key is not None else self._eager(jobs, attend)
