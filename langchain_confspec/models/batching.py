@@ -198,6 +198,8 @@ class BatchScheduler:
                         if not self._condition.wait(IDLE_EXIT):
                             self._executor = None  # idle: the next pass starts a new executor
                             return
+                    elif self._executing:  # a lone request's own pass: it notifies as it ends
+                        self._condition.wait()
                     else:
                         self._condition.wait(max(0.0, self._waited_since() + GATHER_TIMEOUT - time.perf_counter()))
                 batch = self._current = self._take()

@@ -74,3 +74,41 @@ def test_a_lone_pass_is_not_passed_over_for_larger_groups_for_long() -> None:
     passes = [n for n, batch in enumerate(forward.batches) if batch[0].role == "target"]
     assert len(passes) == 1 and passes[0] < len(forward.batches) // 2, "the pass ran while the decoders had far to go"
     assert ran_after[0] < STARVATION_LIMIT + 0.2
+
+
+def test_the_executor_sleeps_while_a_lone_request_runs_its_own_pass() -> None:
+    """A pass that arrives while a request alone on the engine runs its own pass waits for it
+    without spinning: a spinning executor holds the interpreter lock, and the lone pass, which
+    takes it back after every operation, crawled (a 33-token pass took 1.7 s instead of 20 ms)."""
+    lone_pass_seconds = 0.4
+
+    def forward(role: str, jobs: list[PassJob]) -> list[torch.Tensor]:
+        if role == "target":
+            time.sleep(lone_pass_seconds)
+        return [torch.zeros(1, 4) for _ in jobs]
+
+    scheduler = BatchScheduler(2, forward)
+    lone_started, lone_done = threading.Event(), threading.Event()
+
+    def lone() -> None:
+        with scheduler.slot() as (row, _):
+            lone_started.set()
+            scheduler.forward(PassJob("target", row, [1], 0, 1))
+            lone_done.set()
+
+    def joining() -> None:
+        with scheduler.slot() as (row, _):
+            scheduler.forward(PassJob("draft", row, [1], 0, 1))
+
+    threads = [threading.Thread(target=lone), threading.Thread(target=joining)]
+    threads[0].start()
+    lone_started.wait(10)
+    while not scheduler._executing:  # the lone request is in its own pass
+        time.sleep(0.001)
+    cpu = time.process_time()
+    threads[1].start()
+    lone_done.wait(10)
+    used = time.process_time() - cpu
+    for thread in threads:
+        thread.join(10)
+    assert used < lone_pass_seconds / 4, f"{used:.2f} s of CPU while the lone pass slept {lone_pass_seconds} s"
