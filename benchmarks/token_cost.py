@@ -6,7 +6,8 @@
 Step-level speculation pays only when a draft token is much cheaper than a target token, so
 this is the first number to know about a pair. It times `write_step` over a `ModelSession`
 (one forward pass per token) on each fast path named, after a warm-up, and reports the
-median milliseconds per token and the target/draft ratio. The comparison of `off` and
+median milliseconds per token and the target/draft ratio. The paths are timed in turn within each
+round, so that the rows compare one moment of a CPU whose speed drifts. The comparison of `off` and
 `static` on the CPU is what `fast_path="auto"` picks there by (docs/performance.md).
 
 `--window-check` adds the target on `static` with about 1,000 live tokens in a 32,768-token
@@ -36,23 +37,31 @@ WINDOW_CHECK = (32_768, 1_024)
 LIVE_TOKENS = 950
 
 
-def ms_per_token(
-    engine: ConfSpecEngine, role: str, path: FastPath, tokens: int, repeats: int, prompt: list[int] | None = None
-) -> float:
+def one_round(engine: ConfSpecEngine, role: str, path: FastPath, tokens: int, prompt: list[int] | None = None) -> float | None:
+    """Milliseconds per token of one step of up to `tokens` tokens after a prefill (None: no token)."""
     loaded = getattr(engine, role)
-    chooser = TokenChooser(build_config())
-    timings = []
+    kv, _, _ = engine.fast_paths.backend(role, path)
+    ids = prompt if prompt is not None else loaded.render_prompt(PROMPT)
+    session = ModelSession(loaded, ids, kv=kv, context_length=engine.context[role])
+    session.next_logits()  # prefill is not decode
+    started = time.perf_counter()
+    step = write_step(session, TokenChooser(build_config()), budget=tokens, delimiters=["\x00never"], stops=StopScanner([]))
+    elapsed = time.perf_counter() - started
+    return 1000 * elapsed / len(step.ids) if step.ids else None
+
+
+def ms_per_token(
+    engine: ConfSpecEngine, role: str, paths: list[FastPath], tokens: int, repeats: int, prompt: list[int] | None = None
+) -> dict[FastPath, float]:
+    """Median ms/token on each path, the paths timed in turn within each round (this CPU's
+    speed drifts over seconds: rounds of one path after the other would compare two moments)."""
+    timings: dict[FastPath, list[float]] = {path: [] for path in paths}
     for repeat in range(repeats + 1):
-        kv, _, _ = engine.fast_paths.backend(role, path)
-        ids = prompt if prompt is not None else loaded.render_prompt(PROMPT)
-        session = ModelSession(loaded, ids, kv=kv, context_length=engine.context[role])
-        session.next_logits()  # prefill is not decode
-        started = time.perf_counter()
-        step = write_step(session, chooser, budget=tokens, delimiters=["\x00never"], stops=StopScanner([]))
-        elapsed = time.perf_counter() - started
-        if repeat and step.ids:  # the first round warms up
-            timings.append(1000 * elapsed / len(step.ids))
-    return statistics.median(timings)
+        for path in paths:
+            cost = one_round(engine, role, engine.fast_paths.resolve(path, role).path, tokens, prompt)
+            if repeat and cost is not None:  # the first round warms up
+                timings[path].append(cost)
+    return {path: statistics.median(costs) for path, costs in timings.items()}
 
 
 def main() -> None:
@@ -72,9 +81,7 @@ def main() -> None:
     for role in ("draft", "target"):
         loaded = getattr(engine, role)
         n_params = sum(p.numel() for p in loaded.model.parameters())
-        costs[role] = {
-            p: ms_per_token(engine, role, engine.fast_paths.resolve(p, role).path, args.tokens, args.repeats) for p in paths
-        }
+        costs[role] = ms_per_token(engine, role, paths, args.tokens, args.repeats)
         figures = ", ".join(f"{p.value} {ms:.2f}" for p, ms in costs[role].items())
         print(f"{role:6s} {loaded.name}: {n_params / 1e6:.2f}M parameters, ms/token: {figures}")
     for p in paths:
@@ -92,7 +99,7 @@ def window_check(target: str, tokens: int, repeats: int) -> None:
         engine = ConfSpecEngine(loaded, loaded, max_context=window, max_batch=1)
         ids = loaded.render_prompt(PROMPT)
         prompt = (ids * (LIVE_TOKENS // len(ids) + 1))[: LIVE_TOKENS - tokens]
-        costs[window] = ms_per_token(engine, "target", FastPath.STATIC, tokens, repeats, prompt)
+        costs[window] = ms_per_token(engine, "target", [FastPath.STATIC], tokens, repeats, prompt)[FastPath.STATIC]
         runner = engine.fast_paths.runner("target")
         assert runner is not None
         print(f"target static, window {window:,} ({runner.cache.max_len:,} slots a row), {LIVE_TOKENS} live tokens: {costs[window]:.2f} ms/token")
