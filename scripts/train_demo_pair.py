@@ -17,6 +17,11 @@ speculation to pay, as a 7B target does against a 0.5B draft on a GPU. Trained f
 such a target needs far more than an hour of a CPU; the bundled one was grown instead:
 `--resume PAIR --grow-target 20` deepens a trained target, each new layer starting as the
 identity, and trains on (docs/model-card.md has the commands).
+
+`--resume PAIR --tool-judging STORIES` trains a pair on for one phase of verdicts inside
+calculator conversations, where the agent's mistakes are: every step and call of STORIES
+stories judged right or plausibly wrong (another sentence's operation, another operator, a
+wrong number), and what the draft itself writes there judged by whether it is right.
 """
 
 from __future__ import annotations
@@ -78,6 +83,35 @@ class Example:
 
 
 @dataclass(frozen=True)
+class ToolTurn:
+    """One assistant turn of a problem solved with the calculator: the conversation so far
+    (rendered with the tool), the step, and what follows it (the call, or the answer)."""
+
+    problem: Problem
+    index: int
+    prompt: list[int]
+    step: str
+    expression: str  # the call's argument; "" on the last turn
+    after: str
+
+
+def wrong_call(problem: Problem, index: int, rng: random.Random) -> str:
+    """A call the draft could plausibly make instead of the right one at turn `index`: the
+    current value with another sentence's operation (the one before, most often: a sentence
+    read twice), the right amount with another operator, or a wrong number."""
+    operations = [step.split(" = ")[0].split(" ", 1)[1] for step in problem.steps[1:-1]]  # "+ 12"
+    value = problem.steps[index].split(" = ")[-1].rstrip(".\n") if index else problem.steps[0].split()[-2]
+    right = f"{value} {operations[index]}"
+    others = [f"{value} {op}" for k, op in enumerate(operations) if k != index and f"{value} {op}" != right]
+    operator, amount = operations[index].split(" ")
+    others += [f"{value} {other} {amount}" for other in "+-*" if other != operator]
+    if index:
+        others.append(f"{value} {operations[index - 1]}")  # the last operation again
+    wrong = rng.choice([o for o in others if o != right] or [corrupt_step(right, rng)])
+    return wrong if rng.random() < 0.75 else corrupt_step(right, rng)
+
+
+@dataclass(frozen=True)
 class Attempt:
     """A step the draft wrote itself after the right steps before it, and whether it is right."""
 
@@ -127,38 +161,60 @@ class ExampleMaker:
         ids = self.before(problem, index) + self.encode(step) + self.suffix + [self.yes if correct else self.no]
         return Example(ids, len(ids) - 1)
 
-    def tool_use(self, problem: Problem, rng: random.Random) -> list[Example]:
-        """The problem solved with the calculator: each operation is a tool call, each result
-        is copied into the next step. One example per assistant turn, plus a verdict on a
-        call (right, or with a wrong number)."""
-        tools = [CALCULATOR_SCHEMA]
+    def tool_turns(self, problem: Problem) -> list[ToolTurn]:
+        """The problem solved with the calculator, turn by turn: each operation is a tool call,
+        each result copied into the next step, the last turn the answer."""
         turns: list[dict[str, Any]] = list(problem.turns())
-        examples = []
+        solved = []
         n_operations = len(problem.steps) - 2
-        verdict_turn = rng.randrange(n_operations)
         for k in range(n_operations + 1):
-            last = k == n_operations
-            written = [problem.steps[k]]
-            call = None
-            if not last:
-                expression = problem.steps[k + 1].split(" = ")[0]
-                call = {"id": f"call_{k}", "name": "calculator", "args": {"expression": expression}}
-                written.append(format_tool_call("calculator", call["args"]))
-            else:
-                written.append(problem.steps[-1])
-            prompt = render_prompt(self.tokenizer, turns, tools)
-            ids = prompt + [i for text in written for i in self.encode(text)] + [self.tokenizer.eos_token_id]
-            examples.append(Example(ids, len(prompt)))
-            if k == verdict_turn and call is not None:
+            prompt = render_prompt(self.tokenizer, turns, [CALCULATOR_SCHEMA])
+            if k == n_operations:
+                solved.append(ToolTurn(problem, k, prompt, problem.steps[k], "", problem.steps[-1]))
+                break
+            expression = problem.steps[k + 1].split(" = ")[0]
+            call = {"id": f"call_{k}", "name": "calculator", "args": {"expression": expression}}
+            solved.append(ToolTurn(problem, k, prompt, problem.steps[k], expression, format_tool_call("calculator", call["args"])))
+            turns.append({"role": "assistant", "content": problem.steps[k], "tool_calls": [call]})
+            turns.append({"role": "tool", "content": str(evaluate(expression)), "tool_call_id": call["id"]})
+        return solved
+
+    def tool_use(self, problem: Problem, rng: random.Random) -> list[Example]:
+        """One example per assistant turn of the problem solved with the calculator, plus a
+        verdict on a call (right, or with a wrong number)."""
+        examples = []
+        solved = self.tool_turns(problem)
+        verdict_turn = rng.randrange(len(solved) - 1)
+        for turn in solved:
+            ids = turn.prompt + self.encode(turn.step) + self.encode(turn.after) + [self.tokenizer.eos_token_id]
+            examples.append(Example(ids, len(turn.prompt)))
+            if turn.index == verdict_turn:
                 correct = rng.random() < 0.5
-                shown = written[1] if correct else format_tool_call(
-                    "calculator", {"expression": corrupt_step(call["args"]["expression"], rng)}
-                )
-                judged = prompt + self.encode(written[0]) + self.encode(shown) + self.suffix
-                examples.append(Example([*judged, self.yes if correct else self.no], len(judged)))
-            if call is not None:
-                turns.append({"role": "assistant", "content": problem.steps[k], "tool_calls": [call]})
-                turns.append({"role": "tool", "content": str(evaluate(call["args"]["expression"])), "tool_call_id": call["id"]})
+                shown = turn.after if correct else format_tool_call("calculator", {"expression": corrupt_step(turn.expression, rng)})
+                examples.append(self.judged(turn.prompt + self.encode(turn.step), shown, correct))
+        return examples
+
+    def judged(self, context: list[int], step: str, correct: bool) -> Example:
+        ids = context + self.encode(step) + self.suffix + [self.yes if correct else self.no]
+        return Example(ids, len(ids) - 1)
+
+    def tool_checks(self, problem: Problem, rng: random.Random) -> list[Example]:
+        """Verdicts inside a calculator conversation, on every turn: its step right or with a
+        wrong number, its call right or plausibly wrong (`wrong_call`). Run-time checks judge
+        these in this very context; the first training only judged one call per conversation,
+        and only with a wrong number."""
+        examples = []
+        for turn in self.tool_turns(problem):
+            examples.append(self.judged(turn.prompt, turn.step, True))
+            examples.append(self.judged(turn.prompt, corrupt_step(turn.step, rng), False))
+            after = turn.prompt + self.encode(turn.step)
+            if turn.expression:
+                examples.append(self.judged(after, turn.after, True))
+                wrong = wrong_call(problem, turn.index, rng)
+                examples.append(self.judged(after, format_tool_call("calculator", {"expression": wrong}), False))
+            else:  # the answer after the last result
+                examples.append(self.judged(after, turn.after, True))
+                examples.append(self.judged(after, corrupt_step(turn.after, rng), False))
         return examples
 
     def structured(self, problem: Problem, rng: random.Random) -> Example:
@@ -190,31 +246,54 @@ class ExampleMaker:
 
 
 @torch.no_grad()
-def draft_attempts(model, maker: ExampleMaker, problems: list[Problem], batch_size: int = 256) -> list[Attempt]:  # type: ignore[no-untyped-def]
-    """Let `model` write every step of `problems` after the right steps before it (greedy)."""
-    tokenizer = maker.tokenizer
-    cases = [(p, k) for p in problems for k in range(len(p.steps))]
-    attempts = []
+def continuations(model, tokenizer, contexts: list[list[int]], max_new_tokens: int, batch_size: int = 256) -> list[str]:  # type: ignore[no-untyped-def]
+    """What `model` writes greedily after each context (left-padded batches), as text."""
+    texts = []
     model.eval()
-    for start in range(0, len(cases), batch_size):
-        chunk = cases[start : start + batch_size]
-        contexts = [maker.before(p, k) for p, k in chunk]
-        width = max(map(len, contexts))
+    for start in range(0, len(contexts), batch_size):
+        chunk = contexts[start : start + batch_size]
+        width = max(map(len, chunk))
         ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, context in enumerate(contexts):  # left padding
+        for row, context in enumerate(chunk):
             ids[row, width - len(context) :] = torch.tensor(context)
             mask[row, width - len(context) :] = 1
         out = model.generate(
-            ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+            ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         )
-        for (problem, k), row in zip(chunk, out[:, width:]):
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            cut = text.find(STEP_SEPARATOR)
-            text = text[: cut + len(STEP_SEPARATOR)] if cut >= 0 else text
-            attempts.append(Attempt(problem, k, text, text == problem.steps[k]))
-    return attempts
+        texts += [tokenizer.decode(row, skip_special_tokens=True) for row in out[:, width:]]
+    return texts
+
+
+def first_step(text: str) -> str:
+    cut = text.find(STEP_SEPARATOR)
+    return text[: cut + len(STEP_SEPARATOR)] if cut >= 0 else text
+
+
+def draft_attempts(model, maker: ExampleMaker, problems: list[Problem]) -> list[Attempt]:  # type: ignore[no-untyped-def]
+    """Let `model` write every step of `problems` after the right steps before it (greedy)."""
+    cases = [(p, k) for p in problems for k in range(len(p.steps))]
+    written = continuations(model, maker.tokenizer, [maker.before(p, k) for p, k in cases], max_new_tokens=24)
+    return [Attempt(p, k, first_step(text), first_step(text) == p.steps[k]) for (p, k), text in zip(cases, written)]
+
+
+def draft_tool_judging(model, maker: ExampleMaker, problems: list[Problem]) -> tuple[list[Example], int, int]:  # type: ignore[no-untyped-def]
+    """Verdicts on what `model` writes itself inside calculator conversations after the right
+    turns before it: each step, and each call (or the answer) after the right step. Returns the
+    examples, how many attempts there were and how many were wrong."""
+    turns = [turn for problem in problems for turn in maker.tool_turns(problem)]
+    steps = continuations(model, maker.tokenizer, [t.prompt for t in turns], max_new_tokens=24)
+    afters = [t.prompt + maker.encode(t.step) for t in turns]
+    calls = continuations(model, maker.tokenizer, afters, max_new_tokens=40)
+    examples, wrong = [], 0
+    for turn, step, call, after in zip(turns, steps, calls, afters):
+        step = first_step(step)
+        call = call.strip() if turn.expression else call
+        for context, text, right in ((turn.prompt, step, turn.step), (after, call, turn.after)):
+            wrong += text != right
+            examples.append(maker.judged(context, text, text == right))
+    return examples, 2 * len(turns), wrong
 
 
 def batches(examples: list[Example], batch_size: int, pad_id: int, rng: random.Random):  # type: ignore[no-untyped-def]
@@ -305,6 +384,35 @@ def train_phase(phase: Phase, examples: list[Example], args: argparse.Namespace,
                           "seconds": round(time.time() - started, 1)})
 
 
+def two_phases(maker: ExampleMaker, first: list[Example], args: argparse.Namespace, rng: random.Random, models: dict,  # type: ignore[type-arg]
+               draft_steps: list[int], target_steps: list[int], log: dict) -> tuple[int, int]:  # type: ignore[type-arg]
+    """Solve, judge, refuse and call tools; then judge the draft's own steps. Returns how many
+    of the draft's attempts were wrong, of how many."""
+    train_phase(Phase("solve, judge, refuse, call tools", draft_steps[0], target_steps[0], args.lr_scale), first, args, models, log)
+    attempts = draft_attempts(models["draft"], maker, make_problems(args.draft_attempts, seed=args.seed + 1000))
+    wrong = sum(not a.correct for a in attempts)
+    print(f"draft attempts: {len(attempts)} steps, {wrong} wrong", flush=True)
+    judged = [maker.verdict(a.problem, a.index, a.text, a.correct) for a in attempts]
+    second = judged * 2 + rng.sample(first, min(len(first), 4 * len(judged)))
+    train_phase(Phase("judge the draft's own steps", draft_steps[1], target_steps[1], 0.4 * args.lr_scale), second, args, models, log)
+    return wrong, len(attempts)
+
+
+def tool_judging_phase(maker: ExampleMaker, first: list[Example], args: argparse.Namespace, rng: random.Random, models: dict,  # type: ignore[type-arg]
+                       draft_steps: int, target_steps: int, log: dict) -> tuple[int, int]:  # type: ignore[type-arg]
+    """Verdicts inside calculator conversations, where the agent's mistakes are: the draft
+    picks another sentence's operation for its call, or writes an answer that ignores the last
+    result, and both models had only learned to judge calls with a wrong number."""
+    stories = random.Random(args.seed + 4000)
+    checks = [e for _ in range(args.tool_judging) for e in maker.tool_checks(make_story(stories), rng)]
+    own, attempts, wrong = draft_tool_judging(models["draft"], maker, [make_story(stories) for _ in range(args.tool_judging // 2)])
+    print(f"draft attempts in calculator conversations: {attempts}, {wrong} wrong", flush=True)
+    examples = checks + own * 2
+    examples += rng.sample(first, min(len(first), len(examples)))
+    train_phase(Phase("judge inside calculator conversations", draft_steps, target_steps, args.lr_scale), examples, args, models, log)
+    return wrong, attempts
+
+
 def shape_of(model) -> dict[str, int]:  # type: ignore[no-untyped-def]
     config = model.config
     return {"hidden_size": config.hidden_size, "num_layers": config.num_hidden_layers,
@@ -330,6 +438,12 @@ def main() -> None:
         help="go on training the pair in this folder (its tokenizer and shapes, learning rates scaled by --lr-scale)",
     )
     parser.add_argument("--lr-scale", type=float, default=1.0, help="scales both models' learning rates")
+    parser.add_argument(
+        "--tool-judging", type=int, metavar="STORIES",
+        help="with --resume: instead of the two phases, one phase of verdicts inside calculator conversations on "
+        "STORIES stories (right and plausibly wrong steps and calls, and the draft's own attempts), with phase-one "
+        "examples of --problems problems replayed beside them",
+    )
     parser.add_argument(
         "--grow-target", type=int, metavar="LAYERS",
         help="with --resume: deepen the target to LAYERS layers first, each new layer starting as the identity",
@@ -366,14 +480,10 @@ def main() -> None:
 
     first = phase_one_examples(maker, problems, args, rng)
     print(f"vocabulary {len(tokenizer)}", flush=True)
-    train_phase(Phase("solve, judge, refuse, call tools", draft_steps[0], target_steps[0], args.lr_scale), first, args, models, log)
-
-    attempts = draft_attempts(models["draft"], maker, make_problems(args.draft_attempts, seed=args.seed + 1000))
-    wrong = sum(not a.correct for a in attempts)
-    print(f"draft attempts: {len(attempts)} steps, {wrong} wrong", flush=True)
-    judged = [maker.verdict(a.problem, a.index, a.text, a.correct) for a in attempts]
-    second = judged * 2 + rng.sample(first, min(len(first), 4 * len(judged)))
-    train_phase(Phase("judge the draft's own steps", draft_steps[1], target_steps[1], 0.4 * args.lr_scale), second, args, models, log)
+    if args.tool_judging:
+        wrong, attempts = tool_judging_phase(maker, first, args, rng, models, draft_steps[0], target_steps[0], log)
+    else:
+        wrong, attempts = two_phases(maker, first, args, rng, models, draft_steps, target_steps, log)
 
     for role, model in models.items():
         path = args.out / role
@@ -383,7 +493,7 @@ def main() -> None:
             "earlier": history.get(role),  # the training of the pair this run went on from
             "command": "python scripts/train_demo_pair.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "shape": shape_of(model), "phases": log[role], "draft_attempts_wrong": f"{wrong} of {len(attempts)}",
+            "shape": shape_of(model), "phases": log[role], "draft_attempts_wrong": f"{wrong} of {attempts}",
             "total_seconds": round(time.time() - began, 1),
         }
         (path / "training.json").write_text(json.dumps(record, indent=2) + "\n")

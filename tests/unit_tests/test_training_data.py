@@ -1,0 +1,67 @@
+"""The demo pair's training data (`scripts/train_demo_pair.py`): the verdicts it teaches inside
+calculator conversations say the truth about what they judge."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from transformers import AutoTokenizer
+
+from langchain_confspec.demo import DEMO_PAIR_DIR
+from langchain_confspec.demo.problems import make_story
+from langchain_confspec.demo.tools import evaluate
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_pair.py"
+
+
+@pytest.fixture(scope="module")
+def training() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("train_demo_pair", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def maker(training: ModuleType):  # type: ignore[no-untyped-def]
+    return training.ExampleMaker(AutoTokenizer.from_pretrained(DEMO_PAIR_DIR / "target"))
+
+
+def test_a_wrong_call_is_never_the_right_one_and_always_runs(training: ModuleType) -> None:
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(300):
+        story = make_story(rng)
+        for index, step in enumerate(story.steps[1:-1]):
+            right = step.split(" = ")[0]
+            wrong = training.wrong_call(story, index, rng)
+            assert wrong != right
+            assert wrong.split()[0] == right.split()[0], "the call starts from the current value"
+            evaluate(wrong)  # the calculator accepts it
+            seen.add("same amount" if wrong.split()[2] == right.split()[2] else "other amount")
+    assert seen == {"same amount", "other amount"}  # other operators and other sentences both occur
+
+
+def test_verdicts_inside_a_calculator_conversation_are_labelled_by_what_they_judge(training: ModuleType, maker) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(1)
+    story = make_story(rng, n_operations=3)
+    turns = maker.tool_turns(story)
+    assert [t.step for t in turns] == list(story.steps[:-1])
+    examples = maker.tool_checks(story, rng)
+    assert len(examples) == 4 * len(turns)
+    tokenizer = maker.tokenizer
+    for turn, group in zip(turns, [examples[i : i + 4] for i in range(0, len(examples), 4)]):
+        right_step, wrong_step, right_after, wrong_after = (
+            tokenizer.decode(e.ids[len(turn.prompt) : -1 - len(maker.suffix)]) for e in group
+        )
+        assert [e.ids[-1] for e in group] == [maker.yes, maker.no, maker.yes, maker.no]
+        assert right_step == turn.step and wrong_step != turn.step
+        assert right_after == turn.step + turn.after and wrong_after != right_after
+        assert all(e.learn_from == len(e.ids) - 1 for e in group)  # only the verdict is learned
