@@ -10,8 +10,9 @@ continuous batching, bounded by `max_batch` slots.
 
 A batch runs once no generation holding a slot is busy on the host (each is waiting for a
 pass, or has handed control to its caller), so requests advance together; a short timeout
-keeps a slow host step from holding the others up. If a batched pass fails, its passes are run
-again one by one, so that only the request that really fails sees the error.
+keeps a slow host step from holding the others up, and a pass that larger groups have kept
+waiting for `STARVATION_LIMIT` runs next. If a batched pass fails, its passes are run again one
+by one, so that only the request that really fails sees the error.
 """
 
 from __future__ import annotations
