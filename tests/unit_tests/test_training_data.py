@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -65,3 +66,16 @@ def test_verdicts_inside_a_calculator_conversation_are_labelled_by_what_they_jud
         assert right_step == turn.step and wrong_step != turn.step
         assert right_after == turn.step + turn.after and wrong_after != right_after
         assert all(e.learn_from == len(e.ids) - 1 for e in group)  # only the verdict is learned
+
+
+def test_the_tool_verdicts_benchmark_runs_on_the_bundled_pair() -> None:
+    """`benchmarks/tool_verdicts.py` on two stories: it counts every turn, twice per judge."""
+    script = SCRIPT.parents[1] / "benchmarks" / "tool_verdicts.py"
+    done = subprocess.run([sys.executable, str(script), "--stories", "2"], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| draft", "| target"))]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+        right_turns = int(cells[0].split(" of ")[1])
+        assert right_turns > 0 and cells[1].endswith(f" of {right_turns}")  # one right and one wrong per turn
