@@ -158,8 +158,7 @@ class ExampleMaker:
         return Example(ids, len(self.encoded(problem)[0]))
 
     def verdict(self, problem: Problem, index: int, step: str, correct: bool) -> Example:
-        ids = self.before(problem, index) + self.encode(step) + self.suffix + [self.yes if correct else self.no]
-        return Example(ids, len(ids) - 1)
+        return self.judged(self.before(problem, index), step, correct)
 
     def tool_turns(self, problem: Problem) -> list[ToolTurn]:
         """The problem solved with the calculator, turn by turn: each operation is a tool call,
@@ -195,6 +194,7 @@ class ExampleMaker:
         return examples
 
     def judged(self, context: list[int], step: str, correct: bool) -> Example:
+        """The verification question about `step` after `context`, answered."""
         ids = context + self.encode(step) + self.suffix + [self.yes if correct else self.no]
         return Example(ids, len(ids) - 1)
 
@@ -449,6 +449,8 @@ def main() -> None:
         help="with --resume: deepen the target to LAYERS layers first, each new layer starting as the identity",
     )
     args = parser.parse_args()
+    if (args.tool_judging or args.grow_target) and not args.resume:
+        parser.error("--tool-judging and --grow-target go on from a trained pair: give --resume PAIR")
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)

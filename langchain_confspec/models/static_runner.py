@@ -12,10 +12,11 @@ row's context, a replayed graph to the smallest *attend bucket* that holds it
 (`attend_buckets`: 1,024 slots, growing fourfold, then the whole row), since graphs are
 captured per bucket. Either way a decode step's cost follows the live context, not the
 window (and on a CPU, where a tiny model's 30-token pass over 1,024 slots costs twice one
-over its 150 live ones, the exact context is what makes batched passes pay). With graphs, one-token steps replay graphs captured per (rows, attend bucket), and
-passes of up to `PASS_BUCKETS[-1]` tokens per (rows, length bucket, attend bucket), for any
-rows and any batch; graphs write logits only for the rows that stepped and only the last
-`keep` positions a caller reads. Longer passes (a long prompt) run eagerly.
+over its 150 live ones, the exact context is what makes batched passes pay). With graphs,
+one-token steps replay graphs captured per (rows, attend bucket), and passes of up to
+`PASS_BUCKETS[-1]` tokens per (rows, length bucket, attend bucket), for any rows and any batch;
+graphs write logits only for the rows that stepped and only the last `keep` positions a caller
+reads. Longer passes (a long prompt) run eagerly.
 """
 
 from __future__ import annotations
