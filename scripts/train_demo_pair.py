@@ -407,7 +407,7 @@ def tool_judging_phase(maker: ExampleMaker, first: list[Example], args: argparse
     checks = [e for _ in range(args.tool_judging) for e in maker.tool_checks(make_story(stories), rng)]
     own, attempts, wrong = draft_tool_judging(models["draft"], maker, [make_story(stories) for _ in range(args.tool_judging // 2)])
     print(f"draft attempts in calculator conversations: {attempts}, {wrong} wrong", flush=True)
-    examples = checks + own * 2
+    examples = checks + own * args.own_repeats
     examples += rng.sample(first, min(len(first), len(examples)))
     train_phase(Phase("judge inside calculator conversations", draft_steps, target_steps, args.lr_scale), examples, args, models, log)
     return wrong, attempts
@@ -444,6 +444,7 @@ def main() -> None:
         "STORIES stories (right and plausibly wrong steps and calls, and the draft's own attempts), with phase-one "
         "examples of --problems problems replayed beside them",
     )
+    parser.add_argument("--own-repeats", type=int, default=2, help="with --tool-judging: copies of the draft's own attempts")
     parser.add_argument(
         "--grow-target", type=int, metavar="LAYERS",
         help="with --resume: deepen the target to LAYERS layers first, each new layer starting as the identity",
