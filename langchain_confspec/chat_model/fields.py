@@ -85,6 +85,11 @@ class ChatModelFields(BaseChatModel):
     first proposal: the rewrite keeps the prefix the target would write itself, so an identical
     rewrite costs one target pass (none after the target's own verdict) instead of one per token.
     Same output either way."""
+    target_writes_tool_calls: bool = True
+    """In `confspec` and `always_verify`, the target writes every tool call's arguments itself
+    instead of judging the draft's: a call is an action taken on the model's word, and a
+    verdict lets a plausible wrong call through (another sentence's number, another operator)
+    more often than the target writes one. False speculates calls like any step."""
     temperature: float = 0.0
     """0 decodes greedily."""
     top_p: float = 1.0

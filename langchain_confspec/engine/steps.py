@@ -204,7 +204,10 @@ class StepWriter:
         return self._record(step, Writer.DRAFT, Decision.UNVERIFIED)
 
     def speculative_step(self, budget: StepBudget, clock: PhaseClock) -> Generator[TextDelta, None, StepRecord]:
-        """Draft proposes; the gate (or, in always_verify, the target) decides its fate."""
+        """Draft proposes; the gate (or, in always_verify, the target) decides its fate. A tool
+        call's arguments are the target's own (`target_writes_tool_calls`)."""
+        if self._call_is_the_targets():
+            return (yield from self.target_call_step(budget, clock))
         draft, target = self.draft, self.target
         assert draft is not None and target is not None and self.target_reader is not None
         draft_start, target_start = len(draft), len(target)
@@ -283,6 +286,19 @@ class StepWriter:
             rewrite_reused_tokens=rewrite.reused,
             **verdicts,
         )
+
+    def _call_is_the_targets(self) -> bool:
+        constraint = self.active_constraint
+        return self.config.target_writes_tool_calls and constraint is not None and constraint.span is Span.TOOL_CALL
+
+    def target_call_step(self, budget: StepBudget, clock: PhaseClock) -> Generator[TextDelta, None, StepRecord]:
+        """The target writes a tool call under its constraint, with no proposal to judge; the
+        draft reads it after."""
+        assert self.draft is not None
+        with clock.phase("target_write"):
+            call, _ = yield from self._write_as_target(budget)  # a constrained span: never token-speculated
+        self._hand_over(call, self.draft)
+        return self._record(call, Writer.TARGET, Decision.UNVERIFIED)
 
     def _hand_over(self, step: WrittenStep, receiver: ModelSession | RemoteSession) -> None:
         """Append a step written by the other model: as ids when the vocabularies match,

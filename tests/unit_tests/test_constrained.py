@@ -19,7 +19,7 @@ from langchain_confspec.engine.constrained import (
     tool_call_plan,
 )
 from langchain_confspec.errors import UnsupportedSchemaError
-from langchain_confspec.records import Span
+from langchain_confspec.records import Decision, Span, Writer
 
 PERSON = {
     "type": "object",
@@ -86,6 +86,24 @@ def test_a_forced_tool_call_names_one_of_the_tools(tiny_engine: ConfSpecEngine) 
         assert not answer.invalid_tool_calls and len(answer.tool_calls) == 1
         call = answer.tool_calls[0]
         assert call["name"] in tools and set(call["args"]) == set(tools[call["name"]]["properties"])
+
+
+@pytest.mark.parametrize("mode", ["confspec", "always_verify"])
+def test_the_target_writes_tool_calls_itself(tiny_engine: ConfSpecEngine, mode: str) -> None:
+    """A call is an action: where steps are speculated, its arguments are still the target's
+    own (greedy: exactly what `target_only` writes), recorded as the target's and judged by
+    nobody; `target_writes_tool_calls=False` speculates it like any step."""
+    tools = {"add": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}
+    constraint = Constraint(tool_call_plan(tools, open_tag="<tool_call>\n", close_tag="\n</tool_call>"), Span.TOOL_CALL)
+
+    def call(**settings: Any) -> Any:
+        return tiny_engine.generate([{"role": "user", "content": "hi"}], build_config(max_tokens=200, **settings), constraint=constraint)
+
+    written = call(mode=mode)
+    assert written.text == call(mode="target_only").text
+    assert [(r.writer, r.decision, r.span) for r in written.records] == [(Writer.TARGET, Decision.UNVERIFIED, Span.TOOL_CALL)]
+    speculated = call(mode=mode, target_writes_tool_calls=False).records[0]
+    assert speculated.decision is not Decision.UNVERIFIED  # the draft proposed it and it was judged
 
 
 def test_out_of_budget_ends_with_length(tiny_engine: ConfSpecEngine) -> None:
