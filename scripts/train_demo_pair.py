@@ -43,6 +43,7 @@ from langchain_confspec.config import DEFAULT_BINARY_PROMPT
 from langchain_confspec.demo.problems import (
     OFF_DOMAIN_ANSWER,
     STEP_SEPARATOR,
+    EXPRESSION_SHARE,
     Problem,
     corrupt_step,
     make_off_domain,
@@ -389,7 +390,7 @@ def two_phases(maker: ExampleMaker, first: list[Example], args: argparse.Namespa
     """Solve, judge, refuse and call tools; then judge the draft's own steps. Returns how many
     of the draft's attempts were wrong, of how many."""
     train_phase(Phase("solve, judge, refuse, call tools", draft_steps[0], target_steps[0], args.lr_scale), first, args, models, log)
-    attempts = draft_attempts(models["draft"], maker, make_problems(args.draft_attempts, seed=args.seed + 1000))
+    attempts = draft_attempts(models["draft"], maker, make_problems(args.draft_attempts, seed=args.seed + 1000, expression_share=args.expression_share))
     wrong = sum(not a.correct for a in attempts)
     print(f"draft attempts: {len(attempts)} steps, {wrong} wrong", flush=True)
     judged = [maker.verdict(a.problem, a.index, a.text, a.correct) for a in attempts]
@@ -424,6 +425,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("langchain_confspec/demo/pair"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--problems", type=int, default=40000, help="problems of the first phase")
+    parser.add_argument(
+        "--expression-share", type=float, default=EXPRESSION_SHARE,
+        help="share of bare expressions among the problems (the held-out set has 0.3)",
+    )
     parser.add_argument("--off-domain", type=int, default=4000, help="messages outside the domain")
     parser.add_argument("--structured", type=int, default=4000, help="problems also answered as JSON after the steps")
     parser.add_argument("--tool-use", type=int, default=6000, help="stories also solved with the calculator tool")
@@ -456,7 +461,7 @@ def main() -> None:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     began = time.time()
-    problems = make_problems(args.problems, seed=args.seed)
+    problems = make_problems(args.problems, seed=args.seed, expression_share=args.expression_share)
     if args.resume:
         tokenizer = AutoTokenizer.from_pretrained(args.resume / "target")
         models = {role: AutoModelForCausalLM.from_pretrained(args.resume / role) for role in ("draft", "target")}

@@ -79,9 +79,9 @@ EXPRESSION_SHARE = 0.3
 """The share of bare expressions among the problems `make_problem` draws."""
 
 
-def make_problem(rng: random.Random) -> Problem:
-    """One random problem: a bare expression (`EXPRESSION_SHARE` of them) or a story."""
-    return make_expression(rng) if rng.random() < EXPRESSION_SHARE else make_story(rng)
+def make_problem(rng: random.Random, expression_share: float = EXPRESSION_SHARE) -> Problem:
+    """One random problem: a bare expression (`expression_share` of them) or a story."""
+    return make_expression(rng) if rng.random() < expression_share else make_story(rng)
 
 
 def make_story(rng: random.Random, n_operations: int | None = None) -> Problem:
@@ -184,9 +184,9 @@ def make_off_domain(rng: random.Random) -> Problem:
     return Problem(question.strip() or "?", (OFF_DOMAIN_ANSWER,), None)
 
 
-def make_problems(count: int, seed: int) -> list[Problem]:
+def make_problems(count: int, seed: int, expression_share: float = EXPRESSION_SHARE) -> list[Problem]:
     rng = random.Random(seed)
-    return [make_problem(rng) for _ in range(count)]
+    return [make_problem(rng, expression_share) for _ in range(count)]
 
 
 def make_stories(count: int, seed: int) -> list[Problem]:

@@ -125,6 +125,17 @@ def test_demo_problems_are_consistent_and_checkable() -> None:
                 assert check_step(corrupt_step(step, rng)) is False
 
 
+def test_the_share_of_bare_expressions_is_a_knob_that_leaves_the_held_out_set_alone() -> None:
+    """Training can ask for more expressions; the default draw (the held-out set's) is unchanged."""
+    def expressions(problems: list) -> int:  # type: ignore[type-arg]
+        return sum(" starts with " not in p.steps[0] for p in problems)
+
+    assert make_problems(50, seed=10_000) == make_problems(50, seed=10_000, expression_share=0.3)
+    assert expressions(make_problems(400, seed=4, expression_share=0.8)) > 280
+    assert expressions(make_problems(400, seed=4)) < 160
+    assert expressions(make_problems(20, seed=4, expression_share=0.0)) == 0
+
+
 def test_auroc_matches_hand_computed_values() -> None:
     assert auroc([0.9, 0.8, 0.3, 0.1], [True, True, False, False]) == 1.0
     assert auroc([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 0.0
