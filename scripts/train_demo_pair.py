@@ -41,9 +41,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langchain_confspec.config import DEFAULT_BINARY_PROMPT
 from langchain_confspec.demo.problems import (
+    EXPRESSION_SHARE,
     OFF_DOMAIN_ANSWER,
     STEP_SEPARATOR,
-    EXPRESSION_SHARE,
     Problem,
     corrupt_step,
     make_off_domain,
