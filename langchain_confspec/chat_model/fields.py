@@ -88,8 +88,8 @@ class ChatModelFields(BaseChatModel):
     target_writes_tool_calls: bool = True
     """In `confspec` and `always_verify`, the target writes every tool call's arguments itself
     instead of judging the draft's: a call is an action taken on the model's word, and a
-    verdict lets a plausible wrong call through (another sentence's number, another operator)
-    more often than the target writes one. False speculates calls like any step."""
+    verdict keeps plausible wrong calls (another sentence's number, another operator) that the
+    target would not write. False speculates calls like any step."""
     temperature: float = 0.0
     """0 decodes greedily."""
     top_p: float = 1.0
