@@ -2,12 +2,14 @@
 
     python benchmarks/agent_accuracy.py [--problems 20] [--modes confspec,target_only]
                                         [--agent loop|create_agent] [--seed 10000]
+                                        [--speculate-calls]
 
 Runs the calculator agent on held-out stories (seed 10000, as `confspec eval`; training used
 seeds below 10000): `loop` is the package's `run_tool_loop`, `create_agent` is LangChain's
 agent (`langchain.agents.create_agent`) over the same model and tool. Prints, per mode, the
 share of right final answers, tool calls per problem, invalid calls, calls of unknown tools
-and the wall time.
+and the wall time. `--speculate-calls` has the draft write the calls and the gate judge them,
+like any step (`target_writes_tool_calls=False`), instead of the target writing them.
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ def main() -> None:
     parser.add_argument("--modes", default="confspec,target_only", help="comma-separated modes")
     parser.add_argument("--agent", choices=["loop", "create_agent"], default="loop")
     parser.add_argument("--seed", type=int, default=10000, help="seed of the stories (training used seeds below 10000)")
+    parser.add_argument("--speculate-calls", action="store_true", help="target_writes_tool_calls=False")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
     problems = make_stories(args.problems, seed=args.seed)
     print(f"{args.agent}, {args.problems} held-out stories (seed {args.seed})")
     print("| mode | right | tool calls per problem | invalid calls | unknown tools | wall s |\n|---|---|---|---|---|---|")
     for mode in args.modes.split(","):
-        agent = make_agent(args.agent, ConfSpecChatModel.demo(max_tokens=160, mode=mode))
+        agent = make_agent(args.agent, ConfSpecChatModel.demo(max_tokens=160, mode=mode, target_writes_tool_calls=not args.speculate_calls))
         right = calls = invalid = failed_calls = 0
         started = time.perf_counter()
         for problem in problems:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from langchain_confspec.engine.decoding import TokenChooser, WrittenStep
 from langchain_confspec.errors import UnsupportedSchemaError
+from langchain_confspec.models.loading import LoadedModel
 from langchain_confspec.models.session import ModelSession
 from langchain_confspec.records import Span, StepEnd
 
@@ -232,10 +233,63 @@ class _OutOfBudget(Exception):
     pass
 
 
+class _Writable(Protocol):
+    """What `JsonWriter` uses of a session."""
+
+    loaded: LoadedModel
+    tokens_written: int
+
+    def append(self, ids: Sequence[int]) -> None: ...
+
+    def next_logits(self) -> torch.Tensor: ...
+
+
+class _ProposalCheck:
+    """A session as `JsonWriter` sees it while its model checks a proposal: the proposal is
+    read in one pass with the logits after each of its tokens kept, and while the writer's
+    tokens follow it, its logits come from that pass. At the writer's first other token the
+    session is cut back there and writing goes on one pass a token."""
+
+    def __init__(self, session: ModelSession, proposal: Sequence[int]) -> None:
+        self.session = session
+        self.loaded = session.loaded
+        self._base = len(session)
+        self._proposal = list(proposal)
+        session.append(self._proposal)
+        self._logits = session.logits_from(self._base)  # len(proposal) + 1 rows
+        self.followed = 0  # proposal tokens the writer has written, while it follows it
+        self._following = True
+
+    @property
+    def tokens_written(self) -> int:
+        return self.session.tokens_written
+
+    @tokens_written.setter
+    def tokens_written(self, value: int) -> None:
+        self.session.tokens_written = value
+
+    def append(self, ids: Sequence[int]) -> None:
+        for token in ids:
+            if self._following and self.followed < len(self._proposal) and token == self._proposal[self.followed]:
+                self.followed += 1
+            else:
+                self.leave()
+                self.session.append((token,))
+
+    def next_logits(self) -> torch.Tensor:
+        return self._logits[self.followed] if self._following else self.session.next_logits()
+
+    def leave(self) -> None:
+        """Stop following the proposal: drop the part of it the writer did not write."""
+        if self._following:
+            self._following = False
+            self.session.truncate(self._base + self.followed)
+
+
 class JsonWriter:
     """Writes one plan over a session, choosing masked tokens with the call's chooser."""
 
-    def __init__(self, session: ModelSession, chooser: TokenChooser, *, budget: int) -> None:
+    def __init__(self, session: _Writable, chooser: TokenChooser, *, budget: int) -> None:
         self.session = session
         self.chooser = chooser
         self.budget = budget
@@ -409,6 +463,19 @@ class JsonWriter:
 def write_json(session: ModelSession, chooser: TokenChooser, plan: Node, *, budget: int) -> WrittenStep:
     """Write `plan` over `session` (ends `EOS` when complete, `LENGTH` when out of budget)."""
     return JsonWriter(session, chooser, budget=budget).write(plan)
+
+
+def write_json_checking(
+    session: ModelSession, chooser: TokenChooser, plan: Node, *, budget: int, proposal: Sequence[int]
+) -> WrittenStep:
+    """`write_json` (greedy) that checks `proposal`, another model's object under the same
+    plan, first: the same object the model writes alone, for one pass over the part it agrees
+    with instead of one pass per chosen token. `reused` counts the proposal tokens kept."""
+    assert chooser.greedy, "a proposal is checked greedily"
+    check = _ProposalCheck(session, proposal)
+    written = JsonWriter(check, chooser, budget=budget).write(plan)
+    check.leave()
+    return replace(written, reused=check.followed)
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from langchain_confspec import ConfSpecEngine
+from langchain_confspec import ConfSpecEngine, load_model
 from langchain_confspec.chat_model.tool_calls import parse_tool_calls
 from langchain_confspec.config import build_config
 from langchain_confspec.engine.constrained import (
@@ -104,6 +105,21 @@ def test_the_target_writes_tool_calls_itself(tiny_engine: ConfSpecEngine, mode: 
     assert [(r.writer, r.decision, r.span) for r in written.records] == [(Writer.TARGET, Decision.UNVERIFIED, Span.TOOL_CALL)]
     speculated = call(mode=mode, target_writes_tool_calls=False).records[0]
     assert speculated.decision is not Decision.UNVERIFIED  # the draft proposed it and it was judged
+
+
+def test_a_call_the_target_agrees_with_costs_it_one_pass(tiny_pair_paths: tuple[Path, Path]) -> None:
+    """Greedy, the target checks the draft's call as a proposal: with a draft that writes what
+    the target writes (here the same weights), the whole call costs the target one pass, where
+    writing it alone takes one per chosen token."""
+    target_path = str(tiny_pair_paths[1])
+    engine = ConfSpecEngine(load_model(target_path, role="draft"), load_model(target_path, role="target"))
+    tools = {"shout": {"type": "object", "properties": {"text": {"type": "string"}}}}
+    constraint = Constraint(tool_call_plan(tools, open_tag="<tool_call>\n", close_tag="\n</tool_call>"), Span.TOOL_CALL)
+    turns = [{"role": "user", "content": "hi"}]
+    alone = engine.generate(turns, build_config(mode="target_only", max_tokens=200), constraint=constraint)
+    checked = engine.generate(turns, build_config(mode="confspec", max_tokens=200), constraint=constraint)
+    assert checked.text == alone.text
+    assert checked.summary.target.forward_passes == 1 < alone.summary.target.forward_passes
 
 
 def test_out_of_budget_ends_with_length(tiny_engine: ConfSpecEngine) -> None:
