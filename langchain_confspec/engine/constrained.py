@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -257,7 +257,7 @@ class _ProposalCheck:
         self._proposal = list(proposal)
         session.append(self._proposal)
         self._logits = session.logits_from(self._base)  # len(proposal) + 1 rows
-        self.followed = 0  # proposal tokens the writer has written, while it follows it
+        self._followed = 0  # proposal tokens the writer has written, while it follows it
         self._following = True
 
     @property
@@ -270,20 +270,20 @@ class _ProposalCheck:
 
     def append(self, ids: Sequence[int]) -> None:
         for token in ids:
-            if self._following and self.followed < len(self._proposal) and token == self._proposal[self.followed]:
-                self.followed += 1
+            if self._following and self._followed < len(self._proposal) and token == self._proposal[self._followed]:
+                self._followed += 1
             else:
                 self.leave()
                 self.session.append((token,))
 
     def next_logits(self) -> torch.Tensor:
-        return self._logits[self.followed] if self._following else self.session.next_logits()
+        return self._logits[self._followed] if self._following else self.session.next_logits()
 
     def leave(self) -> None:
         """Stop following the proposal: drop the part of it the writer did not write."""
         if self._following:
             self._following = False
-            self.session.truncate(self._base + self.followed)
+            self.session.truncate(self._base + self._followed)
 
 
 class JsonWriter:
@@ -470,12 +470,12 @@ def write_json_checking(
 ) -> WrittenStep:
     """`write_json` (greedy) that checks `proposal`, another model's object under the same
     plan, first: the same object the model writes alone, for one pass over the part it agrees
-    with instead of one pass per chosen token. `reused` counts the proposal tokens kept."""
+    with instead of one pass per chosen token."""
     assert chooser.greedy, "a proposal is checked greedily"
     check = _ProposalCheck(session, proposal)
     written = JsonWriter(check, chooser, budget=budget).write(plan)
     check.leave()
-    return replace(written, reused=check.followed)
+    return written
 
 
 @dataclass(frozen=True)
