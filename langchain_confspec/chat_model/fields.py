@@ -86,8 +86,8 @@ class ChatModelFields(BaseChatModel):
     rewrite costs one target pass (none after the target's own verdict) instead of one per token.
     Same output either way."""
     target_writes_tool_calls: bool = True
-    """In `confspec` and `always_verify`, the target writes every tool call's arguments itself
-    instead of judging the draft's: a call is an action taken on the model's word, and a
+    """In `confspec` and `always_verify`, the target writes every tool call itself (constrained
+    or, from a served target, free text) instead of judging the draft's: a call is an action taken on the model's word, and a
     verdict keeps plausible wrong calls (another sentence's number, another operator) that the
     target would not write. Greedy, the target checks the draft's call as a proposal first: the
     same call, one target pass when it agrees. False speculates calls like any step."""

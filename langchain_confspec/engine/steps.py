@@ -209,7 +209,8 @@ class StepWriter:
 
     def speculative_step(self, budget: StepBudget, clock: PhaseClock) -> Generator[TextDelta, None, StepRecord]:
         """Draft proposes; the gate (or, in always_verify, the target) decides its fate. A tool
-        call's arguments are the target's own (`target_writes_tool_calls`)."""
+        call is the target's own (`target_writes_tool_calls`): written under its constraint, or
+        rewritten from the draft's step that holds it."""
         if self._call_is_the_targets():
             return self.target_call(budget, clock)
         draft, target = self.draft, self.target
@@ -221,7 +222,10 @@ class StepWriter:
 
         draft_verdict = None
         action = GateAction.ESCALATE
-        if self.draft_reader is not None:
+        call = self._free_call_for_target(proposal)
+        if call:  # nobody judges it: the target writes it, checking the draft's first where it can
+            action = GateAction.REJECT
+        elif self.draft_reader is not None:
             with clock.phase("draft_verify"):
                 draft_verdict = judge(draft, self.draft_reader, keep=(draft_start,))
             action = gate(draft_verdict, self.config)
@@ -278,6 +282,8 @@ class StepWriter:
         if speculation is None:  # with token speculation the draft already holds the step
             self._hand_over(rewrite, draft)
         decision = Decision.REJECTED_BY_TARGET if escalated else Decision.REJECTED_BY_DRAFT
+        if call:
+            decision = Decision.UNVERIFIED
         return self._record(
             rewrite,
             Writer.TARGET,
@@ -294,6 +300,11 @@ class StepWriter:
     def _call_is_the_targets(self) -> bool:
         constraint = self.active_constraint
         return self.config.target_writes_tool_calls and constraint is not None and constraint.span is Span.TOOL_CALL
+
+    def _free_call_for_target(self, proposal: WrittenStep) -> bool:
+        """A draft step holding a tool call written without a constraint (a served target, a
+        schema the constraint cannot enforce): the target's to write, like a constrained one."""
+        return self.config.target_writes_tool_calls and self.constraint is None and OPEN_TAG in proposal.text
 
     def target_call(self, budget: StepBudget, clock: PhaseClock) -> StepRecord:
         """The target writes a tool call under its constraint, and nobody judges it. Greedy,

@@ -27,7 +27,7 @@ from langchain_confspec.demo.problems import (
 from langchain_confspec.demo.tools import calculator
 from langchain_confspec.engine.constrained import Constraint, tool_call_plan
 from langchain_confspec.models.prompting import CLOSE_TAG, OPEN_TAG
-from langchain_confspec.records import Span
+from langchain_confspec.records import Span, StepRecord
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +133,27 @@ def test_a_call_the_model_opens_is_one_the_agent_can_run() -> None:
         assert len(calls) == len(message.tool_calls) and all(steps[i - 1]["text"].endswith(OPEN_TAG) for i in calls)
         opened += len(calls)
     assert opened  # the rule was exercised
+
+
+def test_a_call_written_without_a_constraint_is_the_targets_too(demo_engine: ConfSpecEngine) -> None:
+    """Calls written as free text (a served target, a schema the constraint cannot enforce) are
+    actions as well: the draft's step holding one goes to the target, unjudged, which keeps
+    what it would write itself; `target_writes_tool_calls=False` lets the gate judge it."""
+    tools = [convert_to_openai_tool(calculator)]
+
+    def call_steps(**settings: object) -> list[StepRecord]:
+        records = []
+        for problem in make_stories(3, seed=20_004):
+            config = build_config(**{**DEMO_SETTINGS, "max_tokens": 128, **settings})
+            records += [r for r in demo_engine.generate(problem.turns(), config, tools=tools).records if OPEN_TAG in r.text]
+        return records
+
+    ours = call_steps()
+    assert ours and all(r.writer is Writer.TARGET and r.decision is Decision.UNVERIFIED for r in ours)
+    assert all(r.regenerated and r.rejected_text and OPEN_TAG in r.rejected_text for r in ours)
+    assert all(r.draft_confidence is None and not r.escalated for r in ours)
+    judged = call_steps(target_writes_tool_calls=False)
+    assert any(r.writer is Writer.DRAFT for r in judged)
 
 
 def test_plain_text_before_a_call_is_what_the_model_writes_unconstrained(demo_engine: ConfSpecEngine) -> None:
