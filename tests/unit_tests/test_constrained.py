@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from langchain_confspec.engine.constrained import (
 )
 from langchain_confspec.errors import UnsupportedSchemaError
 from langchain_confspec.records import Decision, Span, Writer
+
+EngineOn = Callable[[ConfSpecEngine, str], ConfSpecEngine]
 
 PERSON = {
     "type": "object",
@@ -90,15 +93,18 @@ def test_a_forced_tool_call_names_one_of_the_tools(tiny_engine: ConfSpecEngine) 
 
 
 @pytest.mark.parametrize("mode", ["confspec", "always_verify"])
-def test_the_target_writes_tool_calls_itself(tiny_engine: ConfSpecEngine, mode: str) -> None:
+def test_the_target_writes_tool_calls_itself(tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str, mode: str) -> None:
     """A call is an action: where steps are speculated, its arguments are still the target's
     own (greedy: exactly what `target_only` writes), recorded as the target's and judged by
     nobody; `target_writes_tool_calls=False` speculates it like any step."""
     tools = {"add": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}
     constraint = Constraint(tool_call_plan(tools, open_tag="<tool_call>\n", close_tag="\n</tool_call>"), Span.TOOL_CALL)
 
+    engine = engine_on(tiny_engine, fast_path)
+
     def call(**settings: Any) -> Any:
-        return tiny_engine.generate([{"role": "user", "content": "hi"}], build_config(max_tokens=200, **settings), constraint=constraint)
+        config = build_config(max_tokens=200, fast_path=fast_path, **settings)
+        return engine.generate([{"role": "user", "content": "hi"}], config, constraint=constraint)
 
     written = call(mode=mode)
     assert written.text == call(mode="target_only").text
@@ -107,17 +113,17 @@ def test_the_target_writes_tool_calls_itself(tiny_engine: ConfSpecEngine, mode: 
     assert speculated.decision is not Decision.UNVERIFIED  # the draft proposed it and it was judged
 
 
-def test_a_call_the_target_agrees_with_costs_it_one_pass(tiny_pair_paths: tuple[Path, Path]) -> None:
+def test_a_call_the_target_agrees_with_costs_it_one_pass(tiny_pair_paths: tuple[Path, Path], engine_on: EngineOn, fast_path: str) -> None:
     """Greedy, the target checks the draft's call as a proposal: with a draft that writes what
     the target writes (here the same weights), the whole call costs the target one pass, where
     writing it alone takes one per chosen token."""
     target_path = str(tiny_pair_paths[1])
-    engine = ConfSpecEngine(load_model(target_path, role="draft"), load_model(target_path, role="target"))
+    engine = engine_on(ConfSpecEngine(load_model(target_path, role="draft"), load_model(target_path, role="target")), fast_path)
     tools = {"shout": {"type": "object", "properties": {"text": {"type": "string"}}}}
     constraint = Constraint(tool_call_plan(tools, open_tag="<tool_call>\n", close_tag="\n</tool_call>"), Span.TOOL_CALL)
     turns = [{"role": "user", "content": "hi"}]
-    alone = engine.generate(turns, build_config(mode="target_only", max_tokens=200), constraint=constraint)
-    checked = engine.generate(turns, build_config(mode="confspec", max_tokens=200), constraint=constraint)
+    alone = engine.generate(turns, build_config(mode="target_only", max_tokens=200, fast_path=fast_path), constraint=constraint)
+    checked = engine.generate(turns, build_config(mode="confspec", max_tokens=200, fast_path=fast_path), constraint=constraint)
     assert checked.text == alone.text
     assert checked.summary.target.forward_passes == 1 < alone.summary.target.forward_passes
 
