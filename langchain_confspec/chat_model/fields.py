@@ -87,10 +87,11 @@ class ChatModelFields(BaseChatModel):
     Same output either way."""
     target_writes_tool_calls: bool = True
     """In `confspec` and `always_verify`, the target writes every tool call itself (constrained
-    or, from a served target, free text) instead of judging the draft's: a call is an action taken on the model's word, and a
-    verdict keeps plausible wrong calls (another sentence's number, another operator) that the
-    target would not write. Greedy, the target checks the draft's call as a proposal first: the
-    same call, one target pass when it agrees. False speculates calls like any step."""
+    or, from a served target, free text) instead of judging the draft's: a call is an action
+    taken on the model's word, and a verdict keeps plausible wrong calls (another sentence's
+    number, another operator) that the target would not write. Greedy, the target checks the
+    draft's call as a proposal first: the same call, one target pass when it agrees. False
+    speculates calls like any step."""
     temperature: float = 0.0
     """0 decodes greedily."""
     top_p: float = 1.0
