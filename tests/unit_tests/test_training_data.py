@@ -79,3 +79,17 @@ def test_the_tool_verdicts_benchmark_runs_on_the_bundled_pair() -> None:
         cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
         right_turns = int(cells[0].split(" of ")[1])
         assert right_turns > 0 and cells[1].endswith(f" of {right_turns}")  # one right and one wrong per turn
+
+
+def test_the_expression_reading_benchmark_counts_every_step_of_each_model() -> None:
+    """`benchmarks/expression_reading.py` on two expressions of each length: a row per model and
+    step, every step counted, no more right steps than right operands."""
+    script = SCRIPT.parents[1] / "benchmarks" / "expression_reading.py"
+    done = subprocess.run([sys.executable, str(script), "--per-kind", "2"], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in done.stdout.splitlines()
+            if line.startswith(("| draft", "| target"))]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(m, n, s) for m in ("target", "draft") for n, s in (("2", "1"), ("2", "2"), ("3", "1"), ("3", "2"), ("3", "3"))]
+    for _, _, _, read, right in rows:
+        (n_read, of), (n_right, of_too) = read.split(" of "), right.split(" of ")
+        assert of == of_too == "2" and int(n_right) <= int(n_read) <= 2
