@@ -181,7 +181,9 @@ class RunSummary(BaseModel):
     finish_reason: str
     n_steps: int
     steps_by_decision: dict[str, int]
-    draft_steps_proposed: int
+    draft_steps_proposed: int = Field(
+        description="Draft steps put to the gate; tool calls the target writes itself, even from a draft's step, are not."
+    )
     identical_rewrites: int = Field(default=0, description="Rewritten steps whose new text equals the rejected one.")
     draft_acceptance_rate: float | None = Field(
         description="Share of draft-proposed steps kept, on the draft's own verdict or the target's (kept / proposed)."
