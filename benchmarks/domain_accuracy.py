@@ -1,10 +1,11 @@
 """The demo pair's accuracy on each part of its domain, and what it says outside it.
 
-    python benchmarks/domain_accuracy.py [--per-kind 40] [--seed 20000]
+    python benchmarks/domain_accuracy.py [--per-kind 40] [--seed 20000] [--pair DIR]
 
 Stories of one to four operations and bare expressions of one to three, `--per-kind` of each
 (seed 20000: the tuning seed, apart from training and the held-out set), answered by
-`target_only` and `draft_only`; then a few messages outside the domain through the chat model
+`target_only` and `draft_only` (the bundled pair, or the one `--pair` names, such as a training
+run's output); then a few messages outside the domain through the chat model
 with its settings: how each answer ends and how many tokens it took.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
@@ -27,9 +29,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-kind", type=int, default=40)
     parser.add_argument("--seed", type=int, default=20000)
+    parser.add_argument("--pair", type=Path, help="a folder with draft/ and target/ (default: the bundled pair)")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
-    engine = ConfSpecEngine(load_model(DEMO_DRAFT, role="draft"), load_model(DEMO_TARGET, role="target"))
+    draft, target = (str(args.pair / "draft"), str(args.pair / "target")) if args.pair else (DEMO_DRAFT, DEMO_TARGET)
+    engine = ConfSpecEngine(load_model(draft, role="draft"), load_model(target, role="target"))
     rng = random.Random(args.seed)
     kinds = {f"story, {n} operation(s)": [make_story(rng, n) for _ in range(args.per_kind)] for n in (1, 2, 3, 4)}
     kinds |= {f"expression, {n} operation(s)": [make_expression(rng, n) for _ in range(args.per_kind)] for n in (1, 2, 3)}
@@ -41,7 +45,7 @@ def main() -> None:
                 text = engine.generate(problem.turns(), build_config(mode=mode, max_tokens=128)).text
                 right[mode] += extract_answer(text) == str(problem.answer)
         print(f"| {kind} | {right['target_only']} of {len(problems)} | {right['draft_only']} of {len(problems)} |", flush=True)
-    model = ConfSpecChatModel.demo(max_tokens=512)
+    model = ConfSpecChatModel(draft_model=draft, target_model=target, max_tokens=512)
     print("\n| message | answer | finish | tokens |\n|---|---|---|---|")
     for message in OFF_DOMAIN:
         answer = model.invoke(message)
