@@ -5,8 +5,9 @@
 Stories of one to four operations and bare expressions of one to three, `--per-kind` of each
 (seed 20000: the tuning seed, apart from training and the held-out set), answered by
 `target_only` and `draft_only` (the bundled pair, or the one `--pair` names, such as a training
-run's output); then a few messages outside the domain through the chat model
-with its settings: how each answer ends and how many tokens it took.
+run's output); then a few messages outside the domain through the chat model with the demo's
+settings (for a `--pair` too: it is a candidate for the bundled pair): how each answer ends and
+how many tokens it took.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from langchain_confspec import ConfSpecChatModel, ConfSpecEngine, load_model
 from langchain_confspec.config import build_config
-from langchain_confspec.demo import DEMO_DRAFT, DEMO_TARGET
+from langchain_confspec.demo import DEMO_DRAFT, DEMO_SETTINGS, DEMO_TARGET
 from langchain_confspec.demo.problems import extract_answer, make_expression, make_story
 
 OFF_DOMAIN = ["hello", "Bonjour, comment ça va ?", "What is the capital of Peru?", "?", "Write me a haiku about rain", "zxqv"]
@@ -45,7 +46,7 @@ def main() -> None:
                 text = engine.generate(problem.turns(), build_config(mode=mode, max_tokens=128)).text
                 right[mode] += extract_answer(text) == str(problem.answer)
         print(f"| {kind} | {right['target_only']} of {len(problems)} | {right['draft_only']} of {len(problems)} |", flush=True)
-    model = ConfSpecChatModel(draft_model=draft, target_model=target, max_tokens=512)
+    model = ConfSpecChatModel(draft_model=draft, target_model=target, max_tokens=512, **DEMO_SETTINGS)
     print("\n| message | answer | finish | tokens |\n|---|---|---|---|")
     for message in OFF_DOMAIN:
         answer = model.invoke(message)

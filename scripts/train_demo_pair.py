@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,30 @@ def wrong_call(problem: Problem, index: int, rng: random.Random) -> str:
         others.append(f"{value} {operations[index - 1]}")  # the last operation again
     wrong = rng.choice([o for o in others if o != right] or [corrupt_step(right, rng)])
     return wrong if rng.random() < 0.75 else corrupt_step(right, rng)
+
+
+_OPERATION = re.compile(r"^(\d+) ([-+*]) (\d+) = (\d+)\.")
+
+
+def plausible_wrong_step(problem: Problem, index: int, rng: random.Random) -> str | None:
+    """A wrong step whose arithmetic is right, the mistakes a corrupted result never shows: the
+    answer given before the last operation is done, or an operation on a number read wrong from
+    the question (another of its numbers, or the other operand twice). None where step `index`
+    is not an operation."""
+    match = _OPERATION.match(problem.steps[index])
+    if match is None:
+        return None
+    left, operator, right = int(match[1]), match[2], int(match[3])
+    if rng.random() < 0.5:
+        return f"Answer: {left}"
+    misread = {int(n) for n in re.findall(r"\d+", problem.question)} | {left, right}
+    if rng.random() < 0.5:
+        left = rng.choice(sorted(misread - {left}) or [right])
+    else:
+        right = rng.choice(sorted(misread - {right}) or [left])
+    value = {"+": left + right, "-": left - right, "*": left * right}[operator]
+    wrong = f"{left} {operator} {right} = {value}.{STEP_SEPARATOR}"
+    return wrong if wrong != problem.steps[index] else f"Answer: {left}"
 
 
 @dataclass(frozen=True)
@@ -235,13 +260,17 @@ class ExampleMaker:
         step = rng.choice(elsewhere.steps)
         return [self.solving(problem), self.verdict(problem, 0, OFF_DOMAIN_ANSWER, True), self.verdict(problem, 0, step, False)]
 
-    def checks(self, problem: Problem, rng: random.Random, n_verify: int) -> list[Example]:
-        """`n_verify` verdicts on steps of `problem`, half of them on a corrupted step."""
+    def checks(self, problem: Problem, rng: random.Random, n_verify: int, plausible_share: float = 0.0) -> list[Example]:
+        """`n_verify` verdicts on steps of `problem`, half of them on a wrong step: a corrupted
+        result, or (`plausible_share` of them) a `plausible_wrong_step`."""
         examples = []
         for _ in range(n_verify):
             k = rng.randrange(len(problem.steps))
             correct = rng.random() < 0.5
-            step = problem.steps[k] if correct else corrupt_step(problem.steps[k], rng)
+            step = problem.steps[k]
+            if not correct:
+                plausible = plausible_wrong_step(problem, k, rng) if plausible_share and rng.random() < plausible_share else None
+                step = plausible or corrupt_step(step, rng)
             examples.append(self.verdict(problem, k, step, correct))
         return examples
 
@@ -364,7 +393,7 @@ class Phase:
 def phase_one_examples(maker: ExampleMaker, problems: list[Problem], args: argparse.Namespace, rng: random.Random) -> list[Example]:
     """Solving (twice), verdicts on right and corrupted steps, the answer as JSON after the
     steps, the refusal, the tool loop."""
-    examples = [e for p in problems for e in maker.checks(p, rng, args.n_verify)]
+    examples = [e for p in problems for e in maker.checks(p, rng, args.n_verify, args.plausible_wrong)]
     examples += [maker.solving(p) for p in problems] * 2
     examples += [maker.structured(p, rng) for p in problems[: args.structured]]
     off_rng = random.Random(args.seed + 3000)
@@ -433,6 +462,10 @@ def main() -> None:
     parser.add_argument("--structured", type=int, default=4000, help="problems also answered as JSON after the steps")
     parser.add_argument("--tool-use", type=int, default=6000, help="stories also solved with the calculator tool")
     parser.add_argument("--n-verify", type=int, default=2, help="verdicts on right/corrupted steps per problem")
+    parser.add_argument(
+        "--plausible-wrong", type=float, default=0.0,
+        help="share of the wrong steps judged that read right: an early answer, a misread operand",
+    )
     parser.add_argument("--draft-attempts", type=int, default=6000, help="problems whose steps the draft writes itself")
     parser.add_argument("--draft-steps", type=str, default="1800,500", help="steps of each phase for the draft")
     parser.add_argument("--target-steps", type=str, default="2400,600", help="steps of each phase for the target")

@@ -14,7 +14,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from langchain_confspec.demo import DEMO_PAIR_DIR
-from langchain_confspec.demo.problems import make_story
+from langchain_confspec.demo.problems import check_step, make_problems, make_story
 from langchain_confspec.demo.tools import evaluate
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_pair.py"
@@ -48,6 +48,26 @@ def test_a_wrong_call_is_never_the_right_one_and_always_runs(training: ModuleTyp
             evaluate(wrong)  # the calculator accepts it
             seen.add("same amount" if wrong.split()[2] == right.split()[2] else "other amount")
     assert seen == {"same amount", "other amount"}  # other operators and other sentences both occur
+
+
+def test_a_plausible_wrong_step_is_wrong_yet_computes_right(training: ModuleType) -> None:
+    rng = random.Random(2)
+    kinds = set()
+    for problem in make_problems(300, seed=3):
+        for index, step in enumerate(problem.steps):
+            wrong = training.plausible_wrong_step(problem, index, rng)
+            if check_step(step.strip()) is None:  # the opening line of a story, the answer
+                assert wrong is None
+                continue
+            assert wrong is not None and wrong != step
+            if wrong.startswith("Answer: "):
+                kinds.add("early answer")
+                assert wrong == f"Answer: {step.split()[0]}", "the value before the operation"
+            else:
+                kinds.add("misread operand")
+                left, operator, right, _, value = wrong.rstrip(".\n").split()
+                assert int(value) == evaluate(f"{left} {operator} {right}") and operator == step.split()[1]
+    assert kinds == {"early answer", "misread operand"}
 
 
 def test_verdicts_inside_a_calculator_conversation_are_labelled_by_what_they_judge(training: ModuleType, maker) -> None:  # type: ignore[no-untyped-def]
