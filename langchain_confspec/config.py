@@ -75,6 +75,7 @@ class SpecConfig(BaseModel):
     speculation_depth: int | None = Field(default=None, ge=1, le=64)
     rewrite_from_rejected: bool = True
     target_writes_tool_calls: bool = True
+    target_writes_objects: bool = True
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what torch.Generator takes

@@ -92,6 +92,11 @@ class ChatModelFields(BaseChatModel):
     number, another operator) that the target would not write. Greedy, the target checks the
     draft's call as a proposal first: the same call, one target pass when it agrees. False
     speculates calls like any step."""
+    target_writes_objects: bool = True
+    """In `confspec` and `always_verify`, the target writes a structured-output object itself
+    (under the schema, after the steps) instead of judging the draft's: the object is what the
+    caller keeps, so it holds the target's values. Greedy, it checks the draft's object as a
+    proposal first, as for calls. False speculates the object like any step."""
     temperature: float = 0.0
     """0 decodes greedily."""
     top_p: float = 1.0

@@ -210,9 +210,10 @@ class StepWriter:
     def speculative_step(self, budget: StepBudget, clock: PhaseClock) -> Generator[TextDelta, None, StepRecord]:
         """Draft proposes; the gate (or, in always_verify, the target) decides its fate. A tool
         call is the target's own (`target_writes_tool_calls`): written under its constraint, or
-        rewritten from the draft's step that holds it."""
-        if self._call_is_the_targets():
-            return self.target_call(budget, clock)
+        rewritten from the draft's step that holds it; so is a structured-output object
+        (`target_writes_objects`)."""
+        if self._span_is_the_targets():
+            return self.target_span(budget, clock)
         draft, target = self.draft, self.target
         assert draft is not None and target is not None and self.target_reader is not None
         draft_start, target_start = len(draft), len(target)
@@ -297,20 +298,25 @@ class StepWriter:
             **verdicts,
         )
 
-    def _call_is_the_targets(self) -> bool:
+    def _span_is_the_targets(self) -> bool:
+        """Whether the constrained span about to be written is the target's to write."""
         constraint = self.active_constraint
-        return self.config.target_writes_tool_calls and constraint is not None and constraint.span is Span.TOOL_CALL
+        if constraint is None:
+            return False
+        if constraint.span is Span.TOOL_CALL:
+            return self.config.target_writes_tool_calls
+        return self.config.target_writes_objects
 
     def _free_call_for_target(self, proposal: WrittenStep) -> bool:
         """A draft step holding a tool call written without a constraint (a served target, a
         schema the constraint cannot enforce): the target's to write, like a constrained one."""
         return self.config.target_writes_tool_calls and self.constraint is None and OPEN_TAG in proposal.text
 
-    def target_call(self, budget: StepBudget, clock: PhaseClock) -> StepRecord:
-        """The target writes a tool call under its constraint, and nobody judges it. Greedy,
-        with a shared vocabulary, the draft writes the call first and the target checks it as
-        a proposal: the call is still the one the target writes alone, and one the target
-        agrees with costs it one pass instead of one per chosen token."""
+    def target_span(self, budget: StepBudget, clock: PhaseClock) -> StepRecord:
+        """The target writes a tool call or an object under its constraint, and nobody judges
+        it. Greedy, with a shared vocabulary, the draft writes it first and the target checks
+        it as a proposal: the span is still the one the target writes alone, and one the
+        target agrees with costs it one pass instead of one per chosen token."""
         draft, target, constraint = self.draft, self.target, self.active_constraint
         assert draft is not None and isinstance(target, ModelSession) and constraint is not None
         if not (self.chooser.greedy and self.engine.shared_vocabulary):

@@ -62,8 +62,6 @@ def test_json_answers_parse_and_fit_the_schema(tiny_engine: ConfSpecEngine, mode
     assert result.summary.finish_reason == "stop"
     _check_person(json.loads(result.text))
     assert [r.span for r in result.records] == [Span.JSON]
-    if mode == "confspec":  # the span went through the same verification as a step
-        assert result.records[0].draft_confidence is not None
 
 
 def test_number_grammar_has_no_leading_zeros(tiny_engine: ConfSpecEngine) -> None:
@@ -92,14 +90,22 @@ def test_a_forced_tool_call_names_one_of_the_tools(tiny_engine: ConfSpecEngine) 
         assert call["name"] in tools and set(call["args"]) == set(tools[call["name"]]["properties"])
 
 
-@pytest.mark.parametrize("mode", ["confspec", "always_verify"])
-def test_the_target_writes_tool_calls_itself(tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str, mode: str) -> None:
-    """A call is an action: where steps are speculated, its arguments are still the target's
-    own (greedy: exactly what `target_only` writes), recorded as the target's and judged by
-    nobody; `target_writes_tool_calls=False` speculates it like any step."""
-    tools = {"add": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}
-    constraint = Constraint(tool_call_plan(tools, open_tag="<tool_call>\n", close_tag="\n</tool_call>"), Span.TOOL_CALL)
+ADD_TOOL = {"add": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}
+CONSTRAINED_SPANS = {
+    "target_writes_tool_calls": Constraint(tool_call_plan(ADD_TOOL, open_tag="<tool_call>\n", close_tag="\n</tool_call>"), Span.TOOL_CALL),
+    "target_writes_objects": Constraint(compile_schema(PERSON), Span.JSON),
+}
 
+
+@pytest.mark.parametrize("mode", ["confspec", "always_verify"])
+@pytest.mark.parametrize("setting", sorted(CONSTRAINED_SPANS))
+def test_the_target_writes_tool_calls_and_objects_itself(
+    tiny_engine: ConfSpecEngine, engine_on: EngineOn, fast_path: str, mode: str, setting: str
+) -> None:
+    """A call is an action and an object what the caller keeps: where steps are speculated,
+    either is still the target's own (greedy: exactly what `target_only` writes), recorded as
+    the target's and judged by nobody; with its setting off it is speculated like any step."""
+    constraint = CONSTRAINED_SPANS[setting]
     engine = engine_on(tiny_engine, fast_path)
 
     def call(**settings: Any) -> Any:
@@ -108,8 +114,8 @@ def test_the_target_writes_tool_calls_itself(tiny_engine: ConfSpecEngine, engine
 
     written = call(mode=mode)
     assert written.text == call(mode="target_only").text
-    assert [(r.writer, r.decision, r.span) for r in written.records] == [(Writer.TARGET, Decision.UNVERIFIED, Span.TOOL_CALL)]
-    speculated = call(mode=mode, target_writes_tool_calls=False).records[0]
+    assert [(r.writer, r.decision, r.span) for r in written.records] == [(Writer.TARGET, Decision.UNVERIFIED, constraint.span)]
+    speculated = call(mode=mode, **{setting: False}).records[0]
     assert speculated.decision is not Decision.UNVERIFIED  # the draft proposed it and it was judged
 
 
