@@ -2,9 +2,10 @@
 
     python benchmarks/structured_output.py [--problems 20] [--mode confspec] [--seed 10000]
 
-On held-out problems (seed 10000, as `confspec eval`) it counts right answers four ways: the
+On held-out problems (seed 10000, as `confspec eval`) it counts right answers five ways: the
 plain answer (`Answer: N`), `with_structured_output(Answer)` with the reasoning steps first
-(the default), the same constrained from the first token (`reason_first=False`), and
+(the default: the target writes the object), the same with the object speculated like a step
+(`target_writes_objects=False`), constrained from the first token (`reason_first=False`), and
 LangChain's `create_agent` with the calculator and `response_format=ToolStrategy(Answer)`,
 whose forced tool-call prompt is the longest this pair meets (its prompt tokens are printed).
 """
@@ -67,6 +68,9 @@ def main() -> None:
     ways = {
         "plain answer": plain(model),
         "with_structured_output (steps first)": structured(model, reason_first=True),
+        "the same, target_writes_objects=False": structured(
+            ConfSpecChatModel.demo(max_tokens=160, mode=args.mode, target_writes_objects=False), reason_first=True
+        ),
         "with_structured_output (reason_first=False)": structured(model, reason_first=False),
         "create_agent + ToolStrategy": agent_with_tool_strategy(model, prompt_tokens),
     }
