@@ -9,7 +9,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from langchain_confspec.config import FastPath, Mode, SpecConfig, VerificationStyle
+from langchain_confspec.config import FastPath, Mode, SpecConfig, TargetCheck, VerificationStyle
 from langchain_confspec.errors import (
     ConfigurationError,
     ConfSpecError,
@@ -115,6 +115,7 @@ __all__ = [
     "SpecConfig",
     "StepEnd",
     "StepRecord",
+    "TargetCheck",
     "TokenizerMismatchError",
     "UnsupportedSchemaError",
     "VerificationStyle",

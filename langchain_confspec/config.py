@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from langchain_confspec.errors import ConfigurationError
 
@@ -50,6 +50,17 @@ class VerificationStyle(str, Enum):
     """A 0-9 score: the step passes when the score reaches `score_pass_mark`."""
 
 
+class TargetCheck(str, Enum):
+    """How the target checks a step the draft was unsure of."""
+
+    VERDICT = "verdict"
+    """Its own verdict on the step (the verification suffix), against `target_accept_threshold`."""
+    AGREEMENT = "agreement"
+    """The step stands only if the target would write it itself, greedy: one pass checks it as
+    a token-level proposal, and the target rewrites it from where it departs. Escalated steps
+    then read exactly as the target's own."""
+
+
 DEFAULT_BINARY_PROMPT = "\n\nIs the last step above correct? Answer Yes or No.\nAnswer:"
 DEFAULT_SCORE_PROMPT = "\n\nRate the last step above from 0 (wrong) to 9 (certainly correct).\nScore:"
 
@@ -71,6 +82,7 @@ class SpecConfig(BaseModel):
     reject_threshold: float = 0.9
     target_accept_threshold: float = 0.5
     verdict_mass_floor: float = Field(default=0.5, ge=0.0, le=1.0)
+    target_check: TargetCheck = TargetCheck.VERDICT
     token_speculation: bool = False
     speculation_depth: int | None = Field(default=None, ge=1, le=64)
     rewrite_from_rejected: bool = True
@@ -108,6 +120,15 @@ class SpecConfig(BaseModel):
         if value is not None and not value.strip():
             raise ValueError("must not be blank")
         return value
+
+    @model_validator(mode="after")
+    def _agreement_is_greedy(self) -> SpecConfig:
+        if self.target_check is TargetCheck.AGREEMENT and self.temperature != 0.0:
+            raise ValueError(
+                "target_check='agreement' compares a step with the target's greedy choices, so it needs "
+                "temperature=0; use target_check='verdict' to sample"
+            )
+        return self
 
     @property
     def verification_suffix(self) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from langchain_core.language_models import BaseChatModel
 from pydantic import ConfigDict, Field, SecretStr
 
-from langchain_confspec.config import FastPath, Mode, VerificationStyle
+from langchain_confspec.config import FastPath, Mode, TargetCheck, VerificationStyle
 from langchain_confspec.engine.engine import DEFAULT_MAX_BATCH
 
 
@@ -74,6 +74,11 @@ class ChatModelFields(BaseChatModel):
     verdict_mass_floor: float = 0.5
     """Least probability a model must put on the verdict tokens for its verdict to count: below
     it the draft's verdict is uncertain (the step escalates) and the target's a rejection."""
+    target_check: TargetCheck = TargetCheck.VERDICT
+    """How the target checks an escalated step: its `verdict` (against `target_accept_threshold`),
+    or `agreement`: the step stands only if the target would write it itself (greedy; one pass
+    checks it as a token-level proposal and the target rewrites it from where it departs), so
+    escalated steps read exactly as the target's own. Greedy only."""
     token_speculation: bool = False
     """Let the draft propose tokens inside the target's own steps (same output, fewer target passes)."""
     speculation_depth: int | None = None

@@ -210,7 +210,7 @@ class _Writer(Protocol):
     def loaded(self) -> _Vocabulary: ...
 
 
-class _Checker(Protocol):
+class Checker(Protocol):
     """A session whose model can check tokens it holds as a proposal (`take_seed`): a local
     session, or a served model's where the server scores prompt tokens."""
 
@@ -348,7 +348,7 @@ def write_step_texts(
             return replace(done, reused=reused) if seed else done
 
 
-def take_seed(session: _Checker, step: StepBuilder, seed: Sequence[int]) -> tuple[WrittenStep | None, int]:
+def take_seed(session: Checker, step: StepBuilder, seed: Sequence[int]) -> tuple[WrittenStep | None, int]:
     """Start `step` with the longest prefix of `seed` that `session`'s model would write itself
     (greedy), then its own next token: a rejected step checked as a token-level proposal, so an
     identical rewrite costs one pass instead of one per token. `session` ends with `seed`; one

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from langchain_confspec.config import FastPath, Mode, SpecConfig
+from langchain_confspec.config import FastPath, Mode, SpecConfig, TargetCheck
 from langchain_confspec.engine.answer_text import AnswerText
 from langchain_confspec.engine.constrained import Constraint
 from langchain_confspec.engine.decoding import StopScanner, TokenChooser
@@ -49,6 +49,11 @@ def _check_remote_request(target: RemoteModel, config: SpecConfig, constraint: C
         raise ConfigurationError(
             f"token_speculation needs the target to score proposed tokens, which {where} cannot do; turn it off "
             "(or let the server speculate itself: llama-server -md DRAFT), or serve the target with vLLM or SGLang."
+        )
+    if config.target_check is TargetCheck.AGREEMENT and not target.scores_proposals:
+        raise ConfigurationError(
+            f"target_check='agreement' needs the target to score a proposed step, which {where} cannot do; "
+            "use target_check='verdict', or serve the target with vLLM or SGLang."
         )
     if config.token_speculation and config.temperature != 0.0:
         raise ConfigurationError(

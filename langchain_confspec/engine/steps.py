@@ -12,7 +12,7 @@ from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from langchain_confspec.config import FastPath, Mode, SpecConfig
+from langchain_confspec.config import FastPath, Mode, SpecConfig, TargetCheck
 from langchain_confspec.engine.answer_text import AnswerText
 from langchain_confspec.engine.constrained import (
     Constraint,
@@ -29,7 +29,7 @@ from langchain_confspec.engine.gate import GateAction, gate, target_accepts
 from langchain_confspec.engine.outputs import TextDelta
 from langchain_confspec.engine.remote_session import RemoteSession
 from langchain_confspec.engine.speculation import DepthPolicy, speculative_step_texts
-from langchain_confspec.engine.verification import VerdictReader, judge
+from langchain_confspec.engine.verification import VerdictReader, agrees, judge
 from langchain_confspec.models.batching import BatchScheduler
 from langchain_confspec.models.fast_path import FastPaths
 from langchain_confspec.models.loading import LoadedModel
@@ -231,32 +231,36 @@ class StepWriter:
                 draft_verdict = judge(draft, self.draft_reader, keep=(draft_start,))
             action = gate(draft_verdict, self.config)
 
-        target_verdict = None
-        # A served target that cannot score a rejected step as a proposal rewrites from scratch.
-        seeded = (
-            self.config.rewrite_from_rejected
-            and self.chooser.greedy
+        # Checking a step as a proposal (a seeded rewrite, agreement) is greedy, and a served
+        # target must score prompt tokens for it.
+        checkable = (
+            self.chooser.greedy
             and self.active_constraint is None
             and (not isinstance(self.engine.target, RemoteModel) or self.engine.target.scores_proposals)
         )
-        if action is GateAction.ESCALATE:
+        by_agreement = checkable and self.config.target_check is TargetCheck.AGREEMENT
+        seeded = checkable and (self.config.rewrite_from_rejected or by_agreement)
+        target_verdict = None
+        escalated = action is GateAction.ESCALATE
+        if escalated:
             self._hand_over(proposal, target)
-            # A seeded rewrite reads the step's logits from this pass: keep every length in it.
-            keep = range(target_start, len(target) + 1) if seeded else (target_start,)
             with clock.phase("target_verify"):
-                if isinstance(target, RemoteSession):
+                if by_agreement:
+                    accepted = agrees(target, target_start, proposal.end, target.loaded.eos_token_ids)
+                elif isinstance(target, RemoteSession):
                     target_verdict = target.judge(self.target_reader)
-                else:
+                else:  # a seeded rewrite reads the step's logits from this pass: keep every length in it
+                    keep = range(target_start, len(target) + 1) if seeded else (target_start,)
                     target_verdict = judge(target, self.target_reader, keep=keep)
-            accepted = target_accepts(target_verdict, self.config)
+            if target_verdict is not None:
+                accepted = target_accepts(target_verdict, self.config)
         else:
             accepted = action is GateAction.ACCEPT
 
-        escalated = target_verdict is not None
         verdicts = {
             "draft_verdict": draft_verdict.accepts if draft_verdict else None,
             "draft_confidence": draft_verdict.confidence if draft_verdict else None,
-            "target_verdict": target_accepts(target_verdict, self.config) if target_verdict else None,
+            "target_verdict": accepted if escalated else None,
             "target_confidence": target_verdict.confidence if target_verdict else None,
             "draft_verdict_mass": draft_verdict.mass if draft_verdict else None,
             "target_verdict_mass": target_verdict.mass if target_verdict else None,

@@ -1,9 +1,10 @@
-"""Reading a verdict on a step from a model's next-token distribution.
+"""How a model checks a step: a verdict read from its next-token distribution, or agreement.
 
 A verification suffix (a question and an answer prefix) is appended after the step; one
 forward pass gives the distribution of the next token, and the probability mass on the
 accepting answers (Yes, or scores at or above the pass mark) is the verdict. The suffix is
-cropped back out of the cache afterwards.
+cropped back out of the cache afterwards. Agreement asks instead whether the model would
+write the step itself (greedy), from one pass over the step.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from langchain_confspec.config import SpecConfig, VerificationStyle
+from langchain_confspec.engine.decoding import Checker, kept_prefix
 from langchain_confspec.errors import ConfigurationError
 from langchain_confspec.models.session import ModelSession
-from langchain_confspec.records import Verdict
+from langchain_confspec.records import StepEnd, Verdict
 
 _YES_WORDS = ("Yes", "yes", "YES")
 _NO_WORDS = ("No", "no", "NO")
@@ -114,3 +116,14 @@ def judge(session: ModelSession, reader: VerdictReader, *, keep: Sequence[int] =
     logits = session.next_logits(keep=(*keep, length))
     session.truncate(length)
     return reader.read(logits)
+
+
+def agrees(session: Checker, start: int, end: StepEnd, eos_ids: frozenset[int]) -> bool:
+    """Whether `session`'s model would write, greedy, the step it holds from `start`: each of
+    its tokens, and the end of the answer where the step ended it. One pass reads the step and
+    keeps every length's logits, so a rewrite checking the same step as its seed needs none."""
+    step = session.ids[start:]
+    choices = session.greedy_choices(start)  # len(step) + 1
+    if kept_prefix(choices, step) < len(step):
+        return False
+    return end is not StepEnd.EOS or choices[len(step)] in eos_ids

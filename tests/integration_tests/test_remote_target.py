@@ -147,6 +147,8 @@ def test_what_a_served_target_cannot_do_is_refused_naming_the_server(served_engi
     problem = make_problems(1, seed=30_300)[0]
     with pytest.raises(ConfigurationError, match=rf"cannot do.*{server.url}|{server.url}.*cannot do"):
         served_engine.generate(problem.turns(), settings("target_only", token_speculation=True))
+    with pytest.raises(ConfigurationError, match=rf"target_check='agreement' .*{server.url}"):
+        served_engine.generate(problem.turns(), settings("confspec", target_check="agreement"))
 
 
 def test_a_server_killed_mid_answer_gives_an_error_naming_it_and_a_call_after_its_restart_works(
