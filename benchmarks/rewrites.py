@@ -1,8 +1,9 @@
 """What a rewrite costs when it starts from the rejected step, against writing it from scratch.
 
-    python benchmarks/rewrites.py [--problems 100] [--seed 10000] [--smoke]
+    python benchmarks/rewrites.py [--problems 100] [--seed 10000] [--target-check verdict] [--smoke]
 
-Runs `confspec` (the bundled pair with its settings, greedy) on held-out problems twice, with
+Runs `confspec` (the bundled pair with its settings, greedy; `--target-check` replaces the
+pair's way of checking escalated steps) on held-out problems twice, with
 `rewrite_from_rejected` on and off, and reports: rewrites, how many are identical to the step
 they replace, how many share a leading token with it, the rejected steps' tokens kept by the
 seeded rewrites, the target's forward passes and the wall time both ways, and whether every
@@ -18,13 +19,13 @@ from typing import Any
 from transformers.utils import logging as hf_logging
 
 from langchain_confspec import ConfSpecEngine, load_model
-from langchain_confspec.config import build_config
+from langchain_confspec.config import TargetCheck, build_config
 from langchain_confspec.demo import DEMO_DRAFT, DEMO_SETTINGS, DEMO_TARGET
 from langchain_confspec.demo.problems import make_problems
 
 
-def run(engine: ConfSpecEngine, questions: list[str], seeded: bool) -> dict[str, Any]:
-    config = build_config(**DEMO_SETTINGS, rewrite_from_rejected=seeded)
+def run(engine: ConfSpecEngine, questions: list[str], seeded: bool, target_check: str) -> dict[str, Any]:
+    config = build_config(**{**DEMO_SETTINGS, "target_check": target_check}, rewrite_from_rejected=seeded)
     started = time.perf_counter()
     results = [engine.generate([{"role": "user", "content": q}], config) for q in questions]
     rewrites = [r for result in results for r in result.records if r.regenerated]
@@ -45,14 +46,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=100)
     parser.add_argument("--seed", type=int, default=10000, help="problem seed (10000: the held-out set)")
+    parser.add_argument("--target-check", choices=[c.value for c in TargetCheck], default=DEMO_SETTINGS["target_check"])
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
     engine = ConfSpecEngine(load_model(DEMO_DRAFT, role="draft"), load_model(DEMO_TARGET, role="target"))
     questions = [p.question for p in make_problems(2 if args.smoke else args.problems, args.seed)]
-    run(engine, questions[:1], True)  # warm-up
-    plain, seeded = run(engine, questions, False), run(engine, questions, True)
-    print(f"{len(questions)} problems, confspec with the pair's settings, greedy")
+    run(engine, questions[:1], True, args.target_check)  # warm-up
+    plain, seeded = run(engine, questions, False, args.target_check), run(engine, questions, True, args.target_check)
+    print(f"{len(questions)} problems, confspec with the pair's settings (target_check={args.target_check}), greedy")
     print(f"rewrites: {plain['rewrites']}; identical to the rejected step: {plain['identical']}; "
           f"sharing at least its first token: {seeded['sharing_a_prefix']}")  # fmt: skip
     print(f"rejected steps' tokens kept by the rewrites: {seeded['reused_tokens']} of {seeded['rejected_tokens']} "

@@ -239,7 +239,7 @@ class StepWriter:
             and (not isinstance(self.engine.target, RemoteModel) or self.engine.target.scores_proposals)
         )
         by_agreement = checkable and self.config.target_check is TargetCheck.AGREEMENT
-        seeded = checkable and (self.config.rewrite_from_rejected or by_agreement)
+        seeded = checkable and self.config.rewrite_from_rejected
         target_verdict = None
         escalated = action is GateAction.ESCALATE
         if escalated:
