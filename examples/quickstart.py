@@ -26,7 +26,7 @@ from langchain_confspec import (
 )
 from langchain_confspec.audit.display import format_outcome, format_step_table
 
-QUESTION = "Mia has 27 shells. Mia finds 38 more. Then Mia has twice as many. Mia gives away 49. How many shells does Mia have now?"
+QUESTION = "Mia has 27 shells. Mia finds 38 more. Then Mia has twice as many. Mia gives away 45. How many shells does Mia have now?"
 WARM_UP = "Tom has 3 apples. Tom finds 4 more. Then Tom has twice as many. How many apples does Tom have now?"
 
 
