@@ -42,7 +42,9 @@ def measure(engine: ConfSpecEngine, problems: list[Any], mode: str) -> tuple[lis
     texts, seconds, steps, passes, server_seconds, evaluated, cached = [], 0.0, 0, 0, 0.0, 0, 0
     for problem in problems:
         started = time.perf_counter()
-        result = engine.generate(problem.turns(), build_config(**DEMO_SETTINGS, mode=mode, max_tokens=96, fast_path="off"))
+        # By verdict, as llama-server must: it cannot score a proposed step for agreement.
+        settings = {**DEMO_SETTINGS, "target_check": "verdict"}
+        result = engine.generate(problem.turns(), build_config(**settings, mode=mode, max_tokens=96, fast_path="off"))
         seconds += time.perf_counter() - started
         texts.append(result.text)
         steps += result.summary.n_steps

@@ -9,7 +9,13 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from langchain_confspec.config import FastPath, Mode, SpecConfig, TargetCheck, VerificationStyle
+from langchain_confspec.config import (
+    FastPath,
+    Mode,
+    SpecConfig,
+    TargetCheck,
+    VerificationStyle,
+)
 from langchain_confspec.errors import (
     ConfigurationError,
     ConfSpecError,

@@ -40,6 +40,7 @@ from langchain_confspec.records import (
 )
 
 logger = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # servers already named for checking by verdict instead of agreement
 
 
 def _check_remote_request(target: RemoteModel, config: SpecConfig, constraint: Constraint | None) -> None:
@@ -50,10 +51,12 @@ def _check_remote_request(target: RemoteModel, config: SpecConfig, constraint: C
             f"token_speculation needs the target to score proposed tokens, which {where} cannot do; turn it off "
             "(or let the server speculate itself: llama-server -md DRAFT), or serve the target with vLLM or SGLang."
         )
-    if config.target_check is TargetCheck.AGREEMENT and not target.scores_proposals:
-        raise ConfigurationError(
-            f"target_check='agreement' needs the target to score a proposed step, which {where} cannot do; "
-            "use target_check='verdict', or serve the target with vLLM or SGLang."
+    if config.target_check is TargetCheck.AGREEMENT and not target.scores_proposals and where not in _WARNED:
+        _WARNED.add(where)
+        logger.warning(
+            "target_check='agreement' needs the target to score a proposed step, which %s cannot do: it checks "
+            "escalated steps by its verdict instead (serve the target with vLLM or SGLang for agreement).",
+            where,
         )
     if config.token_speculation and config.temperature != 0.0:
         raise ConfigurationError(

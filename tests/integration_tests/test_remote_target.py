@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +87,8 @@ def served_engine(local_engine: ConfSpecEngine, remote: RemoteModel) -> ConfSpec
 
 
 def settings(mode: str, **extra: Any) -> Any:
-    return build_config(**DEMO_SETTINGS, mode=mode, max_tokens=96, fast_path="off", **extra)
+    """The demo's settings, checked by verdict: llama-server cannot score a proposed step."""
+    return build_config(**{**DEMO_SETTINGS, "target_check": "verdict", **extra}, mode=mode, max_tokens=96, fast_path="off")
 
 
 def test_the_server_reads_texts_as_the_local_tokenizer_and_a_different_one_is_refused(remote: RemoteModel, server: Any) -> None:
@@ -147,8 +149,17 @@ def test_what_a_served_target_cannot_do_is_refused_naming_the_server(served_engi
     problem = make_problems(1, seed=30_300)[0]
     with pytest.raises(ConfigurationError, match=rf"cannot do.*{server.url}|{server.url}.*cannot do"):
         served_engine.generate(problem.turns(), settings("target_only", token_speculation=True))
-    with pytest.raises(ConfigurationError, match=rf"target_check='agreement' .*{server.url}"):
-        served_engine.generate(problem.turns(), settings("confspec", target_check="agreement"))
+
+
+def test_agreement_falls_back_to_the_verdict_on_a_server_that_cannot_score_proposals_and_says_so(
+    served_engine: ConfSpecEngine, server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    problem = make_problems(1, seed=30_300)[0]
+    with caplog.at_level(logging.WARNING, logger="langchain_confspec"):
+        fallback = served_engine.generate(problem.turns(), settings("confspec", target_check="agreement"))
+    assert fallback.text == served_engine.generate(problem.turns(), settings("confspec")).text
+    assert all(r.target_confidence is not None for r in fallback.records if r.escalated)
+    assert any("target_check='agreement'" in m and server.url in m for m in caplog.messages)
 
 
 def test_a_server_killed_mid_answer_gives_an_error_naming_it_and_a_call_after_its_restart_works(

@@ -210,14 +210,16 @@ def served(standin: StandIn, target: LoadedModel) -> RemoteModel:
     return remote
 
 
-@pytest.mark.parametrize("mode", ["target_only", "confspec"])
+@pytest.mark.parametrize("mode", ["target_only", "confspec", "confspec:verdict"])
 @pytest.mark.parametrize("token_speculation", [False, True], ids=["steps", "tokens"])
 def test_a_served_target_answers_as_the_local_one(
     mode: str, token_speculation: bool, pair: tuple[LoadedModel, LoadedModel], standin: StandIn
 ) -> None:
     draft, target = pair
     local, remote = ConfSpecEngine(draft, target), ConfSpecEngine(draft, served(standin, target))
-    settings = build_config(**DEMO_SETTINGS, mode=mode, max_tokens=64, fast_path="off", token_speculation=token_speculation)
+    mode, _, check = mode.partition(":")  # the demo's settings check by agreement
+    demo = {**DEMO_SETTINGS, "target_check": check or DEMO_SETTINGS["target_check"]}
+    settings = build_config(**demo, mode=mode, max_tokens=64, fast_path="off", token_speculation=token_speculation)
     standin.bodies.clear()
     rewrites = 0
     for problem in make_problems(6, seed=31_000):
@@ -234,7 +236,7 @@ def test_a_served_target_answers_as_the_local_one(
     verdicts = [b for b in standin.bodies if "logprob_token_ids" in b or "token_ids_logprob" in b]
     proposals = [b for b in standin.bodies if ("prompt_logprobs" in b or "logprob_start_len" in b) and b not in verdicts]
     assert bool(proposals) == (token_speculation or mode == "confspec")  # scored in one request each
-    assert mode == "target_only" or verdicts
+    assert bool(verdicts) == (check == "verdict")  # agreement asks for no verdict, only a proposal's scores
     words = sorted(VerdictReader(target.tokenizer, settings).answer_ids)
     assert all(sorted(b.get("logprob_token_ids") or b.get("token_ids_logprob")) == words for b in verdicts)  # exact, by id
     if standin.engine == "vllm":

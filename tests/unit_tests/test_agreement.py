@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from langchain_confspec import ConfigurationError, ConfSpecChatModel, ConfSpecEngine, Decision, StepEnd, Writer
+from langchain_confspec import (
+    ConfigurationError,
+    ConfSpecChatModel,
+    ConfSpecEngine,
+    Decision,
+    StepEnd,
+    Writer,
+)
 from langchain_confspec.config import build_config
 from langchain_confspec.engine.verification import agrees
 from langchain_confspec.models.session import ModelSession
