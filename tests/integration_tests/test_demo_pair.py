@@ -175,10 +175,11 @@ def test_plain_text_before_a_call_is_what_the_model_writes_unconstrained(demo_en
 
 @pytest.mark.parametrize("mode", ["confspec", "always_verify"])
 def test_with_agreement_every_escalated_step_is_the_targets_own(demo_engine: ConfSpecEngine, mode: str) -> None:
+    assert DEMO_SETTINGS["target_check"] == "agreement"
     kept = rewritten = 0
     for problem in make_problems(12, seed=20_003):
         reference = demo_engine.generate(problem.turns(), build_config(mode="target_only", max_tokens=96))
-        answer = demo_engine.generate(problem.turns(), build_config(**DEMO_SETTINGS, mode=mode, target_check="agreement", max_tokens=96))
+        answer = demo_engine.generate(problem.turns(), build_config(**DEMO_SETTINGS, mode=mode, max_tokens=96))  # by agreement
         if mode == "always_verify":  # nothing kept on the draft's word: the target's answer, token for token
             assert answer.text == reference.text
         kept += sum(r.decision is Decision.ACCEPTED_BY_TARGET for r in answer.records)
