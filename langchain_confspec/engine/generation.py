@@ -44,7 +44,8 @@ _WARNED: set[str] = set()  # servers already named for checking by verdict inste
 
 
 def _check_remote_request(target: RemoteModel, config: SpecConfig, constraint: Constraint | None) -> None:
-    """Refuse what a served target cannot do, naming the server."""
+    """Refuse what a served target cannot do, naming the server; say once where it checks by
+    verdict because agreement needs scores it cannot give."""
     where = f"the {target.engine} server at {target.base_url}"
     if config.token_speculation and not target.scores_proposals:
         raise ConfigurationError(

@@ -152,8 +152,11 @@ def test_what_a_served_target_cannot_do_is_refused_naming_the_server(served_engi
 
 
 def test_agreement_falls_back_to_the_verdict_on_a_server_that_cannot_score_proposals_and_says_so(
-    served_engine: ConfSpecEngine, server: Any, caplog: pytest.LogCaptureFixture
+    served_engine: ConfSpecEngine, server: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from langchain_confspec.engine import generation
+
+    monkeypatch.setattr(generation, "_WARNED", set())  # as if no call had named this server yet
     problem = make_problems(1, seed=30_300)[0]
     with caplog.at_level(logging.WARNING, logger="langchain_confspec"):
         fallback = served_engine.generate(problem.turns(), settings("confspec", target_check="agreement"))
