@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from transformers.utils import logging as hf_logging
 
-from langchain_confspec import ConfSpecEngine, load_model
+from langchain_confspec import ConfSpecEngine, LoadedModel, load_model
 from langchain_confspec.models.cuda_graphs import EagerRehearsal
+from langchain_confspec.models.session import ModelSession
 from langchain_confspec.models.tiny import build_tiny_pair
 
 hf_logging.disable_progress_bar()
@@ -61,3 +62,19 @@ def fast_path(request: pytest.FixtureRequest) -> str:
 def engine_on() -> Callable[[ConfSpecEngine, str], ConfSpecEngine]:
     """`engine_on(engine, fast_path)`: the engine that runs that path here (see `on_path`)."""
     return on_path
+
+
+def greedy_tokens(model: LoadedModel, prompt: list[int], n: int) -> tuple[list[int], int]:
+    """The `n` tokens `model` writes greedily after `prompt`, and the one it would write next."""
+    session = ModelSession(model, prompt)
+    written: list[int] = []
+    for _ in range(n):
+        written.append(int(session.next_logits().argmax()))
+        session.append(written[-1:])
+    return written, int(session.next_logits().argmax())
+
+
+@pytest.fixture(scope="session")
+def greedy_from() -> Callable[[LoadedModel, list[int], int], tuple[list[int], int]]:
+    """`greedy_from(model, prompt, n)`: see `greedy_tokens`."""
+    return greedy_tokens

@@ -65,15 +65,10 @@ def test_a_target_that_is_its_own_draft_keeps_every_step_and_rewrites_none(tiny_
         assert answer.summary.target.forward_passes <= len(answer.records) < sum(r.n_tokens for r in answer.records)
 
 
-def test_agreement_needs_the_end_of_the_answer_where_the_step_ended_it(tiny_engine: ConfSpecEngine) -> None:
+def test_agreement_needs_the_end_of_the_answer_where_the_step_ended_it(tiny_engine: ConfSpecEngine, greedy_from) -> None:  # type: ignore[no-untyped-def]
     target = tiny_engine.target
     prompt = target.render_prompt(QUESTIONS[0])
-    writer = ModelSession(target, prompt)
-    step = []
-    for _ in range(5):  # what the target writes itself, greedily
-        step.append(int(writer.next_logits().argmax()))
-        writer.append(step[-1:])
-    after = int(writer.next_logits().argmax())
+    step, after = greedy_from(target, prompt, 5)  # what the target writes itself, and what next
     session = ModelSession(target, prompt)
     session.append(step)
     assert agrees(session, len(prompt), StepEnd.LENGTH, target.eos_token_ids)

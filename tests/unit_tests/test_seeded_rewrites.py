@@ -67,15 +67,10 @@ def check_seeded_against_plain(engine: ConfSpecEngine, fast_path: str, settings:
     assert reused > 0 or not twins
 
 
-def test_a_seed_the_model_agrees_with_costs_one_pass_and_is_kept_whole(tiny_engine: ConfSpecEngine) -> None:
+def test_a_seed_the_model_agrees_with_costs_one_pass_and_is_kept_whole(tiny_engine: ConfSpecEngine, greedy_from) -> None:  # type: ignore[no-untyped-def]
     target = tiny_engine.target
     prompt = target.render_prompt(QUESTIONS[0])
-    writer = ModelSession(target, prompt)
-    written = []
-    for _ in range(6):  # what the target itself writes, greedily
-        token = int(writer.next_logits().argmax())
-        written.append(token)
-        writer.append((token,))
+    written, _ = greedy_from(target, prompt, 6)  # what the target itself writes
     session = ModelSession(target, prompt)
     session.next_logits()
     session.append(written)
