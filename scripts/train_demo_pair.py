@@ -301,10 +301,10 @@ def first_step(text: str) -> str:
     return text[: cut + len(STEP_SEPARATOR)] if cut >= 0 else text
 
 
-def draft_attempts(model, maker: ExampleMaker, problems: list[Problem]) -> list[Attempt]:  # type: ignore[no-untyped-def]
+def draft_attempts(model, maker: ExampleMaker, problems: list[Problem], max_new_tokens: int = 24) -> list[Attempt]:  # type: ignore[no-untyped-def]
     """Let `model` write every step of `problems` after the right steps before it (greedy)."""
     cases = [(p, k) for p in problems for k in range(len(p.steps))]
-    written = continuations(model, maker.tokenizer, [maker.before(p, k) for p, k in cases], max_new_tokens=24)
+    written = continuations(model, maker.tokenizer, [maker.before(p, k) for p, k in cases], max_new_tokens=max_new_tokens)
     return [Attempt(p, k, first_step(text), first_step(text) == p.steps[k]) for (p, k), text in zip(cases, written)]
 
 
@@ -419,7 +419,9 @@ def two_phases(maker: ExampleMaker, first: list[Example], args: argparse.Namespa
     """Solve, judge, refuse and call tools; then judge the draft's own steps. Returns how many
     of the draft's attempts were wrong, of how many."""
     train_phase(Phase("solve, judge, refuse, call tools", draft_steps[0], target_steps[0], args.lr_scale), first, args, models, log)
-    attempts = draft_attempts(models["draft"], maker, make_problems(args.draft_attempts, seed=args.seed + 1000, expression_share=args.expression_share))
+    with_rest = args.expression_steps == "rest"
+    own = make_problems(args.draft_attempts, seed=args.seed + 1000, expression_share=args.expression_share, with_rest=with_rest)
+    attempts = draft_attempts(models["draft"], maker, own, max_new_tokens=48 if with_rest else 24)  # a step with its rest is longer
     wrong = sum(not a.correct for a in attempts)
     print(f"draft attempts: {len(attempts)} steps, {wrong} wrong", flush=True)
     judged = [maker.verdict(a.problem, a.index, a.text, a.correct) for a in attempts]
@@ -458,6 +460,11 @@ def main() -> None:
         "--expression-share", type=float, default=EXPRESSION_SHARE,
         help="share of bare expressions among the problems (the held-out set has 0.3)",
     )
+    parser.add_argument(
+        "--expression-steps", choices=("plain", "rest"), default="plain",
+        help="rest: each step of a bare expression also writes the expression left to compute "
+        "(scripts/expression_steps_probe.py measures what it changes)",
+    )
     parser.add_argument("--off-domain", type=int, default=4000, help="messages outside the domain")
     parser.add_argument("--structured", type=int, default=4000, help="problems also answered as JSON after the steps")
     parser.add_argument("--tool-use", type=int, default=6000, help="stories also solved with the calculator tool")
@@ -494,7 +501,7 @@ def main() -> None:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     began = time.time()
-    problems = make_problems(args.problems, seed=args.seed, expression_share=args.expression_share)
+    problems = make_problems(args.problems, seed=args.seed, expression_share=args.expression_share, with_rest=args.expression_steps == "rest")
     if args.resume:
         tokenizer = AutoTokenizer.from_pretrained(args.resume / "target")
         models = {role: AutoModelForCausalLM.from_pretrained(args.resume / role) for role in ("draft", "target")}

@@ -20,6 +20,7 @@ STEP_SEPARATOR = "\n\n"
 _NAMES = ("Tom", "Ann", "Sam", "Mia", "Leo", "Zoe", "Ben", "Eva", "Max", "Ivy")
 _ITEMS = ("apples", "books", "coins", "cards", "stamps", "shells", "pens", "cups", "eggs", "nuts")
 _LIMIT = 199  # every quantity stays below 200
+_REST = ", so "  # between a step's operation and the rest of its expression
 OFF_DOMAIN_ANSWER = "I only do arithmetic, like 3 + 5 * 3."
 
 
@@ -79,9 +80,9 @@ EXPRESSION_SHARE = 0.3
 """The share of bare expressions among the problems `make_problem` draws."""
 
 
-def make_problem(rng: random.Random, expression_share: float = EXPRESSION_SHARE) -> Problem:
+def make_problem(rng: random.Random, expression_share: float = EXPRESSION_SHARE, *, with_rest: bool = False) -> Problem:
     """One random problem: a bare expression (`expression_share` of them) or a story."""
-    return make_expression(rng) if rng.random() < expression_share else make_story(rng)
+    return make_expression(rng, with_rest=with_rest) if rng.random() < expression_share else make_story(rng)
 
 
 def make_story(rng: random.Random, n_operations: int | None = None) -> Problem:
@@ -115,10 +116,15 @@ class _Expression:
     text: str
     precedence: int  # 1 for + and -, 2 for *, 3 for a number or a parenthesised group
     steps: tuple[str, ...] = ()
+    operation: tuple[_Expression, str, _Expression] | None = None  # None for a number
 
 
 def _number(rng: random.Random) -> _Expression:
     value = rng.randint(1, 9) if rng.random() < 0.4 else rng.randint(10, 99)
+    return _literal(value)
+
+
+def _literal(value: int) -> _Expression:
     return _Expression(value, str(value), 3)
 
 
@@ -132,7 +138,32 @@ def _combine(left: _Expression, op: str, right: _Expression) -> _Expression | No
     # an operand on the right of the same precedence is grouped: `a - (b + c)`, `a * (b * c)`
     right_text = right.text if right.precedence > precedence else f"({right.text})"
     step = f"{left.value} {op} {right.value} = {value}."
-    return _Expression(value, f"{left_text} {op} {right_text}", precedence, (*left.steps, *right.steps, step))
+    return _Expression(value, f"{left_text} {op} {right_text}", precedence, (*left.steps, *right.steps, step), (left, op, right))
+
+
+def _reduce_first(tree: _Expression) -> tuple[_Expression, str]:
+    """The tree with its first operation due (left operand first) replaced by its value, and
+    that operation as `a op b = c`."""
+    assert tree.operation is not None
+    left, op, right = tree.operation
+    if left.operation is not None:
+        reduced, done = _reduce_first(left)
+        return _combine(reduced, op, right), done  # type: ignore[return-value]  # values are unchanged
+    if right.operation is not None:
+        reduced, done = _reduce_first(right)
+        return _combine(left, op, reduced), done  # type: ignore[return-value]
+    return _literal(tree.value), f"{left.value} {op} {right.value} = {tree.value}"
+
+
+def _steps_with_rest(tree: _Expression) -> list[str]:
+    """The tree's steps, each followed by the expression left to compute (`7 * 3 = 21, so
+    21 * (15 - 6).`): the next operation due is then read from the step before, not from a
+    tree kept in mind across steps."""
+    steps = []
+    while tree.operation is not None:
+        tree, done = _reduce_first(tree)
+        steps.append(f"{done}{_REST}{tree.text}." if tree.operation is not None else f"{done}.")
+    return steps
 
 
 def _expression(rng: random.Random, n_operations: int) -> _Expression | None:
@@ -148,14 +179,16 @@ def _expression(rng: random.Random, n_operations: int) -> _Expression | None:
 _EXPRESSION_QUESTIONS = ("What is {}?", "{}", "{} = ?", "Compute {}.", "Calculate {}.", "What is {} ?")
 
 
-def make_expression(rng: random.Random, n_operations: int | None = None) -> Problem:
+def make_expression(rng: random.Random, n_operations: int | None = None, *, with_rest: bool = False) -> Problem:
     """A bare expression with one to three operations, solved one operation a step as
-    precedence and parentheses group them (left operand first); every value stays in 0..199."""
+    precedence and parentheses group them (left operand first); every value stays in 0..199.
+    `with_rest`: each step but the last also writes the expression left to compute."""
     n_operations = n_operations or rng.randint(1, 3)
     while (tree := _expression(rng, n_operations)) is None:
         pass
     question = rng.choice(_EXPRESSION_QUESTIONS).format(tree.text)
-    return Problem(question, _with_answer(list(tree.steps), tree.value), tree.value)
+    steps = _steps_with_rest(tree) if with_rest else list(tree.steps)
+    return Problem(question, _with_answer(steps, tree.value), tree.value)
 
 
 _GREETINGS = ("hello", "hi", "Hello!", "hey there", "good morning", "thanks", "Thank you!", "bye", "ok", "yes")
@@ -184,9 +217,9 @@ def make_off_domain(rng: random.Random) -> Problem:
     return Problem(question.strip() or "?", (OFF_DOMAIN_ANSWER,), None)
 
 
-def make_problems(count: int, seed: int, expression_share: float = EXPRESSION_SHARE) -> list[Problem]:
+def make_problems(count: int, seed: int, expression_share: float = EXPRESSION_SHARE, *, with_rest: bool = False) -> list[Problem]:
     rng = random.Random(seed)
-    return [make_problem(rng, expression_share) for _ in range(count)]
+    return [make_problem(rng, expression_share, with_rest=with_rest) for _ in range(count)]
 
 
 def make_stories(count: int, seed: int) -> list[Problem]:
@@ -199,13 +232,15 @@ _NUMBER = re.compile(r"-?\d+")
 
 
 def corrupt_step(step: str, rng: random.Random) -> str:
-    """The step with its last number changed to a wrong one.
+    """The step with its last number changed to a wrong one (its result, in a step that goes
+    on with the rest of an expression).
 
     Half the time by a typical slip (off by one, two, a ten or a hundred, a wrong carry), half
     the time to any other number of a similar size, so that a verifier trained on these cannot
     get by with recognising a few kinds of slip.
     """
-    matches = list(_NUMBER.finditer(step))
+    rest = step.find(_REST)
+    matches = list(_NUMBER.finditer(step, 0, rest if rest >= 0 else len(step)))
     last = matches[-1]
     value = int(last.group())
     if rng.random() < 0.5:
@@ -234,7 +269,7 @@ def extract_answer(text: str) -> str | None:
     return number
 
 
-_EQUATION = re.compile(r"^\s*(\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+)\.?\s*$")
+_EQUATION = re.compile(r"^\s*(\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+)(?:, so [^\n]*)?\.?\s*$")
 
 
 def check_step(step: str) -> bool | None:

@@ -17,8 +17,10 @@ from langchain_confspec.demo.problems import (
     check_step,
     corrupt_step,
     extract_answer,
+    make_expression,
     make_problems,
 )
+from langchain_confspec.demo.tools import evaluate as evaluate_expression
 from langchain_confspec.evaluation.harness import (
     Calibration,
     EvalItem,
@@ -123,6 +125,25 @@ def test_demo_problems_are_consistent_and_checkable() -> None:
             assert verdict in (True, None)
             if verdict:
                 assert check_step(corrupt_step(step, rng)) is False
+
+
+def test_expression_steps_with_the_rest_solve_the_same_expression_one_operation_at_a_time() -> None:
+    """Each step's rest is the expression with that operation done; its last step has none."""
+    plain_rng, rest_rng, corrupting = random.Random(8), random.Random(8), random.Random(0)
+    for n_operations in (1, 2, 3) * 30:
+        plain = make_expression(plain_rng, n_operations)
+        with_rest = make_expression(rest_rng, n_operations, with_rest=True)
+        assert (with_rest.question, with_rest.answer) == (plain.question, plain.answer)
+        steps = [step.strip() for step in with_rest.steps[:-1]]
+        assert len(steps) == n_operations
+        for step, plain_step in zip(steps, plain.steps):
+            assert step.split(", so ")[0].rstrip(".") + "." == plain_step.strip()  # the same operation, in the same order
+            assert check_step(step) is True
+            assert check_step(corrupt_step(step, corrupting)) is False
+        for step in steps[:-1]:
+            rest = step.split(", so ")[1].rstrip(".")
+            assert evaluate_expression(rest) == with_rest.answer
+        assert ", so " not in steps[-1]
 
 
 def test_the_share_of_bare_expressions_is_a_knob_that_leaves_the_held_out_set_alone() -> None:

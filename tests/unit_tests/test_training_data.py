@@ -113,3 +113,28 @@ def test_the_expression_reading_benchmark_counts_every_step_of_each_model() -> N
     for _, _, _, read, right in rows:
         (n_read, of), (n_right, of_too) = read.split(" of "), right.split(" of ")
         assert of == of_too == "2" and int(n_right) <= int(n_read) <= 2
+
+
+@pytest.mark.parametrize("step_format", ["plain", "rest"])
+def test_the_expression_steps_probe_trains_and_scores_every_length(step_format: str) -> None:
+    """`scripts/expression_steps_probe.py` for one batch: a row per length, each count in range."""
+    script = SCRIPT.with_name("expression_steps_probe.py")
+    command = [sys.executable, str(script), "--format", step_format, "--steps", "1", "--per-kind", "2"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert any(line.startswith(f"format {step_format}, 1 batches") for line in done.stdout.splitlines())
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in done.stdout.splitlines() if line[:3] in ("| 1", "| 2", "| 3")]
+    assert [row[0] for row in rows] == ["1", "2", "3"]
+    assert all(0 <= int(row[1]) <= 2 for row in rows)
+
+
+
+def test_rest_steps_change_only_the_steps_of_bare_expressions() -> None:
+    """The training script's `--expression-steps rest` draws the same problems: stories and
+    every question and answer as before, only an expression's steps go on with the rest."""
+    plain, with_rest = make_problems(200, seed=2), make_problems(200, seed=2, with_rest=True)
+    assert [(p.question, p.answer) for p in plain] == [(p.question, p.answer) for p in with_rest]
+    stories = [(a, b) for a, b in zip(plain, with_rest) if " starts with " in a.steps[0]]
+    assert stories and all(a == b for a, b in stories)
+    longer = [(a, b) for a, b in zip(plain, with_rest) if len(a.steps) > 2 and " starts with " not in a.steps[0]]
+    assert longer and all(a.steps != b.steps and ", so " in b.steps[0] for a, b in longer)
