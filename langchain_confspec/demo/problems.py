@@ -269,7 +269,7 @@ def extract_answer(text: str) -> str | None:
     return number
 
 
-_EQUATION = re.compile(r"^\s*(\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+)(?:, so [^\n]*)?\.?\s*$")
+_EQUATION = re.compile(r"^\s*(\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+)(?:" + re.escape(_REST) + r"[^\n]*)?\.?\s*$")
 
 
 def check_step(step: str) -> bool | None:
