@@ -128,10 +128,9 @@ def test_the_expression_steps_probe_trains_and_scores_every_length(step_format: 
     assert all(0 <= int(row[1]) <= 2 for row in rows)
 
 
-
 def test_rest_steps_change_only_the_steps_of_bare_expressions() -> None:
-    """The training script's `--expression-steps rest` draws the same problems: stories and
-    every question and answer as before, only an expression's steps go on with the rest."""
+    """What `--expression-steps rest` asks of `make_problems`: the same problems (stories, every
+    question and answer) as before; only an expression's steps go on with the rest."""
     plain, with_rest = make_problems(200, seed=2), make_problems(200, seed=2, with_rest=True)
     assert [(p.question, p.answer) for p in plain] == [(p.question, p.answer) for p in with_rest]
     stories = [(a, b) for a, b in zip(plain, with_rest) if " starts with " in a.steps[0]]
