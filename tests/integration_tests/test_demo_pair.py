@@ -161,12 +161,13 @@ def test_a_call_written_without_a_constraint_is_the_targets_too(demo_engine: Con
 
 def test_plain_text_before_a_call_is_what_the_model_writes_unconstrained(demo_engine: ConfSpecEngine) -> None:
     """The constraint starts at the opening tag, not before: the steps before it read as the
-    model's own (here: greedy, the tag cut out of the unconstrained answer)."""
+    model's own (here: greedy, the tag cut out of the unconstrained answer). The pair opens a
+    call of its calculator on a story; unconstrained, that call names no bound tool."""
     tools = [convert_to_openai_tool(multiply)]
     settings = build_config(**DEMO_SETTINGS, max_tokens=128)
     plan = tool_call_plan({"multiply": tools[0]["function"]["parameters"]}, open_tag="\n", close_tag="\n" + CLOSE_TAG)
     constraint = Constraint(plan, Span.TOOL_CALL, after_reasoning=True, opened_by=OPEN_TAG)
-    turns = [{"role": "user", "content": "hello"}]
+    turns = make_stories(1, seed=20_004)[0].turns()
     free = demo_engine.generate(turns, settings, tools=tools).text
     constrained = demo_engine.generate(turns, settings, tools=tools, constraint=constraint).text
     assert OPEN_TAG in free and constrained.startswith(free[: free.index(OPEN_TAG) + len(OPEN_TAG)])
