@@ -1,13 +1,14 @@
 """The demo pair's accuracy on each part of its domain, and what it says outside it.
 
-    python benchmarks/domain_accuracy.py [--per-kind 40] [--seed 20000] [--pair DIR]
+    python benchmarks/domain_accuracy.py [--per-kind 40] [--seed 20000] [--pair DIR] [--show-misses]
 
 Stories of one to four operations and bare expressions of one to three, `--per-kind` of each
 (seed 20000: the tuning seed, apart from training and the held-out set), answered by
 `target_only` and `draft_only` (the bundled pair, or the one `--pair` names, such as a training
 run's output); then a few messages outside the domain through the chat model with the demo's
-settings (for a `--pair` too: it is a candidate for the bundled pair): how each answer ends and
-how many tokens it took.
+settings (for a `--pair` too: it is a candidate for the bundled pair), alone and with a tool
+the pair never learned bound: how each answer ends and how many tokens it took.
+`--show-misses` prints the target's steps on every problem it gets wrong.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import random
 from pathlib import Path
 
+from langchain_core.tools import tool
 from transformers.utils import logging as hf_logging
 
 from langchain_confspec import ConfSpecChatModel, ConfSpecEngine, load_model
@@ -26,11 +28,18 @@ from langchain_confspec.demo.problems import extract_answer, make_expression, ma
 OFF_DOMAIN = ["hello", "Bonjour, comment ça va ?", "What is the capital of Peru?", "?", "Write me a haiku about rain", "zxqv"]
 
 
+@tool
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers."""
+    return a * b
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-kind", type=int, default=40)
     parser.add_argument("--seed", type=int, default=20000)
     parser.add_argument("--pair", type=Path, help="a folder with draft/ and target/ (default: the bundled pair)")
+    parser.add_argument("--show-misses", action="store_true", help="print the target's steps on every problem it gets wrong")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
     draft, target = (str(args.pair / "draft"), str(args.pair / "target")) if args.pair else (DEMO_DRAFT, DEMO_TARGET)
@@ -38,20 +47,29 @@ def main() -> None:
     rng = random.Random(args.seed)
     kinds = {f"story, {n} operation(s)": [make_story(rng, n) for _ in range(args.per_kind)] for n in (1, 2, 3, 4)}
     kinds |= {f"expression, {n} operation(s)": [make_expression(rng, n) for _ in range(args.per_kind)] for n in (1, 2, 3)}
-    print("| problems | target_only | draft_only |\n|---|---|---|")
+    rows, misses = [], []
     for kind, problems in kinds.items():
         right = dict.fromkeys(("target_only", "draft_only"), 0)
         for problem in problems:
             for mode in right:
                 text = engine.generate(problem.turns(), build_config(mode=mode, max_tokens=128)).text
-                right[mode] += extract_answer(text) == str(problem.answer)
-        print(f"| {kind} | {right['target_only']} of {len(problems)} | {right['draft_only']} of {len(problems)} |", flush=True)
+                is_right = extract_answer(text) == str(problem.answer)
+                right[mode] += is_right
+                if mode == "target_only" and not is_right:
+                    steps = [step.strip() for step in text.split("\n\n") if step.strip()]
+                    misses.append(f"- {problem.question} ({problem.answer}): {' / '.join(steps)}")
+        rows.append(f"| {kind} | {right['target_only']} of {len(problems)} | {right['draft_only']} of {len(problems)} |")
+    print("| problems | target_only | draft_only |\n|---|---|---|", *rows, sep="\n")
+    if args.show_misses:
+        print("\nThe target's misses:", *misses, sep="\n")
     model = ConfSpecChatModel(draft_model=draft, target_model=target, max_tokens=512, **DEMO_SETTINGS)
-    print("\n| message | answer | finish | tokens |\n|---|---|---|---|")
-    for message in OFF_DOMAIN:
-        answer = model.invoke(message)
-        tokens = answer.usage_metadata["output_tokens"] if answer.usage_metadata else "-"
-        print(f"| {message} | {answer.content} | {answer.response_metadata['finish_reason']} | {tokens} |")
+    for title, chat in (("alone", model), ("with `multiply` bound", model.bind_tools([multiply]))):
+        print(f"\n| message ({title}) | answer | finish | tokens |\n|---|---|---|---|")
+        for message in OFF_DOMAIN:
+            answer = chat.invoke(message)
+            tokens = answer.usage_metadata["output_tokens"] if answer.usage_metadata else "-"
+            shown = " ".join(str(answer.content).split()) or f"(calls: {[c['name'] for c in answer.tool_calls]})"
+            print(f"| {message} | {shown} | {answer.response_metadata['finish_reason']} | {tokens} |")
 
 
 if __name__ == "__main__":
