@@ -69,6 +69,20 @@ NUMBER_KEYS = ("value", "answer", "result", "total", "count", "number")
 TEXT_KEYS = ("item", "unit", "label", "things")
 CONTEXT = 2048  # room for a tool-calling agent's prompt with a structured-output tool
 CALCULATOR_SCHEMA = convert_to_openai_tool(calculator)
+# Tools shown beside an off-domain message (`--off-domain-tools`), so that a bound tool does not
+# unlearn the refusal; `multiply`, which benchmarks/domain_accuracy.py binds, is left out.
+REFUSAL_TOOLS = [CALCULATOR_SCHEMA] + [
+    convert_to_openai_tool({"title": name, "description": description, "type": "object",
+                            "properties": {arg: {"type": kind} for arg, kind in parameters.items()},
+                            "required": list(parameters)})
+    for name, description, parameters in (
+        ("get_weather", "The weather in a city today.", {"city": "string"}),
+        ("search", "Search the web.", {"query": "string"}),
+        ("add", "Add two integers.", {"a": "integer", "b": "integer"}),
+        ("send_message", "Send a text message.", {"to": "string", "text": "string"}),
+        ("convert_units", "Convert an amount to another unit.", {"amount": "number", "unit": "string"}),
+    )
+]
 # Whole-word tokens for the words of tool definitions and calls, which the arithmetic corpus
 # never had: without them a tool prompt is spelled letter by letter (twice as long).
 TOOL_WORDS = [
@@ -260,6 +274,13 @@ class ExampleMaker:
         step = rng.choice(elsewhere.steps)
         return [self.solving(problem), self.verdict(problem, 0, OFF_DOMAIN_ANSWER, True), self.verdict(problem, 0, step, False)]
 
+    def refusal_with_tool(self, problem: Problem, tool: dict[str, Any]) -> list[Example]:
+        """The refusal written, and judged right, with a tool bound: without these a bound
+        tool's prompt led the target into verdict words instead of the refusal."""
+        prompt = render_prompt(self.tokenizer, problem.turns(), [tool])
+        answer = self.encode(OFF_DOMAIN_ANSWER)
+        return [Example(prompt + answer + [self.tokenizer.eos_token_id], len(prompt)), self.judged(prompt, OFF_DOMAIN_ANSWER, True)]
+
     def checks(self, problem: Problem, rng: random.Random, n_verify: int, plausible_share: float = 0.0) -> list[Example]:
         """`n_verify` verdicts on steps of `problem`, half of them on a wrong step: a corrupted
         result, or (`plausible_share` of them) a `plausible_wrong_step`."""
@@ -398,6 +419,9 @@ def phase_one_examples(maker: ExampleMaker, problems: list[Problem], args: argpa
     examples += [maker.structured(p, rng) for p in problems[: args.structured]]
     off_rng = random.Random(args.seed + 3000)
     examples += [e for _ in range(args.off_domain) for e in maker.off_domain(make_off_domain(off_rng), rng, rng.choice(problems))]
+    tools_rng = random.Random(args.seed + 5000)
+    examples += [e for _ in range(args.off_domain_tools)
+                 for e in maker.refusal_with_tool(make_off_domain(tools_rng), tools_rng.choice(REFUSAL_TOOLS))]
     story_rng = random.Random(args.seed + 2000)
     examples += [e for _ in range(args.tool_use) for e in maker.tool_use(make_story(story_rng), rng)]
     return examples
@@ -466,6 +490,7 @@ def main() -> None:
         "(scripts/expression_steps_probe.py measures what it changes)",
     )
     parser.add_argument("--off-domain", type=int, default=4000, help="messages outside the domain")
+    parser.add_argument("--off-domain-tools", type=int, default=0, help="messages outside the domain with a tool bound")
     parser.add_argument("--structured", type=int, default=4000, help="problems also answered as JSON after the steps")
     parser.add_argument("--tool-use", type=int, default=6000, help="stories also solved with the calculator tool")
     parser.add_argument("--n-verify", type=int, default=2, help="verdicts on right/corrupted steps per problem")

@@ -14,7 +14,13 @@ import pytest
 from transformers import AutoTokenizer
 
 from langchain_confspec.demo import DEMO_PAIR_DIR
-from langchain_confspec.demo.problems import check_step, make_problems, make_story
+from langchain_confspec.demo.problems import (
+    OFF_DOMAIN_ANSWER,
+    check_step,
+    make_off_domain,
+    make_problems,
+    make_story,
+)
 from langchain_confspec.demo.tools import evaluate
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_pair.py"
@@ -86,6 +92,20 @@ def test_verdicts_inside_a_calculator_conversation_are_labelled_by_what_they_jud
         assert right_step == turn.step and wrong_step != turn.step
         assert right_after == turn.step + turn.after and wrong_after != right_after
         assert all(e.learn_from == len(e.ids) - 1 for e in group)  # only the verdict is learned
+
+
+def test_a_refusal_with_a_tool_bound_shows_the_tool_and_learns_only_the_refusal(training: ModuleType, maker) -> None:  # type: ignore[no-untyped-def]
+    names = {tool["function"]["name"] for tool in training.REFUSAL_TOOLS}
+    assert "calculator" in names and "multiply" not in names  # the benchmark's tool stays unseen
+    tokenizer = maker.tokenizer
+    for tool in training.REFUSAL_TOOLS:
+        message = make_off_domain(random.Random(len(tool["function"]["name"])))
+        written, judged = maker.refusal_with_tool(message, tool)
+        prompt = tokenizer.decode(written.ids[: written.learn_from])
+        assert tool["function"]["name"] in prompt and message.question in prompt
+        assert tokenizer.decode(written.ids[written.learn_from : -1]) == OFF_DOMAIN_ANSWER
+        assert written.ids[-1] == tokenizer.eos_token_id
+        assert judged.ids[-1] == maker.yes and judged.learn_from == len(judged.ids) - 1
 
 
 def test_the_tool_verdicts_benchmark_runs_on_the_bundled_pair() -> None:
