@@ -13,8 +13,10 @@ from langchain_confspec import ConfSpecChatModel
 # The demo pair knows arithmetic word problems and one tool, its calculator
 # (docs/model-card.md). Forced tool choices still give well-formed calls of any tool (the JSON
 # constraint writes them), but the pair cannot read another tool's argument values out of an
-# English request. (Shown one other tool, it opens a call of it, which the agent loop test asks.)
+# English request. Asked about the weather with a weather tool bound, it answers with its
+# refusal, as it was trained to (`train_demo_pair.py --off-domain-tools`), not with a call.
 NO_TOOL_SKILL = "the demo pair learned only its calculator: it cannot pick other tools' argument values from the request"
+NO_WORLD_QUESTIONS = "the demo pair answers only arithmetic: a weather question gets its one-line refusal, tool bound or not"
 NO_COPIED_NAMES = "the demo pair cannot copy a name from the request into a tool argument (nor spell non-ASCII text)"
 # The base class runs these two for both message formats; an override must say so again.
 BOTH_OUTPUT_VERSIONS = pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
@@ -45,3 +47,8 @@ class TestConfSpecChatModelIntegration(ChatModelIntegrationTests):
     @pytest.mark.xfail(reason=NO_COPIED_NAMES, strict=True)
     def test_unicode_tool_call_integration(self, model: BaseChatModel, *args: Any, **kwargs: Any) -> None:
         super().test_unicode_tool_call_integration(model, *args, **kwargs)
+
+    @BOTH_OUTPUT_VERSIONS
+    @pytest.mark.xfail(reason=NO_WORLD_QUESTIONS, strict=True)
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
