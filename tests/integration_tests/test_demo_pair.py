@@ -111,9 +111,9 @@ class Answer(BaseModel):
 
 def test_the_object_after_the_reasoning_carries_the_plain_answers_value() -> None:
     """Structured output reasons first: the steps as for a plain answer, then the object with the
-    steps in context, so its value is the plain answer's (docs/model-card.md: 96 of 100 against
-    97, one slip in the object). The default budget leaves the reasoning room for a four-operation story: it has half
-    of `max_tokens`, and one cut short mid-answer leaves the object a guess."""
+    steps in context, so its value is the plain answer's (docs/model-card.md: 98 of 100 and 98).
+    The default budget leaves the reasoning room for a four-operation story: it has half of
+    `max_tokens`, and one cut short mid-answer leaves the object a guess."""
     model = ConfSpecChatModel.demo()
     reasoned = model.with_structured_output(Answer, include_raw=True)
     for problem in make_problems(8, seed=20_006):
