@@ -2,12 +2,16 @@
 
     python benchmarks/domain_accuracy.py [--per-kind 40] [--seed 20000] [--pair DIR] [--show-misses]
 
-Stories of one to four operations and bare expressions of one to three, `--per-kind` of each
+Stories of one to four operations, bare expressions of one to three and problems worded as a
+newcomer types them, `--per-kind` of each
 (seed 20000: the tuning seed, apart from training and the held-out set), answered by
 `target_only` and `draft_only` (the bundled pair, or the one `--pair` names, such as a training
 run's output); then a few messages outside the domain through the chat model with the demo's
 settings (for a `--pair` too: it is a candidate for the bundled pair), alone and with a tool
-the pair never learned bound: how each answer ends and how many tokens it took.
+the pair never learned bound: how each answer ends and how many tokens it took; last, a few
+questions as a newcomer types them, in unusual wordings (no spaces, words for operators, a verb
+no story uses) and outside the domain's ranges (a negative result, numbers above 199), with the
+right answer beside what `target_only` and the chat model answer.
 `--show-misses` prints the target's steps on every problem it gets wrong.
 """
 
@@ -23,8 +27,22 @@ from transformers.utils import logging as hf_logging
 from langchain_confspec import ConfSpecChatModel, ConfSpecEngine, load_model
 from langchain_confspec.config import build_config
 from langchain_confspec.demo import DEMO_DRAFT, DEMO_SETTINGS, DEMO_TARGET
-from langchain_confspec.demo.problems import extract_answer, make_expression, make_story
+from langchain_confspec.demo.problems import (
+    extract_answer,
+    make_expression,
+    make_reworded,
+    make_story,
+)
 
+NEAR_DOMAIN = [  # (question, what is unusual about it, right answer)
+    ("what is 2+2", "lower case, no spaces", 4),
+    ("3+5*3", "no spaces", 18),
+    ("What is 6 times 7?", "an operator in words", 42),
+    ("What is 12 - 15?", "a negative result", -3),
+    ("What is 250 + 375?", "numbers above 199", 625),
+    ("What is 7 * 8 * 9?", "a result above 199", 504),
+    ("Sam has 5 apples. Sam eats 2. How many apples does Sam have now?", "a verb no story uses", 3),
+]
 OFF_DOMAIN = ["hello", "Bonjour, comment ça va ?", "What is the capital of Peru?", "?", "Write me a haiku about rain", "zxqv"]
 
 
@@ -47,6 +65,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     kinds = {f"story, {n} operation(s)": [make_story(rng, n) for _ in range(args.per_kind)] for n in (1, 2, 3, 4)}
     kinds |= {f"expression, {n} operation(s)": [make_expression(rng, n) for _ in range(args.per_kind)] for n in (1, 2, 3)}
+    kinds["newcomer wordings (`make_reworded`)"] = [make_reworded(rng) for _ in range(args.per_kind)]
     rows, misses = [], []
     for kind, problems in kinds.items():
         right = dict.fromkeys(("target_only", "draft_only"), 0)
@@ -70,6 +89,17 @@ def main() -> None:
             tokens = answer.usage_metadata["output_tokens"] if answer.usage_metadata else "-"
             shown = " ".join(str(answer.content).split()) or f"(calls: {[c['name'] for c in answer.tool_calls]})"
             print(f"| {message} | {shown} | {answer.response_metadata['finish_reason']} | {tokens} |")
+    print("\n| question | unusual | right | target_only | chat model (the demo's settings) |\n|---|---|---|---|---|")
+    for question, outside, right in NEAR_DOMAIN:
+        alone = engine.generate([{"role": "user", "content": question}], build_config(mode="target_only", max_tokens=128)).text
+        answered = str(model.invoke(question).content)
+        print(f"| {question} | {outside} | {right} | {one_line(alone)} | {one_line(answered)} |")
+
+
+def one_line(text: str, limit: int = 80) -> str:
+    """An answer's steps on one table line, cut at `limit` characters."""
+    joined = " / ".join(step.strip() for step in text.split("\n\n") if step.strip())
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from langchain_confspec.demo.problems import (
     corrupt_step,
     make_off_domain,
     make_problems,
+    make_reworded,
     make_story,
 )
 from langchain_confspec.demo.tools import calculator, evaluate
@@ -413,7 +414,7 @@ class Phase:
 
 def phase_one_examples(maker: ExampleMaker, problems: list[Problem], args: argparse.Namespace, rng: random.Random) -> list[Example]:
     """Solving (twice), verdicts on right and corrupted steps, the answer as JSON after the
-    steps, the refusal, the tool loop."""
+    steps, the refusal, the tool loop, problems asked as newcomers type them (twice)."""
     examples = [e for p in problems for e in maker.checks(p, rng, args.n_verify, args.plausible_wrong)]
     examples += [maker.solving(p) for p in problems] * 2
     examples += [maker.structured(p, rng) for p in problems[: args.structured]]
@@ -424,6 +425,8 @@ def phase_one_examples(maker: ExampleMaker, problems: list[Problem], args: argpa
                  for e in maker.refusal_with_tool(make_off_domain(tools_rng), tools_rng.choice(REFUSAL_TOOLS))]
     story_rng = random.Random(args.seed + 2000)
     examples += [e for _ in range(args.tool_use) for e in maker.tool_use(make_story(story_rng), rng)]
+    reworded_rng = random.Random(args.seed + 6000)
+    examples += [maker.solving(make_reworded(reworded_rng)) for _ in range(args.reworded)] * 2
     return examples
 
 
@@ -493,6 +496,10 @@ def main() -> None:
     parser.add_argument("--off-domain-tools", type=int, default=0, help="messages outside the domain with a tool bound")
     parser.add_argument("--structured", type=int, default=4000, help="problems also answered as JSON after the steps")
     parser.add_argument("--tool-use", type=int, default=6000, help="stories also solved with the calculator tool")
+    parser.add_argument(
+        "--reworded", type=int, default=0,
+        help="problems asked as newcomers type them (`what is 2+2`, `6 times 7`, other story verbs), solved as usual",
+    )
     parser.add_argument("--n-verify", type=int, default=2, help="verdicts on right/corrupted steps per problem")
     parser.add_argument(
         "--plausible-wrong", type=float, default=0.0,

@@ -191,6 +191,36 @@ def make_expression(rng: random.Random, n_operations: int | None = None, *, with
     return Problem(question, _with_answer(steps, tree.value), tree.value)
 
 
+_NEWCOMER_QUESTIONS = ("what is {}", "what is {}?", "What is {}", "what's {}?", "What's {}?", "whats {}",
+                       "{}?", "{} =", "{}=?", "calculate {}", "compute {}", "solve {}")
+_OPERATOR_WORDS = {"+": "plus", "-": "minus", "*": "times"}
+_NEWCOMER_VERBS = {"gets": ("wins", "collects", "receives"), "finds": ("wins", "collects"), "buys": ("collects", "receives"),
+                   "gives away": ("uses", "eats", "drops", "spends"), "loses": ("uses", "drops"), "sells": ("eats", "spends")}
+
+
+def make_reworded(rng: random.Random) -> Problem:
+    """A problem of the domain as a newcomer types it rather than as the domain writes it: a
+    bare expression in lower case, without spaces (`what is 2+2`, `(3+5)*3`) or with operators
+    in words (`6 times 7`, `9 x 4`), or a story whose verbs the stories never use (`eats`,
+    `wins`). The steps and the answer are the problem's own, written as usual."""
+    if rng.random() < 0.25:
+        story = make_story(rng)
+        question = re.sub(r"(?<= )(gets|finds|buys|gives away|loses|sells)(?= )",
+                          lambda verb: rng.choice(_NEWCOMER_VERBS[verb[0]]), story.question)
+        return Problem(question.replace(" now?", "?") if rng.random() < 0.5 else question, story.steps, story.answer)
+    n_operations = rng.randint(1, 3)
+    while (tree := _expression(rng, n_operations)) is None:
+        pass
+    spelling = rng.randrange(3)
+    if spelling == 0:
+        text = tree.text.replace(" ", "")
+    elif spelling == 1:
+        text = re.sub(r"[-+*]", lambda op: rng.choice((_OPERATOR_WORDS[op[0]], "x")) if op[0] == "*" else _OPERATOR_WORDS[op[0]], tree.text)
+    else:
+        text = tree.text
+    return Problem(rng.choice(_NEWCOMER_QUESTIONS).format(text), _with_answer(list(tree.steps), tree.value), tree.value)
+
+
 _GREETINGS = ("hello", "hi", "Hello!", "hey there", "good morning", "thanks", "Thank you!", "bye", "ok", "yes")
 _FOREIGN = ("bonjour", "hola", "hallo", "ciao", "Wie geht es dir?", "Comment vas-tu ?", "Que tal?", "merci")
 _TOPICS = ("the capital of France", "the weather today", "your name", "the meaning of life", "a cat",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from langchain_confspec.demo.problems import (
     check_step,
     make_off_domain,
     make_problems,
+    make_reworded,
     make_story,
 )
 from langchain_confspec.demo.tools import evaluate
@@ -157,3 +159,26 @@ def test_rest_steps_change_only_the_steps_of_bare_expressions() -> None:
     assert stories and all(a == b for a, b in stories)
     longer = [(a, b) for a, b in zip(plain, with_rest) if len(a.steps) > 2 and " starts with " not in a.steps[0]]
     assert longer and all(a.steps != b.steps and ", so " in b.steps[0] for a, b in longer)
+
+
+def test_a_reworded_problem_asks_what_its_steps_solve() -> None:
+    """Newcomer wordings (`what is 2+2`, `6 times 7`, `eats`) keep the usual steps: an
+    expression read back with its operator words as symbols evaluates to the answer, and the
+    steps check out one by one, so training on them teaches reading, not new arithmetic."""
+    rng = random.Random(4)
+    kinds = set()
+    for _ in range(300):
+        problem = make_reworded(rng)
+        assert problem.steps[-1] == f"Answer: {problem.answer}"
+        assert all(check_step(step) is not False for step in problem.steps)
+        if " has " in problem.question:
+            kinds.add("story" if re.search(r" (wins|collects|receives|uses|eats|drops|spends) ", problem.question) else "usual story")
+            continue
+        expression = problem.question.lower().removeprefix("what's ").removeprefix("whats ").removeprefix("what is ")
+        for prefix in ("calculate ", "compute ", "solve "):
+            expression = expression.removeprefix(prefix)
+        expression = expression.rstrip("?=").strip()
+        kinds.add("no spaces" if " " not in expression else "words" if any(w in expression for w in ("plus", "minus", "times", " x ")) else "spaced")
+        symbols = expression.replace("plus", "+").replace("minus", "-").replace("times", "*").replace(" x ", " * ")
+        assert evaluate(symbols) == problem.answer, problem.question
+    assert kinds >= {"story", "no spaces", "words", "spaced"}
