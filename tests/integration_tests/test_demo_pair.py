@@ -136,20 +136,6 @@ def test_anything_outside_the_domain_gets_a_short_answer_that_ends_by_itself(mes
     assert answer.content == OFF_DOMAIN_ANSWER
 
 
-@pytest.mark.parametrize(
-    ("question", "answer"),
-    [("what is 2+2", 4), ("(3+5)*3", 24), ("What is 6 times 7?", 42), ("what's 45 plus 38?", 83),
-     ("Sam has 5 apples. Sam eats 2. How many apples does Sam have now?", 3)],
-)
-def test_a_newcomers_wording_of_a_domain_problem_is_answered_right(question: str, answer: int) -> None:
-    """How a newcomer types arithmetic (lower case, no spaces, operators in words, a story verb
-    the stories never use) is trained too (`make_reworded`), so the first tries are answered,
-    not met with fragments of JSON (docs/model-card.md, the domain)."""
-    reply = ConfSpecChatModel.demo(max_tokens=128).invoke(question)
-    assert extract_answer(str(reply.content)) == str(answer)
-    assert reply.response_metadata["finish_reason"] == "stop"
-
-
 @tool
 def multiply(a: int, b: int) -> int:
     """Multiply two integers."""
