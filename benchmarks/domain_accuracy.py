@@ -38,10 +38,10 @@ NEAR_DOMAIN = [  # (question, what is unusual about it, right answer)
     ("what is 2+2", "lower case, no spaces", 4),
     ("3+5*3", "no spaces", 18),
     ("What is 6 times 7?", "an operator in words", 42),
-    ("What is 12 - 15?", "a negative result", -3),
-    ("What is 250 + 375?", "numbers above 199", 625),
-    ("What is 7 * 8 * 9?", "a result above 199", 504),
-    ("Sam has 5 apples. Sam eats 2. How many apples does Sam have now?", "a verb no story uses", 3),
+    ("12 - 15 = ?", "a negative result", -3),
+    ("250 + 375 = ?", "numbers above 199", 625),
+    ("7 * 8 * 9 = ?", "a result above 199", 504),
+    ("Sam has 5 apples. Sam eats 2. How many apples does Sam have?", "a verb no story uses", 3),
 ]
 OFF_DOMAIN = ["hello", "Bonjour, comment ça va ?", "What is the capital of Peru?", "?", "Write me a haiku about rain", "zxqv"]
 
