@@ -90,10 +90,10 @@ def main() -> None:
             shown = " ".join(str(answer.content).split()) or f"(calls: {[c['name'] for c in answer.tool_calls]})"
             print(f"| {message} | {shown} | {answer.response_metadata['finish_reason']} | {tokens} |")
     print("\n| question | unusual | right | target_only | chat model (the demo's settings) |\n|---|---|---|---|---|")
-    for question, outside, right in NEAR_DOMAIN:
+    for question, unusual, right in NEAR_DOMAIN:
         alone = engine.generate([{"role": "user", "content": question}], build_config(mode="target_only", max_tokens=128)).text
         answered = str(model.invoke(question).content)
-        print(f"| {question} | {outside} | {right} | {one_line(alone)} | {one_line(answered)} |")
+        print(f"| {question} | {unusual} | {right} | {one_line(alone)} | {one_line(answered)} |")
 
 
 def one_line(text: str, limit: int = 80) -> str:

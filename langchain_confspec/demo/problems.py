@@ -198,6 +198,11 @@ _NEWCOMER_VERBS = {"gets": ("wins", "collects", "receives"), "finds": ("wins", "
                    "gives away": ("uses", "eats", "drops", "spends"), "loses": ("uses", "drops"), "sells": ("eats", "spends")}
 
 
+def _in_words(operator: str, rng: random.Random) -> str:
+    """`plus` or `minus`; `times` or `x` for a product."""
+    return rng.choice((_OPERATOR_WORDS[operator], "x")) if operator == "*" else _OPERATOR_WORDS[operator]
+
+
 def make_reworded(rng: random.Random) -> Problem:
     """A problem of the domain as a newcomer types it rather than as the domain writes it: a
     bare expression in lower case, without spaces (`what is 2+2`, `(3+5)*3`) or with operators
@@ -215,7 +220,7 @@ def make_reworded(rng: random.Random) -> Problem:
     if spelling == 0:
         text = tree.text.replace(" ", "")
     elif spelling == 1:
-        text = re.sub(r"[-+*]", lambda op: rng.choice((_OPERATOR_WORDS[op[0]], "x")) if op[0] == "*" else _OPERATOR_WORDS[op[0]], tree.text)
+        text = re.sub(r"[-+*]", lambda op: _in_words(op[0], rng), tree.text)
     else:
         text = tree.text
     return Problem(rng.choice(_NEWCOMER_QUESTIONS).format(text), _with_answer(list(tree.steps), tree.value), tree.value)
