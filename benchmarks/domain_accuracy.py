@@ -28,6 +28,7 @@ from langchain_confspec import ConfSpecChatModel, ConfSpecEngine, load_model
 from langchain_confspec.config import build_config
 from langchain_confspec.demo import DEMO_DRAFT, DEMO_SETTINGS, DEMO_TARGET
 from langchain_confspec.demo.problems import (
+    STEP_SEPARATOR,
     extract_answer,
     make_expression,
     make_reworded,
@@ -75,8 +76,7 @@ def main() -> None:
                 is_right = extract_answer(text) == str(problem.answer)
                 right[mode] += is_right
                 if mode == "target_only" and not is_right:
-                    steps = [step.strip() for step in text.split("\n\n") if step.strip()]
-                    misses.append(f"- {problem.question} ({problem.answer}): {' / '.join(steps)}")
+                    misses.append(f"- {problem.question} ({problem.answer}): {one_line(text, limit=None)}")
         rows.append(f"| {kind} | {right['target_only']} of {len(problems)} | {right['draft_only']} of {len(problems)} |")
     print("| problems | target_only | draft_only |\n|---|---|---|", *rows, sep="\n")
     if args.show_misses:
@@ -96,10 +96,10 @@ def main() -> None:
         print(f"| {question} | {unusual} | {right} | {one_line(alone)} | {one_line(answered)} |")
 
 
-def one_line(text: str, limit: int = 80) -> str:
-    """An answer's steps on one table line, cut at `limit` characters."""
-    joined = " / ".join(step.strip() for step in text.split("\n\n") if step.strip())
-    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
+def one_line(text: str, limit: int | None = 80) -> str:
+    """An answer's steps on one line, cut at `limit` characters (None: whole)."""
+    joined = " / ".join(step.strip() for step in text.split(STEP_SEPARATOR) if step.strip())
+    return joined if limit is None or len(joined) <= limit else joined[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

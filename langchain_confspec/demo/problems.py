@@ -210,7 +210,7 @@ def make_reworded(rng: random.Random) -> Problem:
     `wins`). The steps and the answer are the problem's own, written as usual."""
     if rng.random() < 0.25:
         story = make_story(rng)
-        question = re.sub(r"(?<= )(gets|finds|buys|gives away|loses|sells)(?= )",
+        question = re.sub(rf"(?<= )({'|'.join(_NEWCOMER_VERBS)})(?= )",
                           lambda verb: rng.choice(_NEWCOMER_VERBS[verb[0]]), story.question)
         return Problem(question.replace(" now?", "?") if rng.random() < 0.5 else question, story.steps, story.answer)
     n_operations = rng.randint(1, 3)
