@@ -7,7 +7,7 @@ as `ToolMessage`s, repeat until it answers; print each reply with its per-step a
 
 The bundled demo pair, the default, learned this calculator (docs/model-card.md): it writes a
 step, calls the tool for the next operation, copies the result into the following step and
-ends with `Answer: N`, all offline (right on 74 of 100 held-out problems: docs/benchmarks.md).
+ends with `Answer: N`, all offline (right on 19 of 20 held-out stories: docs/benchmarks.md).
 Any tool-calling pair works too (for example Qwen2.5 instruct models, whose chat template
 knows tools).
 """
