@@ -15,9 +15,10 @@ DEMO_SETTINGS: MappingProxyType[str, Any] = MappingProxyType(
 )
 """Settings tuned for the bundled pair; they replace the library's defaults, never a caller's.
 
-The demo draft is often wrong on steps it scores as high as 0.9, so its threshold sits high. The demo
-target writes better than it judges (it keeps some wrong steps it would not write), so it checks
-escalated steps by agreement; its verdict threshold applies where a caller asks for verdicts.
+The demo draft is often wrong on steps it scores as high as 0.9, so its threshold sits high.
+The demo target writes better than it judges (it keeps some wrong steps it would not write), so
+it checks escalated steps by agreement; its verdict threshold applies where a caller asks for
+verdicts.
 Chosen on problems of seeds 20000 and 20001, apart from the training seeds and the held-out
 evaluation set (docs/model-card.md).
 """
