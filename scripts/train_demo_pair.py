@@ -2,7 +2,8 @@
 
     python scripts/train_demo_pair.py --out langchain_confspec/demo/pair --seed 0
 
-One command, two phases, about an hour on a 2-core CPU. Both models learn to solve the
+One command, two phases (84 minutes on a 2-core CPU from scratch, which is not enough for
+the target: see below and docs/model-card.md). Both models learn to solve the
 problems of `langchain_confspec.demo.problems` step by step (stories and bare expressions),
 to answer anything else with its one-line refusal, to solve stories with the calculator tool,
 and to answer the engine's verification prompt about a step (right steps and corrupted ones).
