@@ -15,7 +15,6 @@ questions) under one cosine schedule, and at each of `--evals` counts right gree
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import time
 
@@ -53,30 +52,22 @@ def main() -> None:
     tuning = make_problems(200, seed=20000)
     contexts = [render_prompt(tokenizer, problem.turns()) for problem in tuning]
     evals = {int(step) for step in args.evals.split(",")}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, args.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
-    )
-    stream = training.batches(examples, 64, tokenizer.pad_token_id, random.Random(0))
-    training_seconds, started = 0.0, time.time()
-    model.train()
-    for step in range(1, args.steps + 1):
-        ids, labels = next(stream)
-        loss = training.example_mean_loss(model(input_ids=ids).logits[:, :-1], labels[:, 1:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        if step in evals:
-            training_seconds += time.time() - started
-            texts = training.continuations(model, tokenizer, contexts, max_new_tokens=110, batch_size=100)
-            right = sum(extract_answer(text) == str(problem.answer) for text, problem in zip(texts, tuning))
-            print(f"step {step}: {right} of {len(tuning)} right, loss {loss.item():.4f}, "
-                  f"{training_seconds / 60:.1f} min of training", flush=True)
-            model.train()
-            started = time.time()
+    evaluating = [0.0]  # seconds spent counting answers, left out of the training time
+    started = time.time()
+
+    def count_right(step: int) -> None:
+        if step not in evals:
+            return
+        began_counting = time.time()
+        minutes = (began_counting - started - evaluating[0]) / 60
+        texts = training.continuations(model, tokenizer, contexts, max_new_tokens=110, batch_size=100)
+        right = sum(extract_answer(text) == str(problem.answer) for text, problem in zip(texts, tuning))
+        model.train()
+        evaluating[0] += time.time() - began_counting
+        print(f"step {step}: {right} of {len(tuning)} right, {minutes:.1f} min of training", flush=True)
+
+    training.train(model, examples, steps=args.steps, batch_size=64, lr=args.lr, seed=0, device="cpu",
+                   log_every=500, after_step=count_right)
 
 
 if __name__ == "__main__":

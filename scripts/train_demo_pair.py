@@ -33,6 +33,7 @@ import math
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -377,7 +378,10 @@ def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return ((per_token * counted).sum(1) / counted.sum(1).clamp(min=1)).mean()
 
 
-def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int, device: str, log_every: int = 100):  # type: ignore[no-untyped-def]
+def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int, device: str, log_every: int = 100,  # type: ignore[no-untyped-def]
+          after_step: Callable[[int], None] | None = None):
+    """AdamW under one warmup-then-cosine schedule. `after_step(n)`, if given, runs after step n
+    (from 1): a probe that measures the model mid-schedule must put it back in training mode."""
     if not steps:
         return model
     rng = random.Random(seed)
@@ -398,6 +402,8 @@ def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        if after_step:
+            after_step(step + 1)
         if step % log_every == 0 or step == steps - 1:
             print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - started:7.1f}s", flush=True)
     return model.to("cpu").eval()
