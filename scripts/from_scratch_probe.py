@@ -1,6 +1,6 @@
 """How far a shallow target gets from scratch in the time a one-hour training leaves it.
 
-    python scripts/from_scratch_probe.py [--steps 3500] [--layers 4] [--evals 1000,2000,2800,3500]
+    python scripts/from_scratch_probe.py [--steps 3500] [--layers 4] [--evals 1000,2000,2800,3500] [--solving-only]
 
 The bundled target is 128 wide and was grown to 20 layers from a 4-layer one (`grow_depth`),
 because a deep target trained from scratch learns too slowly on a CPU. Grown layers start as the
@@ -9,7 +9,9 @@ trained in that hour's share left after the draft and the second phase. This tra
 model on the first-phase mix of `train_demo_pair.py` (a fresh tokenizer, 20,000 problems with
 one verdict each, 3,000 each of refusals, JSON answers, calculator conversations and reworded
 questions) under one cosine schedule, and at each of `--evals` counts right greedy answers on
-200 tuning problems of seed 20000. Nothing is saved.
+200 tuning problems of seed 20000. `--solving-only` trains on solutions alone instead (of
+40,000 problems and 8,000 reworded ones), the first phase of the one-hour recipe. Nothing is
+saved.
 """
 
 from __future__ import annotations
@@ -33,18 +35,23 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--evals", default="1000,2000,2800,3500", help="steps after which to count right answers")
+    parser.add_argument("--solving-only", action="store_true", help="train on solutions alone")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
     began = time.time()
 
-    problems = make_problems(20000, seed=0)
-    tokenizer = training.train_tokenizer(training.tokenizer_corpus(problems), vocab_size=400)
+    problems = make_problems(40000 if args.solving_only else 20000, seed=0)
+    tokenizer = training.train_tokenizer(training.tokenizer_corpus(problems[:20000]), vocab_size=400)
     tokenizer.add_tokens(training.TOOL_WORDS)
     tokenizer.chat_template = training.TOOLS_CHAT_TEMPLATE
-    mix = argparse.Namespace(seed=0, n_verify=1, plausible_wrong=0.0, structured=3000, off_domain=3000,
-                             off_domain_tools=0, tool_use=3000, reworded=3000)
-    examples = training.phase_one_examples(training.ExampleMaker(tokenizer), problems, mix, random.Random(0))
+    maker = training.ExampleMaker(tokenizer)
+    if args.solving_only:
+        examples = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=8000))
+    else:
+        mix = argparse.Namespace(seed=0, n_verify=1, plausible_wrong=0.0, structured=3000, off_domain=3000,
+                                 off_domain_tools=0, tool_use=3000, reworded=3000)
+        examples = training.phase_one_examples(maker, problems, mix, random.Random(0))
     print(f"{len(examples)} examples in {time.time() - began:.0f}s", flush=True)
 
     model = training.build_model(tokenizer, seed=1, max_positions=training.CONTEXT, hidden_size=args.hidden,

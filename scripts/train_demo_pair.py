@@ -1,23 +1,24 @@
 """Train the bundled demo pair (draft and target) from a seed, on the CPU or a GPU.
 
-    python scripts/train_demo_pair.py --out langchain_confspec/demo/pair --seed 0
+    python scripts/train_demo_pair.py --out OUT --seed 0 [--solve-steps D,T --grow-target 20 ...]
 
-One command, two phases (84 minutes on a 2-core CPU from scratch, which is not enough for
-the target: see below and docs/model-card.md). Both models learn to solve the
-problems of `langchain_confspec.demo.problems` step by step (stories and bare expressions),
-to answer anything else with its one-line refusal, to solve stories with the calculator tool,
-and to answer the engine's verification prompt about a step (right steps and corrupted ones).
-In the second phase the draft writes steps itself and both models learn to judge those too:
-the draft's own mistakes are what the gate must catch at run time. Training sequences are
-token-for-token what the engine builds: the chat template, each step encoded on its own, and
-the verification suffix after a step.
+docs/model-card.md has the one-hour command from scratch and what it gives. Both models learn
+to solve the problems of `langchain_confspec.demo.problems` step by step (stories and bare
+expressions), to answer anything else with its one-line refusal, to solve stories with the
+calculator tool, and to answer the engine's verification prompt about a step (right steps and
+corrupted ones). From scratch, `--solve-steps` first trains on solutions alone: arithmetic is
+what a model from scratch learns slowest, and it learns it several times faster alone than
+inside the whole mix. Phase one mixes everything; in phase two the draft writes steps itself
+and both models learn to judge those too: the draft's own mistakes are what the gate must
+catch at run time. Training sequences are token-for-token what the engine builds: the chat
+template, each step encoded on its own, and the verification suffix after a step.
 
 The target is deep and the draft shallow: on a CPU the cost of a token of a model this small
 grows with its layer count, and the target must cost several times the draft per token for
-speculation to pay, as a 7B target does against a 0.5B draft on a GPU. Trained from scratch,
-such a target needs far more than an hour of a CPU; the bundled one was grown instead:
-`--resume PAIR --grow-target 20` deepens a trained target, each new layer starting as the
-identity, and trains on (docs/model-card.md has the commands).
+speculation to pay, as a 7B target does against a 0.5B draft on a GPU. A deep target learns
+too slowly from scratch on a CPU, so the target starts with 4 layers and `--grow-target 20`
+deepens it (each new layer starting as the identity): from scratch after phase one, with
+`--resume PAIR` before training on.
 
 `--resume PAIR --tool-judging STORIES` trains a pair on for one phase of verdicts inside
 calculator conversations, where the agent's mistakes are: every step and call of STORIES
@@ -65,7 +66,7 @@ from langchain_confspec.models.tiny import (
 
 SHAPES = {
     "draft": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "ffn_multiple": 3},
-    "target": {"hidden_size": 64, "num_layers": 20, "num_heads": 4, "ffn_multiple": 3},
+    "target": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "ffn_multiple": 3},  # grown by --grow-target
 }
 LEARNING_RATES = {"draft": 3e-3, "target": 1.5e-3}
 NUMBER_KEYS = ("value", "answer", "result", "total", "count", "number")
@@ -419,6 +420,14 @@ class Phase:
     lr_scale: float
 
 
+def solving_examples(maker: ExampleMaker, problems: list[Problem], args: argparse.Namespace) -> list[Example]:
+    """Only solutions, of the problems and of as many reworded ones as phase one asks: arithmetic
+    is what a model from scratch learns slowest, and it learns it several times faster alone than
+    inside the whole mix (docs/model-card.md)."""
+    reworded_rng = random.Random(args.seed + 6000)
+    return [maker.solving(p) for p in problems] + [maker.solving(make_reworded(reworded_rng)) for _ in range(args.reworded)]
+
+
 def phase_one_examples(maker: ExampleMaker, problems: list[Problem], args: argparse.Namespace, rng: random.Random) -> list[Example]:
     """Solving (twice), verdicts on right and corrupted steps, the answer as JSON after the
     steps, the refusal, the tool loop, problems asked as newcomers type them (twice)."""
@@ -449,10 +458,13 @@ def train_phase(phase: Phase, examples: list[Example], args: argparse.Namespace,
 
 
 def two_phases(maker: ExampleMaker, first: list[Example], args: argparse.Namespace, rng: random.Random, models: dict,  # type: ignore[type-arg]
-               draft_steps: list[int], target_steps: list[int], log: dict) -> tuple[int, int]:  # type: ignore[type-arg]
-    """Solve, judge, refuse and call tools; then judge the draft's own steps. Returns how many
-    of the draft's attempts were wrong, of how many."""
+               draft_steps: list[int], target_steps: list[int], log: dict, grow_to: int | None = None) -> tuple[int, int]:  # type: ignore[type-arg]
+    """Solve, judge, refuse and call tools; then (the target grown to `grow_to` layers, if
+    given) judge the draft's own steps. Returns how many of the draft's attempts were wrong, of
+    how many."""
     train_phase(Phase("solve, judge, refuse, call tools", draft_steps[0], target_steps[0], args.lr_scale), first, args, models, log)
+    if grow_to:
+        grow_depth(models["target"], grow_to)
     with_rest = args.expression_steps == "rest"
     own = make_problems(args.draft_attempts, seed=args.seed + 1000, expression_share=args.expression_share, with_rest=with_rest)
     attempts = draft_attempts(models["draft"], maker, own, max_new_tokens=48 if with_rest else 24)  # a step with its rest is longer
@@ -531,11 +543,22 @@ def main() -> None:
     parser.add_argument("--own-repeats", type=int, default=2, help="with --tool-judging: copies of the draft's own attempts")
     parser.add_argument(
         "--grow-target", type=int, metavar="LAYERS",
-        help="with --resume: deepen the target to LAYERS layers first, each new layer starting as the identity",
+        help="deepen the target to LAYERS layers, each new layer starting as the identity: with --resume first, "
+        "from scratch after phase one",
+    )
+    parser.add_argument(
+        "--solve-steps", type=str, default="0,0",
+        help="from scratch: steps (draft,target) of a phase before the others that only solves problems",
+    )
+    parser.add_argument(
+        "--solve-lr-scale", type=float, default=1.0,
+        help="scales both models' learning rates in the solve phase (--lr-scale scales them in the phases after it)",
     )
     args = parser.parse_args()
-    if (args.tool_judging or args.grow_target) and not args.resume:
-        parser.error("--tool-judging and --grow-target go on from a trained pair: give --resume PAIR")
+    if args.tool_judging and not args.resume:
+        parser.error("--tool-judging goes on from a trained pair: give --resume PAIR")
+    if args.resume and args.solve_steps != "0,0":
+        parser.error("--solve-steps starts a pair from scratch: leave out --resume")
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -564,13 +587,18 @@ def main() -> None:
     log: dict[str, list] = {"draft": [], "target": []}  # type: ignore[type-arg]
     draft_steps = [int(n) for n in args.draft_steps.split(",")]
     target_steps = [int(n) for n in args.target_steps.split(",")]
+    solve_steps = [int(n) for n in args.solve_steps.split(",")]
 
-    first = phase_one_examples(maker, problems, args, rng)
     print(f"vocabulary {len(tokenizer)}", flush=True)
+    if any(solve_steps):
+        solving = Phase("solve", solve_steps[0], solve_steps[1], args.solve_lr_scale)
+        train_phase(solving, solving_examples(maker, problems, args), args, models, log)
+    first = phase_one_examples(maker, problems, args, rng)
     if args.tool_judging:
         wrong, attempts = tool_judging_phase(maker, first, args, rng, models, draft_steps[0], target_steps[0], log)
     else:
-        wrong, attempts = two_phases(maker, first, args, rng, models, draft_steps, target_steps, log)
+        grow_to = None if args.resume else args.grow_target
+        wrong, attempts = two_phases(maker, first, args, rng, models, draft_steps, target_steps, log, grow_to)
 
     for role, model in models.items():
         path = args.out / role

@@ -3,7 +3,9 @@ calculator conversations say the truth about what they judge."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
 import random
 import re
 import subprocess
@@ -182,3 +184,33 @@ def test_a_reworded_problem_asks_what_its_steps_solve() -> None:
         symbols = expression.replace("plus", "+").replace("minus", "-").replace("times", "*").replace(" x ", " * ")
         assert evaluate(symbols) == problem.answer, problem.question
     assert kinds >= {"story", "no spaces", "words", "spaced"}
+
+
+def test_solving_examples_learn_only_the_solutions(training: ModuleType, maker) -> None:  # type: ignore[no-untyped-def]
+    """The solve phase's data: one solution per problem and per reworded question, each learned
+    from its first step to the end of sequence, the question itself never learned."""
+    problems = make_problems(30, seed=5)
+    examples = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=10))
+    assert len(examples) == 40
+    for problem, example in zip(problems, examples):
+        assert example.ids[-1] == maker.tokenizer.eos_token_id
+        assert maker.tokenizer.decode(example.ids[example.learn_from : -1]) == "".join(problem.steps)
+        assert example.learn_from == len(maker.encoded(problem)[0])
+
+
+def test_from_scratch_the_script_solves_first_and_grows_the_target_before_phase_two(training: ModuleType, tmp_path: Path) -> None:
+    """The one-hour recipe's shape at toy sizes: a solve phase for both models, phase one, the
+    target grown, phase two; the saved target has the grown depth and its log the three phases."""
+    command = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--problems", "40", "--off-domain", "3",
+               "--structured", "3", "--tool-use", "3", "--reworded", "3", "--draft-attempts", "3", "--n-verify", "1",
+               "--solve-steps", "1,2", "--draft-steps", "1,1", "--target-steps", "1,1", "--grow-target", "8",
+               "--batch-size", "4", "--device", "cpu"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    target = json.loads((tmp_path / "target" / "training.json").read_text())
+    assert target["shape"]["num_layers"] == 8
+    assert [(p["phase"], p["steps"]) for p in target["phases"]] == [
+        ("solve", 2), ("solve, judge, refuse, call tools", 1), ("judge the draft's own steps", 1)]
+    draft = json.loads((tmp_path / "draft" / "training.json").read_text())
+    assert draft["shape"]["num_layers"] == training.SHAPES["draft"]["num_layers"]
+    assert draft["phases"][0]["phase"] == "solve"
