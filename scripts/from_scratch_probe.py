@@ -10,8 +10,8 @@ model on the first-phase mix of `train_demo_pair.py` (a fresh tokenizer, 20,000 
 one verdict each, 3,000 each of refusals, JSON answers, calculator conversations and reworded
 questions) under one cosine schedule, and at each of `--evals` counts right greedy answers on
 200 tuning problems of seed 20000. `--solving-only` trains on solutions alone instead (of
-40,000 problems and 8,000 reworded ones), the first phase of the one-hour recipe. Nothing is
-saved.
+40,000 problems and 8,000 reworded ones), like the solve phase of the one-hour recipe. Nothing
+is saved.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> None:
     began = time.time()
 
     problems = make_problems(40000 if args.solving_only else 20000, seed=0)
+    # the first 20,000 problems either way: both curves share one tokenizer and differ only in their data
     tokenizer = training.train_tokenizer(training.tokenizer_corpus(problems[:20000]), vocab_size=400)
     tokenizer.add_tokens(training.TOOL_WORDS)
     tokenizer.chat_template = training.TOOLS_CHAT_TEMPLATE

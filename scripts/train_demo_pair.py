@@ -454,7 +454,7 @@ def train_phase(phase: Phase, examples: list[Example], args: argparse.Namespace,
         started = time.time()
         train(model, examples, steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed, device=args.device)
         log[role].append({"phase": phase.name, "examples": len(examples), "steps": steps, "lr": lr,
-                          "seconds": round(time.time() - started, 1)})
+                          "layers": model.config.num_hidden_layers, "seconds": round(time.time() - started, 1)})
 
 
 def two_phases(maker: ExampleMaker, first: list[Example], args: argparse.Namespace, rng: random.Random, models: dict,  # type: ignore[type-arg]
@@ -501,7 +501,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("langchain_confspec/demo/pair"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--problems", type=int, default=40000, help="problems of the first phase")
+    parser.add_argument("--problems", type=int, default=40000, help="problems of the solve phase and phase one (from scratch also the tokenizer's corpus)")
     parser.add_argument(
         "--expression-share", type=float, default=EXPRESSION_SHARE,
         help="share of bare expressions among the problems (the held-out set has 0.3)",
@@ -533,7 +533,7 @@ def main() -> None:
         "--resume", type=Path,
         help="go on training the pair in this folder (its tokenizer and shapes, learning rates scaled by --lr-scale)",
     )
-    parser.add_argument("--lr-scale", type=float, default=1.0, help="scales both models' learning rates")
+    parser.add_argument("--lr-scale", type=float, default=1.0, help="scales both models' learning rates in phase one (phase two: 0.4 times that)")
     parser.add_argument(
         "--tool-judging", type=int, metavar="STORIES",
         help="with --resume: instead of the two phases, one phase of verdicts inside calculator conversations on "
@@ -557,8 +557,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.tool_judging and not args.resume:
         parser.error("--tool-judging goes on from a trained pair: give --resume PAIR")
-    if args.resume and args.solve_steps != "0,0":
-        parser.error("--solve-steps starts a pair from scratch: leave out --resume")
+    solve_steps = [int(n) for n in args.solve_steps.split(",")]
+    if args.resume and (any(solve_steps) or args.solve_lr_scale != 1.0):
+        parser.error("--solve-steps and --solve-lr-scale start a pair from scratch: leave out --resume")
+    if not args.resume and args.grow_target and args.grow_target % SHAPES["target"]["num_layers"]:
+        parser.error(f"--grow-target must be a multiple of the target's {SHAPES['target']['num_layers']} layers")
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -587,7 +590,6 @@ def main() -> None:
     log: dict[str, list] = {"draft": [], "target": []}  # type: ignore[type-arg]
     draft_steps = [int(n) for n in args.draft_steps.split(",")]
     target_steps = [int(n) for n in args.target_steps.split(",")]
-    solve_steps = [int(n) for n in args.solve_steps.split(",")]
 
     print(f"vocabulary {len(tokenizer)}", flush=True)
     if any(solve_steps):

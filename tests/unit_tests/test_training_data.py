@@ -191,26 +191,40 @@ def test_solving_examples_learn_only_the_solutions(training: ModuleType, maker) 
     from its first step to the end of sequence, the question itself never learned."""
     problems = make_problems(30, seed=5)
     examples = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=10))
+    reworded_rng = random.Random(6000)  # the seed phase one draws its reworded problems from
+    reworded = [make_reworded(reworded_rng) for _ in range(10)]
     assert len(examples) == 40
-    for problem, example in zip(problems, examples):
+    for problem, example in zip(problems + reworded, examples, strict=True):
         assert example.ids[-1] == maker.tokenizer.eos_token_id
         assert maker.tokenizer.decode(example.ids[example.learn_from : -1]) == "".join(problem.steps)
-        assert example.learn_from == len(maker.encoded(problem)[0])
+        assert example.ids[: example.learn_from] == maker.encoded(problem)[0]
 
 
 def test_from_scratch_the_script_solves_first_and_grows_the_target_before_phase_two(training: ModuleType, tmp_path: Path) -> None:
-    """The one-hour recipe's shape at toy sizes: a solve phase for both models, phase one, the
-    target grown, phase two; the saved target has the grown depth and its log the three phases."""
+    """The one-hour recipe's shape at toy sizes: a solve phase for both models at its own rate,
+    phase one, the target grown, phase two at 0.4 times phase one's rate."""
+    shallow = training.SHAPES["target"]["num_layers"]
     command = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--problems", "40", "--off-domain", "3",
                "--structured", "3", "--tool-use", "3", "--reworded", "3", "--draft-attempts", "3", "--n-verify", "1",
-               "--solve-steps", "1,2", "--draft-steps", "1,1", "--target-steps", "1,1", "--grow-target", "8",
-               "--batch-size", "4", "--device", "cpu"]
+               "--solve-steps", "1,2", "--draft-steps", "1,1", "--target-steps", "1,1", "--grow-target", str(2 * shallow),
+               "--solve-lr-scale", "2", "--lr-scale", "0.5", "--batch-size", "4", "--device", "cpu"]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     target = json.loads((tmp_path / "target" / "training.json").read_text())
-    assert target["shape"]["num_layers"] == 8
-    assert [(p["phase"], p["steps"]) for p in target["phases"]] == [
-        ("solve", 2), ("solve, judge, refuse, call tools", 1), ("judge the draft's own steps", 1)]
+    assert target["shape"]["num_layers"] == 2 * shallow
+    phases = [(p["phase"], p["steps"], p["layers"]) for p in target["phases"]]
+    assert phases == [("solve", 2, shallow), ("solve, judge, refuse, call tools", 1, shallow),
+                      ("judge the draft's own steps", 1, 2 * shallow)]
+    rate = training.LEARNING_RATES["target"]
+    assert [p["lr"] for p in target["phases"]] == pytest.approx([2 * rate, 0.5 * rate, 0.4 * 0.5 * rate])
     draft = json.loads((tmp_path / "draft" / "training.json").read_text())
     assert draft["shape"]["num_layers"] == training.SHAPES["draft"]["num_layers"]
     assert draft["phases"][0]["phase"] == "solve"
+
+
+def test_from_scratch_a_depth_the_target_cannot_grow_to_is_refused_at_once(tmp_path: Path) -> None:
+    """Growing happens half an hour into the run: a bad depth must fail before any training."""
+    command = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--grow-target", "10"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--grow-target must be a multiple" in done.stderr
+    assert not any(tmp_path.iterdir())
