@@ -24,8 +24,7 @@ import torch
 import train_demo_pair as training  # this folder is on the path of a script run from it
 from transformers.utils import logging as hf_logging
 
-from langchain_confspec.demo.problems import extract_answer, make_problems
-from langchain_confspec.models.prompting import render_prompt
+from langchain_confspec.demo.problems import make_problems
 
 
 def main() -> None:
@@ -57,8 +56,7 @@ def main() -> None:
 
     model = training.build_model(tokenizer, seed=1, max_positions=training.CONTEXT, hidden_size=args.hidden,
                                  num_layers=args.layers, num_heads=4, ffn_multiple=3)
-    tuning = make_problems(200, seed=20000)
-    contexts = [render_prompt(tokenizer, problem.turns()) for problem in tuning]
+    tuning = make_problems(200, seed=training.TUNING_SEED)
     evals = {int(step) for step in args.evals.split(",")}
     evaluating = [0.0]  # seconds spent counting answers, left out of the training time
     started = time.time()
@@ -68,8 +66,7 @@ def main() -> None:
             return
         began_counting = time.time()
         minutes = (began_counting - started - evaluating[0]) / 60
-        texts = training.continuations(model, tokenizer, contexts, max_new_tokens=110, batch_size=100)
-        right = sum(extract_answer(text) == str(problem.answer) for text, problem in zip(texts, tuning))
+        right = training.count_right(model, tokenizer, tuning)
         model.train()
         evaluating[0] += time.time() - began_counting
         print(f"step {step}: {right} of {len(tuning)} right, {minutes:.1f} min of training", flush=True)

@@ -50,6 +50,7 @@ from langchain_confspec.demo.problems import (
     STEP_SEPARATOR,
     Problem,
     corrupt_step,
+    extract_answer,
     make_off_domain,
     make_problems,
     make_reworded,
@@ -71,6 +72,7 @@ SHAPES = {
 LEARNING_RATES = {"draft": 3e-3, "target": 1.5e-3}
 NUMBER_KEYS = ("value", "answer", "result", "total", "count", "number")
 TEXT_KEYS = ("item", "unit", "label", "things")
+TUNING_SEED = 20000  # the tuning problems of scripts/from_scratch_probe.py and docs/model-card.md
 CONTEXT = 2048  # room for a tool-calling agent's prompt with a structured-output tool
 CALCULATOR_SCHEMA = convert_to_openai_tool(calculator)
 # Tools shown beside an off-domain message (`--off-domain-tools`), so that a bound tool does not
@@ -321,6 +323,14 @@ def continuations(model, tokenizer, contexts: list[list[int]], max_new_tokens: i
     return texts
 
 
+def count_right(model, tokenizer, problems: list[Problem]) -> int:  # type: ignore[no-untyped-def]
+    """How many of `problems` the model's greedy solution answers right: the target's accuracy
+    is the goal training is slowest to reach, so every phase can be scored on it."""
+    contexts = [render_prompt(tokenizer, problem.turns()) for problem in problems]
+    texts = continuations(model, tokenizer, contexts, max_new_tokens=110, batch_size=100)
+    return sum(extract_answer(text) == str(problem.answer) for text, problem in zip(texts, problems))
+
+
 def first_step(text: str) -> str:
     cut = text.find(STEP_SEPARATOR)
     return text[: cut + len(STEP_SEPARATOR)] if cut >= 0 else text
@@ -446,15 +456,25 @@ def phase_one_examples(maker: ExampleMaker, problems: list[Problem], args: argpa
     return examples
 
 
-def train_phase(phase: Phase, examples: list[Example], args: argparse.Namespace, models: dict, log: dict) -> None:  # type: ignore[type-arg]
+def train_phase(phase: Phase, examples: list[Example], maker: ExampleMaker, args: argparse.Namespace, models: dict,  # type: ignore[type-arg]
+                log: dict) -> None:  # type: ignore[type-arg]
+    """Train each model on `examples`; with `--tuning-problems N`, then count its right answers
+    on N tuning problems (seed 20000), logged apart from the training time."""
     print(f"phase {phase.name}: {len(examples)} examples", flush=True)
+    tuning = make_problems(args.tuning_problems, seed=TUNING_SEED) if args.tuning_problems else []
     for role, model in models.items():
         steps = phase.draft_steps if role == "draft" else phase.target_steps
         lr = LEARNING_RATES[role] * phase.lr_scale
         started = time.time()
         train(model, examples, steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed, device=args.device)
-        log[role].append({"phase": phase.name, "examples": len(examples), "steps": steps, "lr": lr,
-                          "layers": model.config.num_hidden_layers, "seconds": round(time.time() - started, 1)})
+        entry = {"phase": phase.name, "examples": len(examples), "steps": steps, "lr": lr,
+                 "layers": model.config.num_hidden_layers, "seconds": round(time.time() - started, 1)}
+        if tuning:
+            scoring = time.time()
+            entry["tuning_right"] = f"{count_right(model, maker.tokenizer, tuning)} of {len(tuning)}"
+            entry["scoring_seconds"] = round(time.time() - scoring, 1)
+            print(f"{role} after phase {phase.name}: {entry['tuning_right']} tuning problems right", flush=True)
+        log[role].append(entry)
 
 
 def two_phases(maker: ExampleMaker, first: list[Example], args: argparse.Namespace, rng: random.Random, models: dict,  # type: ignore[type-arg]
@@ -462,7 +482,7 @@ def two_phases(maker: ExampleMaker, first: list[Example], args: argparse.Namespa
     """Solve, judge, refuse and call tools; then (the target grown to `grow_to` layers, if
     given) judge the draft's own steps. Returns how many of the draft's attempts were wrong, of
     how many."""
-    train_phase(Phase("solve, judge, refuse, call tools", draft_steps[0], target_steps[0], args.lr_scale), first, args, models, log)
+    train_phase(Phase("solve, judge, refuse, call tools", draft_steps[0], target_steps[0], args.lr_scale), first, maker, args, models, log)
     if grow_to:
         grow_depth(models["target"], grow_to)
     with_rest = args.expression_steps == "rest"
@@ -472,7 +492,7 @@ def two_phases(maker: ExampleMaker, first: list[Example], args: argparse.Namespa
     print(f"draft attempts: {len(attempts)} steps, {wrong} wrong", flush=True)
     judged = [maker.verdict(a.problem, a.index, a.text, a.correct) for a in attempts]
     second = judged * 2 + rng.sample(first, min(len(first), 4 * len(judged)))
-    train_phase(Phase("judge the draft's own steps", draft_steps[1], target_steps[1], 0.4 * args.lr_scale), second, args, models, log)
+    train_phase(Phase("judge the draft's own steps", draft_steps[1], target_steps[1], 0.4 * args.lr_scale), second, maker, args, models, log)
     return wrong, len(attempts)
 
 
@@ -487,7 +507,7 @@ def tool_judging_phase(maker: ExampleMaker, first: list[Example], args: argparse
     print(f"draft attempts in calculator conversations: {attempts}, {wrong} wrong", flush=True)
     examples = checks + own * args.own_repeats
     examples += rng.sample(first, min(len(first), len(examples)))
-    train_phase(Phase("judge inside calculator conversations", draft_steps, target_steps, args.lr_scale), examples, args, models, log)
+    train_phase(Phase("judge inside calculator conversations", draft_steps, target_steps, args.lr_scale), examples, maker, args, models, log)
     return wrong, attempts
 
 
@@ -551,6 +571,10 @@ def main() -> None:
         help="from scratch: steps (draft,target) of a phase before the others that only solves problems",
     )
     parser.add_argument(
+        "--tuning-problems", type=int, default=0,
+        help="after each phase, count each model's right greedy answers on this many tuning problems (logged in training.json)",
+    )
+    parser.add_argument(
         "--solve-lr-scale", type=float, default=1.0,
         help="scales both models' learning rates in the solve phase (--lr-scale scales them in the phases after it)",
     )
@@ -594,7 +618,7 @@ def main() -> None:
     print(f"vocabulary {len(tokenizer)}", flush=True)
     if any(solve_steps):
         solving = Phase("solve", solve_steps[0], solve_steps[1], args.solve_lr_scale)
-        train_phase(solving, solving_examples(maker, problems, args), args, models, log)
+        train_phase(solving, solving_examples(maker, problems, args), maker, args, models, log)
     first = phase_one_examples(maker, problems, args, rng)
     if args.tool_judging:
         wrong, attempts = tool_judging_phase(maker, first, args, rng, models, draft_steps[0], target_steps[0], log)

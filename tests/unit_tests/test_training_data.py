@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langchain_confspec.demo import DEMO_PAIR_DIR
 from langchain_confspec.demo.problems import (
@@ -207,7 +207,7 @@ def test_from_scratch_the_script_solves_first_and_grows_the_target_before_phase_
     command = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--problems", "40", "--off-domain", "3",
                "--structured", "3", "--tool-use", "3", "--reworded", "3", "--draft-attempts", "3", "--n-verify", "1",
                "--solve-steps", "1,2", "--draft-steps", "1,1", "--target-steps", "1,1", "--grow-target", str(2 * shallow),
-               "--solve-lr-scale", "2", "--lr-scale", "0.5", "--batch-size", "4", "--device", "cpu"]
+               "--solve-lr-scale", "2", "--lr-scale", "0.5", "--tuning-problems", "2", "--batch-size", "4", "--device", "cpu"]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     target = json.loads((tmp_path / "target" / "training.json").read_text())
@@ -220,6 +220,19 @@ def test_from_scratch_the_script_solves_first_and_grows_the_target_before_phase_
     draft = json.loads((tmp_path / "draft" / "training.json").read_text())
     assert draft["shape"]["num_layers"] == training.SHAPES["draft"]["num_layers"]
     assert draft["phases"][0]["phase"] == "solve"
+    for phase in target["phases"] + draft["phases"]:
+        assert re.fullmatch(r"[012] of 2", phase["tuning_right"]), phase
+        assert phase["scoring_seconds"] >= 0
+
+
+def test_count_right_tells_a_trained_target_from_an_untrained_one(training: ModuleType, maker) -> None:  # type: ignore[no-untyped-def]
+    """The score `--tuning-problems` logs after each phase: the bundled target answers nearly
+    every tuning problem, a fresh model of the same shape none."""
+    tuning = make_problems(20, seed=training.TUNING_SEED)
+    trained = AutoModelForCausalLM.from_pretrained(DEMO_PAIR_DIR / "target")
+    assert training.count_right(trained, maker.tokenizer, tuning) >= 18
+    untrained = training.build_model(maker.tokenizer, seed=0, max_positions=training.CONTEXT, **training.SHAPES["target"])
+    assert training.count_right(untrained, maker.tokenizer, tuning) == 0
 
 
 def test_from_scratch_a_depth_the_target_cannot_grow_to_is_refused_at_once(tmp_path: Path) -> None:
