@@ -459,7 +459,7 @@ def phase_one_examples(maker: ExampleMaker, problems: list[Problem], args: argpa
 def train_phase(phase: Phase, examples: list[Example], maker: ExampleMaker, args: argparse.Namespace, models: dict,  # type: ignore[type-arg]
                 log: dict) -> None:  # type: ignore[type-arg]
     """Train each model on `examples`; with `--tuning-problems N`, then count its right answers
-    on N tuning problems (seed 20000), logged apart from the training time."""
+    on N tuning problems (seed `TUNING_SEED`), logged apart from the training time."""
     print(f"phase {phase.name}: {len(examples)} examples", flush=True)
     tuning = make_problems(args.tuning_problems, seed=TUNING_SEED) if args.tuning_problems else []
     for role, model in models.items():
