@@ -1,6 +1,7 @@
 """How far a shallow target gets from scratch in the time a one-hour training leaves it.
 
     python scripts/from_scratch_probe.py [--steps 3500] [--layers 4] [--evals 1000,2000,2800,3500] [--solving-only]
+                                         [--bucket-width W]
 
 The bundled target is 128 wide and was grown to 20 layers from a 4-layer one (`grow_depth`),
 because a deep target trained from scratch learns too slowly on a CPU. Grown layers start as the
@@ -10,8 +11,9 @@ model on the first-phase mix of `train_demo_pair.py` (a fresh tokenizer, 20,000 
 one verdict each, 3,000 each of refusals, JSON answers, calculator conversations and reworded
 questions) under one cosine schedule, and at each of `--evals` counts right greedy answers on
 200 tuning problems of seed 20000. `--solving-only` trains on solutions alone instead (of
-40,000 problems and 8,000 reworded ones), like the solve phase of the one-hour recipe. Nothing
-is saved.
+40,000 problems and 8,000 reworded ones), like the solve phase of the one-hour recipe.
+`--bucket-width W` draws each batch from examples whose lengths fall in one span of W tokens:
+less padding, but less learned a step (docs/model-card.md). Nothing is saved.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--evals", default="1000,2000,2800,3500", help="steps after which to count right answers")
     parser.add_argument("--solving-only", action="store_true", help="train on solutions alone")
+    parser.add_argument("--bucket-width", type=int, default=0, help="batches of examples of one span of this many tokens (0: short and long)")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
@@ -72,7 +75,7 @@ def main() -> None:
         print(f"step {step}: {right} of {len(tuning)} right, {minutes:.1f} min of training", flush=True)
 
     training.train(model, examples, steps=args.steps, batch_size=64, lr=args.lr, seed=0, device="cpu",
-                   log_every=500, after_step=count_right)
+                   log_every=500, after_step=count_right, bucket_width=args.bucket_width)
 
 
 if __name__ == "__main__":

@@ -361,10 +361,22 @@ def draft_tool_judging(model, maker: ExampleMaker, problems: list[Problem]) -> t
     return examples, 2 * len(turns), wrong
 
 
-def batches(examples: list[Example], batch_size: int, pad_id: int, rng: random.Random):  # type: ignore[no-untyped-def]
-    """Random batches from one length bucket at a time (short or long, in proportion to their
-    sizes), so that a few long tool conversations do not pad every batch to their length."""
-    buckets = [b for b in ([e for e in examples if len(e.ids) <= 160], [e for e in examples if len(e.ids) > 160]) if b]
+def length_buckets(examples: list[Example], bucket_width: int) -> list[list[Example]]:
+    """The examples grouped by length: with `bucket_width` 0 (the pair's training) short (up to
+    160 tokens) and long; else in spans of `bucket_width` tokens, which pad less but learn less a
+    step (`scripts/from_scratch_probe.py --bucket-width`, docs/model-card.md)."""
+    if not bucket_width:
+        return [b for b in ([e for e in examples if len(e.ids) <= 160], [e for e in examples if len(e.ids) > 160]) if b]
+    spans: dict[int, list[Example]] = {}
+    for example in examples:
+        spans.setdefault((len(example.ids) - 1) // bucket_width, []).append(example)
+    return [spans[key] for key in sorted(spans)]
+
+
+def batches(examples: list[Example], batch_size: int, pad_id: int, rng: random.Random, bucket_width: int = 0):  # type: ignore[no-untyped-def]
+    """Random batches from one length bucket at a time (`length_buckets`, drawn in proportion
+    to their sizes), so that a few long tool conversations do not pad every batch to their length."""
+    buckets = length_buckets(examples, bucket_width)
     weights = [len(b) for b in buckets]
     while True:
         bucket = rng.choices(buckets, weights)[0]
@@ -390,7 +402,7 @@ def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int, device: str, log_every: int = 100,  # type: ignore[no-untyped-def]
-          after_step: Callable[[int], None] | None = None):
+          after_step: Callable[[int], None] | None = None, bucket_width: int = 0):
     """AdamW under one warmup-then-cosine schedule. `after_step(n)`, if given, runs after step n
     (from 1): a probe that measures the model mid-schedule must put it back in training mode."""
     if not steps:
@@ -403,7 +415,7 @@ def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int,
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     started = time.time()
-    stream = batches(examples, batch_size, model.config.pad_token_id, rng)
+    stream = batches(examples, batch_size, model.config.pad_token_id, rng, bucket_width)
     for step in range(steps):
         ids, labels = next(stream)
         ids, labels = ids.to(device), labels.to(device)

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langchain_confspec.demo import DEMO_PAIR_DIR
@@ -198,6 +199,32 @@ def test_solving_examples_learn_only_the_solutions(training: ModuleType, maker) 
         assert example.ids[-1] == maker.tokenizer.eos_token_id
         assert maker.tokenizer.decode(example.ids[example.learn_from : -1]) == "".join(problem.steps)
         assert example.ids[: example.learn_from] == maker.encoded(problem)[0]
+
+
+def test_a_bucket_width_batches_examples_of_one_length_span_with_less_padding(training: ModuleType, maker) -> None:  # type: ignore[no-untyped-def]
+    """Batches of one span of lengths (the probe's `--bucket-width`): each example learned as
+    before, less padding than the two buckets the shipped pair was trained with."""
+    examples = [maker.solving(p) for p in make_problems(300, seed=7)]
+    examples += [e for _ in range(5) for e in maker.tool_use(make_story(random.Random(3)), random.Random(4))]
+    short, long = training.length_buckets(examples, 0)
+    assert max(len(e.ids) for e in short) <= 160 < min(len(e.ids) for e in long)
+    spans = training.length_buckets(examples, 8)
+    assert sorted(map(id, examples)) == sorted(id(e) for bucket in spans for e in bucket)
+
+    def real_share(width: int) -> float:
+        stream = training.batches(examples, 16, maker.tokenizer.pad_token_id, random.Random(0), width)
+        real = padded = 0
+        for _ in range(40):
+            ids, labels = next(stream)
+            lengths = (ids != maker.tokenizer.pad_token_id).sum(1).tolist()
+            if width:
+                assert len({(n - 1) // width for n in lengths}) == 1, lengths
+            learned = labels != -100
+            assert learned.any(1).all() and torch.equal(labels[learned], ids[learned])
+            real, padded = real + sum(lengths), padded + ids.numel()
+        return real / padded
+
+    assert real_share(8) > real_share(0) + 0.1
 
 
 def test_from_scratch_the_script_solves_first_and_grows_the_target_before_phase_two(training: ModuleType, tmp_path: Path) -> None:
