@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         results["device"] = torch.cuda.get_device_name()
-        plan = Plan.for_args(argparse.Namespace(smoke=False, sizes="0.5B,7B", rewrite_share=1 / 3, no_compile=False, problems=0))
+        plan = Plan.for_args(argparse.Namespace(smoke=False, sizes="0.5B,7B", rewrite_share=1 / 3, no_compile=False, problems=0, skip_hf=True))
         engines, _ = build_engines(plan, max_batch=max(levels))
         engine = engines["0.5B/7B"]
         prompt = " ".join(f"w{i}" for i in range(100, 400))

@@ -35,7 +35,11 @@ from langchain_confspec.models.cache_budget import (
     USEFUL_CONTEXT,
     plan_caches,
 )
-from langchain_confspec.models.cuda_graphs import CudaGraphCapture, EagerRehearsal
+from langchain_confspec.models.cuda_graphs import (
+    CudaGraphCapture,
+    EagerRehearsal,
+    graph_memory,
+)
 from langchain_confspec.models.loading import LoadedModel
 from langchain_confspec.models.static_runner import (
     ATTEND_BASE,
@@ -326,6 +330,26 @@ def test_cuda_capture_is_thread_local(monkeypatch: pytest.MonkeyPatch) -> None:
     replay = CudaGraphCapture(warmup_runs=2).capture(lambda: runs.append(1), None, reset=lambda: None, device=torch.device("cuda"))
     replay()
     assert seen["capture_error_mode"] == "thread_local" and seen["replayed"] and len(runs) == 3
+
+
+def test_graph_memory_counts_what_captures_keep_when_the_idle_cache_is_released_midway(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The allocator's idle cache (here 14,000 MiB) is returned at both ends, so a release
+    during capture (compiling does one) cannot make the figure negative, as it did on the H200."""
+    allocator = {"live": 1_000, "idle": 14_000}  # MiB
+
+    def empty_cache() -> None:
+        allocator["idle"] = 0
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: (allocator["live"] + allocator["idle"]) * 2**20)
+    with graph_memory(torch.device("cuda")) as memory:
+        allocator["idle"] = 500  # capture temporaries, freed
+        torch.cuda.empty_cache()  # a release midway
+        allocator["live"] += 360  # the graphs' pool
+        allocator["idle"] = 200
+    assert memory.mib == 360
 
 
 class BrokenCapture(EagerRehearsal):

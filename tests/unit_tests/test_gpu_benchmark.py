@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def smoke_results(script: str, out: Path) -> dict[str, Any]:
+def smoke_results(script: str, out: Path, *flags: str) -> dict[str, Any]:
     """Run `benchmarks/<script> --smoke`; the results.json it wrote to `out`."""
     run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(out), *flags],
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -27,6 +29,9 @@ def test_the_gpu_benchmark_runs_every_section_in_smoke_mode(tmp_path: Path) -> N
     for row in results["decode"]:
         assert 0 < row["bare_graph_step_ms"] and 0 < row["engine_graphs_ms"] and 0 < row["engine_off_ms"]
         assert row["context"] > 0 and row["rows"] >= 1  # every row says what it measured
+        assert row["hf_eager_ms"] > 0
+        bandwidth = results["copy_bandwidth_gbs"] * 1e9  # the floor is read at the rate measured here
+        assert row["floor_ms"] == pytest.approx(1000 * row["weights_gib"] * 2**30 / bandwidth)
     window = {r["run"]: r for r in results["window"]}
     assert window["long window"]["context"] > window["short window"]["context"] and window["defaults"]["rows"] > 1
     verdicts = {g["goal"]: g["verdict"] for g in results["goals"]}
@@ -48,6 +53,14 @@ def test_the_gpu_benchmark_runs_every_section_in_smoke_mode(tmp_path: Path) -> N
     markdown = (tmp_path / "results.md").read_text()
     for heading in ("## Decode", "## Multi-token passes", "fixed acceptance", "## The bundled pair", "## Warm-up", "## Goals"):
         assert heading in markdown
+
+
+def test_skipping_hf_keeps_the_engine_rows_and_the_pair_speedups(tmp_path: Path) -> None:
+    results = smoke_results("gpu.py", tmp_path, "--sections", "decode,pair", "--skip-hf")
+    assert all(row["hf_eager_ms"] is None and row["hf_static_ms"] is None for row in results["decode"])
+    assert list(results["pair"]["baselines_seconds"]) == ["target_only (fast path)"]
+    assert [p["draft_keeps"] for p in results["pair"]["patterns"]] == [0.5, 0.7, 0.9]
+    assert "| target_only (fast path) |" in (tmp_path / "results.md").read_text()
 
 
 def test_the_batching_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
