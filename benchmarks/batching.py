@@ -3,12 +3,13 @@
     python benchmarks/batching.py --out DIR                     # CPU: the bundled pair
     python benchmarks/batching.py --gpu --out DIR               # H100: 0.5B/7B (fixed acceptance) and the bundled pair
     python benchmarks/batching.py --smoke --out DIR             # seconds, on the tiny local pair
+    python benchmarks/batching.py --gpu --smoke --out DIR       # the --gpu code too, on tiny CPU models
 
 For each number of concurrent requests (1, 4, 16, 64 by default), the same requests are run
 one by one and then all at once (one thread each, released together), on one engine with
 `max_batch` at least that many. Reported: answers/s and tokens/s both ways, the speedup, and
 p50/p95 latency of the concurrent requests next to a lone request's. Results go to
-results.json and results.md in --out.
+results.json and results.md in --out, rewritten after each row: a run cut short keeps its rows.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import torch
 from transformers.utils import logging as hf_logging
 
 from langchain_confspec.config import build_config
@@ -85,10 +88,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(name: str, engine: ConfSpecEngine, questions: list[str], config: Any, levels: list[int]) -> list[dict[str, Any]]:
+def measure(
+    name: str, engine: ConfSpecEngine, questions: list[str], config: Any, levels: list[int],
+    record: Callable[[dict[str, Any]], None],
+) -> None:  # fmt: skip
     engine.generate([{"role": "user", "content": questions[0]}], config)  # warm-up (caches, graphs)
     lone = statistics.median(one_by_one(engine, questions[:3], config)[1])
-    rows = []
     for level in levels:
         asked = [questions[i % len(questions)] for i in range(level)]
         seq_wall, _, seq_results = one_by_one(engine, asked, config)
@@ -108,13 +113,28 @@ def measure(name: str, engine: ConfSpecEngine, questions: list[str], config: Any
             "same_answers": [r.text for r in results] == [r.text for r in seq_results],
             "same_share": sum(a.text == b.text for a, b in zip(results, seq_results)) / len(results),
         }
-        rows.append(row)
+        record(row)
         print(
             f"{name}, {level} at once: {row['speedup']:.2f}x the throughput of one by one, p95 "
             f"{row['p95_latency_s'] / lone:.2f}x a lone request, batches of {row['mean_batch_size']:.1f}",
             flush=True,
         )
-    return rows
+
+
+def random_pair_rows(smoke: bool, levels: list[int], record: Callable[[dict[str, Any]], None]) -> None:
+    """The GPU benchmark's random-weight pair (0.5B/7B; its tiny CPU pair with `smoke`) on
+    `graphs`: `target_only`, and `confspec` with the draft keeping 70% of its steps."""
+    from gpu import Plan, build_engines, scripted  # its models and fixed acceptance
+
+    args = argparse.Namespace(smoke=smoke, sizes="0.5B,7B", rewrite_share=1 / 3, no_compile=False, problems=0, skip_hf=True)
+    plan = Plan.for_args(args)
+    engines, _ = build_engines(plan, max_batch=max(levels))
+    pair = "/".join(plan.pairs[0])
+    prompt = " ".join(f"w{i}" for i in range(100, 400))
+    settings = {"max_tokens": plan.answer_tokens, "max_step_tokens": plan.step_tokens, "fast_path": "graphs"}
+    measure(f"{pair} target_only", engines[pair], [prompt], build_config(**settings, mode="target_only"), levels, record)
+    with scripted(0.7, plan.rewrite_share):
+        measure(f"{pair} confspec, draft keeps 70%", engines[pair], [prompt], build_config(**settings), levels, record)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -145,30 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     levels = [1, 4] if args.smoke else [int(n) for n in args.levels.split(",")]
     questions = [p.question for p in make_problems(max(levels), 10_000)]
-    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "rows": []}
-    if args.gpu:
-        import torch
-        from gpu import (  # the GPU benchmark's models and fixed acceptance
-            Plan,
-            build_engines,
-            scripted,
-        )
+    on_cuda = args.gpu and not args.smoke
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if on_cuda else "cpu", "date": time.strftime("%Y-%m-%d"), "rows": []}
+    args.out.mkdir(parents=True, exist_ok=True)
 
-        results["device"] = torch.cuda.get_device_name()
-        plan = Plan.for_args(argparse.Namespace(smoke=False, sizes="0.5B,7B", rewrite_share=1 / 3, no_compile=False, problems=0, skip_hf=True))
-        engines, _ = build_engines(plan, max_batch=max(levels))
-        engine = engines["0.5B/7B"]
-        prompt = " ".join(f"w{i}" for i in range(100, 400))
-        config = build_config(max_tokens=400, max_step_tokens=40, fast_path="graphs", mode="target_only")
-        results["rows"] += measure("0.5B/7B target_only", engine, [prompt], config, levels)
-        with scripted(0.7, plan.rewrite_share):
-            results["rows"] += measure("0.5B/7B confspec, draft keeps 70%", engine, [prompt], build_config(
-                max_tokens=400, max_step_tokens=40, fast_path="graphs"), levels)  # fmt: skip
-        del engines, engine
-        device_map, path = "cuda", "graphs"
-    else:
-        results["device"] = "cpu"
-        device_map, path = None, args.fast_path
+    def record(row: dict[str, Any]) -> None:
+        results["rows"].append(row)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "results.md").write_text(markdown(results))
+
+    if args.gpu:
+        random_pair_rows(args.smoke, levels, record)
+    device_map, path = ("cuda", "graphs") if on_cuda else (None, args.fast_path)
     if args.smoke:
         from langchain_confspec.models.tiny import build_tiny_pair
 
@@ -180,10 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         target = load_model("confspec-demo-target", role="target", device_map=device_map)
         name, settings = "bundled pair, confspec", {**DEMO_SETTINGS, "max_tokens": 160}
     engine = ConfSpecEngine(draft, target, max_batch=max(levels))
-    results["rows"] += measure(name, engine, questions, build_config(**settings, fast_path=path), levels)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "results.md").write_text(markdown(results))
+    measure(name, engine, questions, build_config(**settings, fast_path=path), levels, record)
     print(f"results in {args.out}/results.json and results.md")
     return 0
 

@@ -617,8 +617,12 @@ def judge_goals(results: dict[str, Any]) -> list[dict[str, str]]:
     return judged
 
 
+STARTED = time.perf_counter()
+
+
 def log(message: str) -> None:
-    print(message, flush=True)
+    """Each line with the seconds since start: what a device lease's next plan is sized from."""
+    print(f"[{time.perf_counter() - STARTED:5.0f} s] {message}", flush=True)
 
 
 def markdown(results: dict[str, Any]) -> str:

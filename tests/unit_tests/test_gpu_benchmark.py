@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,26 @@ def test_the_batching_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
     assert all(row["same_answers"] and row["same_share"] == 1.0 for row in rows)  # fp32: batched answers are the answers alone
     assert rows[1]["mean_batch_size"] > 1 and rows[0]["mean_batch_size"] == 1
     assert "| tiny pair | 4 |" in (tmp_path / "results.md").read_text()
+
+
+def test_the_device_session_script_runs_both_parts_in_smoke_mode(tmp_path: Path) -> None:
+    """`gpu_session.sh`, what a short GPU lease runs, never meets a flag its benchmarks refuse."""
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    for part in ("1", "2"):
+        run = subprocess.run(
+            ["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), part, "--smoke"],
+            cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=600,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+    logs = (tmp_path / "log1.txt").read_text() + (tmp_path / "log2.txt").read_text()
+    for section in ("pair", "bundled", "batching", "shapes"):
+        assert f"== {section} exit 0" in logs, logs[-3000:]
+    pair = json.loads((tmp_path / "pair" / "results.json").read_text())
+    assert len(pair["pair"]["patterns"]) == 3 and pair["decode"][0]["hf_static_ms"] is None
+    assert len(json.loads((tmp_path / "bundled" / "results.json").read_text())["bundled"]["rows"]) == 7
+    workloads = {row["workload"] for row in json.loads((tmp_path / "batching" / "results.json").read_text())["rows"]}
+    assert {"tiny-a/tiny-b target_only", "tiny-a/tiny-b confspec, draft keeps 70%", "tiny pair"} == workloads
+    assert "passes" in json.loads((tmp_path / "shapes" / "results.json").read_text())
 
 
 def test_the_rewrites_benchmark_runs_in_smoke_mode() -> None:
