@@ -231,13 +231,17 @@ class ExampleMaker:
         solved = self.tool_turns(problem)
         verdict_turn = rng.randrange(len(solved) - 1)
         for turn in solved:
-            ids = turn.prompt + self.encode(turn.step) + self.encode(turn.after) + [self.tokenizer.eos_token_id]
-            examples.append(Example(ids, len(turn.prompt)))
+            examples.append(self.tool_turn(turn))
             if turn.index == verdict_turn:
                 correct = rng.random() < 0.5
                 shown = turn.after if correct else format_tool_call("calculator", {"expression": corrupt_step(turn.expression, rng)})
                 examples.append(self.judged(turn.prompt + self.encode(turn.step), shown, correct))
         return examples
+
+    def tool_turn(self, turn: ToolTurn) -> Example:
+        """One assistant turn of a calculator conversation, learned after its prompt."""
+        ids = turn.prompt + self.encode(turn.step) + self.encode(turn.after) + [self.tokenizer.eos_token_id]
+        return Example(ids, len(turn.prompt))
 
     def judged(self, context: list[int], step: str, correct: bool) -> Example:
         """The verification question about `step` after `context`, answered."""
@@ -361,12 +365,16 @@ def draft_tool_judging(model, maker: ExampleMaker, problems: list[Problem]) -> t
     return examples, 2 * len(turns), wrong
 
 
+SHORT_TOKENS = 160  # the longest example of the short bucket
+
+
 def length_buckets(examples: list[Example], bucket_width: int) -> list[list[Example]]:
     """The examples grouped by length: with `bucket_width` 0 (the pair's training) short (up to
     160 tokens) and long; else in spans of `bucket_width` tokens, which pad less but learn less a
     step (`scripts/from_scratch_probe.py --bucket-width`, docs/model-card.md)."""
     if not bucket_width:
-        return [b for b in ([e for e in examples if len(e.ids) <= 160], [e for e in examples if len(e.ids) > 160]) if b]
+        short = [e for e in examples if len(e.ids) <= SHORT_TOKENS]
+        return [b for b in (short, [e for e in examples if len(e.ids) > SHORT_TOKENS]) if b]
     spans: dict[int, list[Example]] = {}
     for example in examples:
         spans.setdefault((len(example.ids) - 1) // bucket_width, []).append(example)
@@ -445,9 +453,16 @@ class Phase:
 def solving_examples(maker: ExampleMaker, problems: list[Problem], args: argparse.Namespace) -> list[Example]:
     """Only solutions, of the problems and of as many reworded ones as phase one asks: arithmetic
     is what a model from scratch learns slowest, and it learns it several times faster alone than
-    inside the whole mix (docs/model-card.md)."""
+    inside the whole mix (docs/model-card.md). With `--solve-tool-use N`, also the turns of N
+    stories solved with the calculator (no verdicts) that fit the short bucket: copying a result
+    into the next step and call is solving too, the agent is what the phases after it taught
+    worst, and its misreadings start at the second call, whose turn is short; long turns would
+    make the phase's batches several times dearer."""
     reworded_rng = random.Random(args.seed + 6000)
-    return [maker.solving(p) for p in problems] + [maker.solving(make_reworded(reworded_rng)) for _ in range(args.reworded)]
+    examples = [maker.solving(p) for p in problems] + [maker.solving(make_reworded(reworded_rng)) for _ in range(args.reworded)]
+    stories = random.Random(args.seed + 7000)
+    turns = [maker.tool_turn(t) for _ in range(args.solve_tool_use) for t in maker.tool_turns(make_story(stories))]
+    return examples + [e for e in turns if len(e.ids) <= SHORT_TOKENS]
 
 
 def phase_one_examples(maker: ExampleMaker, problems: list[Problem], args: argparse.Namespace, rng: random.Random) -> list[Example]:
@@ -583,6 +598,10 @@ def main() -> None:
         help="from scratch: steps (draft,target) of a phase before the others that only solves problems",
     )
     parser.add_argument(
+        "--solve-tool-use", type=int, default=0, metavar="STORIES",
+        help="from scratch: the solve phase also solves STORIES stories with the calculator tool, turn by turn",
+    )
+    parser.add_argument(
         "--tuning-problems", type=int, default=0,
         help="after each phase, count each model's right greedy answers on this many tuning problems (logged in training.json)",
     )
@@ -594,8 +613,8 @@ def main() -> None:
     if args.tool_judging and not args.resume:
         parser.error("--tool-judging goes on from a trained pair: give --resume PAIR")
     solve_steps = [int(n) for n in args.solve_steps.split(",")]
-    if args.resume and (any(solve_steps) or args.solve_lr_scale != 1.0):
-        parser.error("--solve-steps and --solve-lr-scale start a pair from scratch: leave out --resume")
+    if args.resume and (any(solve_steps) or args.solve_lr_scale != 1.0 or args.solve_tool_use):
+        parser.error("--solve-steps, --solve-lr-scale and --solve-tool-use start a pair from scratch: leave out --resume")
     if not args.resume and args.grow_target and args.grow_target % SHAPES["target"]["num_layers"]:
         parser.error(f"--grow-target must be a multiple of the target's {SHAPES['target']['num_layers']} layers")
 

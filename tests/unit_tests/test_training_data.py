@@ -191,7 +191,7 @@ def test_solving_examples_learn_only_the_solutions(training: ModuleType, maker) 
     """The solve phase's data: one solution per problem and per reworded question, each learned
     from its first step to the end of sequence, the question itself never learned."""
     problems = make_problems(30, seed=5)
-    examples = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=10))
+    examples = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=10, solve_tool_use=0))
     reworded_rng = random.Random(6000)  # the seed phase one draws its reworded problems from
     reworded = [make_reworded(reworded_rng) for _ in range(10)]
     assert len(examples) == 40
@@ -199,6 +199,24 @@ def test_solving_examples_learn_only_the_solutions(training: ModuleType, maker) 
         assert example.ids[-1] == maker.tokenizer.eos_token_id
         assert maker.tokenizer.decode(example.ids[example.learn_from : -1]) == "".join(problem.steps)
         assert example.ids[: example.learn_from] == maker.encoded(problem)[0]
+
+
+def test_the_solve_phase_can_solve_stories_with_the_calculator_turn_by_turn(training: ModuleType, maker) -> None:  # type: ignore[no-untyped-def]
+    """`--solve-tool-use`: after the solutions, the assistant turns of calculator conversations
+    that fit the short bucket, learned from the step on (the conversation before it never
+    learned), and no verdict."""
+    problems = make_problems(5, seed=5)
+    plain = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=0, solve_tool_use=0))
+    examples = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=0, solve_tool_use=3))
+    assert [e.ids for e in examples[:5]] == [e.ids for e in plain]
+    stories = random.Random(7000)  # the seed the solve phase draws its stories from
+    every_turn = [t for _ in range(3) for t in maker.tool_turns(make_story(stories))]
+    turns = [t for t in every_turn if len(maker.tool_turn(t).ids) <= training.SHORT_TOKENS]
+    assert len(examples) == 5 + len(turns) and len(turns) >= 3
+    for turn, example in zip(turns, examples[5:], strict=True):
+        assert example.ids[: example.learn_from] == turn.prompt
+        assert maker.tokenizer.decode(example.ids[example.learn_from : -1]) == turn.step + turn.after
+        assert example.ids[-1] == maker.tokenizer.eos_token_id  # a verdict ends with its Yes or No
 
 
 def test_a_bucket_width_batches_examples_of_one_length_span_with_less_padding(training: ModuleType, maker) -> None:  # type: ignore[no-untyped-def]
