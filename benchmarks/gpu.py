@@ -1,7 +1,8 @@
 """The fast path measured: decode and pass costs, end-to-end speedups, exactness, warm-up.
 
-    python benchmarks/gpu.py --out DIR                  # on a CUDA machine (the H100), bf16
-    python benchmarks/gpu.py --sections decode,passes   # a subset: decode passes pair bundled warmup
+    python benchmarks/gpu.py --out DIR                  # on a CUDA machine (an H100 or H200), bf16
+    python benchmarks/gpu.py --sections decode,passes   # a subset: decode passes pair bundled warmup window
+    python benchmarks/gpu.py --sections pair --skip-hf  # the engine's rows only (HF's compile for minutes)
     python benchmarks/gpu.py --smoke --out DIR          # the same code on tiny CPU models, in seconds
 
 Random-weight models at Qwen2.5 shapes give honest timings, not honest acceptance, so the pair
