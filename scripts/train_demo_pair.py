@@ -615,6 +615,8 @@ def main() -> None:
     solve_steps = [int(n) for n in args.solve_steps.split(",")]
     if args.resume and (any(solve_steps) or args.solve_lr_scale != 1.0 or args.solve_tool_use):
         parser.error("--solve-steps, --solve-lr-scale and --solve-tool-use start a pair from scratch: leave out --resume")
+    if args.solve_tool_use and not any(solve_steps):
+        parser.error("--solve-tool-use adds to the solve phase: give --solve-steps too")
     if not args.resume and args.grow_target and args.grow_target % SHAPES["target"]["num_layers"]:
         parser.error(f"--grow-target must be a multiple of the target's {SHAPES['target']['num_layers']} layers")
 

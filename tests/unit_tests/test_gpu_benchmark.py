@@ -85,7 +85,8 @@ def test_the_device_session_script_runs_both_parts_in_smoke_mode(tmp_path: Path)
     for section in ("pair", "bundled", "batching", "shapes"):
         assert f"== {section} exit 0" in logs, logs[-3000:]
     pair = json.loads((tmp_path / "pair" / "results.json").read_text())
-    assert len(pair["pair"]["patterns"]) == 3 and pair["decode"][0]["hf_static_ms"] is None
+    assert len(pair["pair"]["patterns"]) == 3 and pair["decode"][0]["hf_eager_ms"] is None  # --skip-hf reached it
+    assert list(pair["pair"]["baselines_seconds"]) == ["target_only (fast path)"]
     assert len(json.loads((tmp_path / "bundled" / "results.json").read_text())["bundled"]["rows"]) == 7
     workloads = {row["workload"] for row in json.loads((tmp_path / "batching" / "results.json").read_text())["rows"]}
     assert {"tiny-a/tiny-b target_only", "tiny-a/tiny-b confspec, draft keeps 70%", "tiny pair"} == workloads

@@ -213,6 +213,7 @@ def test_the_solve_phase_can_solve_stories_with_the_calculator_turn_by_turn(trai
     every_turn = [t for _ in range(3) for t in maker.tool_turns(make_story(stories))]
     turns = [t for t in every_turn if len(maker.tool_turn(t).ids) <= training.SHORT_TOKENS]
     assert len(examples) == 5 + len(turns) and len(turns) >= 3
+    assert any(t.index >= 1 for t in turns)  # the second call, where the agent misreads, is kept
     for turn, example in zip(turns, examples[5:], strict=True):
         assert example.ids[: example.learn_from] == turn.prompt
         assert maker.tokenizer.decode(example.ids[example.learn_from : -1]) == turn.step + turn.after
