@@ -50,7 +50,7 @@ def main() -> None:
     tokenizer.chat_template = training.TOOLS_CHAT_TEMPLATE
     maker = training.ExampleMaker(tokenizer)
     if args.solving_only:
-        examples = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=8000, solve_tool_use=0))
+        examples = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=8000))
     else:
         mix = argparse.Namespace(seed=0, n_verify=1, plausible_wrong=0.0, structured=3000, off_domain=3000,
                                  off_domain_tools=0, tool_use=3000, reworded=3000)

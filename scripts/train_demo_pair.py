@@ -453,16 +453,24 @@ class Phase:
 def solving_examples(maker: ExampleMaker, problems: list[Problem], args: argparse.Namespace) -> list[Example]:
     """Only solutions, of the problems and of as many reworded ones as phase one asks: arithmetic
     is what a model from scratch learns slowest, and it learns it several times faster alone than
-    inside the whole mix (docs/model-card.md). With `--solve-tool-use N`, also the turns of N
-    stories solved with the calculator (no verdicts) that fit the short bucket: copying a result
-    into the next step and call is solving too, the agent is what the phases after it taught
-    worst, and its misreadings start at the second call, whose turn is short; long turns would
-    make the phase's batches several times dearer."""
+    inside the whole mix (docs/model-card.md)."""
     reworded_rng = random.Random(args.seed + 6000)
-    examples = [maker.solving(p) for p in problems] + [maker.solving(make_reworded(reworded_rng)) for _ in range(args.reworded)]
+    return [maker.solving(p) for p in problems] + [maker.solving(make_reworded(reworded_rng)) for _ in range(args.reworded)]
+
+
+def solving_tool_turns(maker: ExampleMaker, args: argparse.Namespace) -> list[Example]:
+    """`--solve-tool-use N`: the turns of N stories solved with the calculator (no verdicts)
+    that fit the short bucket, for the solve phase: copying a result into the next step and
+    call is solving too, the agent is what the phases after it taught worst, and its misreadings
+    start at the second call, whose turn is short; long turns would make the phase's batches
+    several times dearer."""
     stories = random.Random(args.seed + 7000)
     turns = [maker.tool_turn(t) for _ in range(args.solve_tool_use) for t in maker.tool_turns(make_story(stories))]
-    return examples + [e for e in turns if len(e.ids) <= SHORT_TOKENS]
+    return [e for e in turns if len(e.ids) <= SHORT_TOKENS]
+
+
+def both(examples: list[Example]) -> dict[str, list[Example]]:
+    return {"draft": examples, "target": examples}
 
 
 def phase_one_examples(maker: ExampleMaker, problems: list[Problem], args: argparse.Namespace, rng: random.Random) -> list[Example]:
@@ -483,18 +491,18 @@ def phase_one_examples(maker: ExampleMaker, problems: list[Problem], args: argpa
     return examples
 
 
-def train_phase(phase: Phase, examples: list[Example], maker: ExampleMaker, args: argparse.Namespace, models: dict,  # type: ignore[type-arg]
+def train_phase(phase: Phase, examples: dict[str, list[Example]], maker: ExampleMaker, args: argparse.Namespace, models: dict,  # type: ignore[type-arg]
                 log: dict) -> None:  # type: ignore[type-arg]
-    """Train each model on `examples`; with `--tuning-problems N`, then count its right answers
-    on N tuning problems (seed `TUNING_SEED`), logged apart from the training time."""
-    print(f"phase {phase.name}: {len(examples)} examples", flush=True)
+    """Train each model on its `examples`; with `--tuning-problems N`, then count its right
+    answers on N tuning problems (seed `TUNING_SEED`), logged apart from the training time."""
+    print(f"phase {phase.name}: " + ", ".join(f"{len(examples[role])} examples for the {role}" for role in models), flush=True)
     tuning = make_problems(args.tuning_problems, seed=TUNING_SEED) if args.tuning_problems else []
     for role, model in models.items():
         steps = phase.draft_steps if role == "draft" else phase.target_steps
         lr = LEARNING_RATES[role] * phase.lr_scale
         started = time.time()
-        train(model, examples, steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed, device=args.device)
-        entry = {"phase": phase.name, "examples": len(examples), "steps": steps, "lr": lr,
+        train(model, examples[role], steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed, device=args.device)
+        entry = {"phase": phase.name, "examples": len(examples[role]), "steps": steps, "lr": lr,
                  "layers": model.config.num_hidden_layers, "seconds": round(time.time() - started, 1)}
         if tuning:
             scoring = time.time()
@@ -509,7 +517,7 @@ def two_phases(maker: ExampleMaker, first: list[Example], args: argparse.Namespa
     """Solve, judge, refuse and call tools; then (the target grown to `grow_to` layers, if
     given) judge the draft's own steps. Returns how many of the draft's attempts were wrong, of
     how many."""
-    train_phase(Phase("solve, judge, refuse, call tools", draft_steps[0], target_steps[0], args.lr_scale), first, maker, args, models, log)
+    train_phase(Phase("solve, judge, refuse, call tools", draft_steps[0], target_steps[0], args.lr_scale), both(first), maker, args, models, log)
     if grow_to:
         grow_depth(models["target"], grow_to)
     with_rest = args.expression_steps == "rest"
@@ -519,7 +527,7 @@ def two_phases(maker: ExampleMaker, first: list[Example], args: argparse.Namespa
     print(f"draft attempts: {len(attempts)} steps, {wrong} wrong", flush=True)
     judged = [maker.verdict(a.problem, a.index, a.text, a.correct) for a in attempts]
     second = judged * 2 + rng.sample(first, min(len(first), 4 * len(judged)))
-    train_phase(Phase("judge the draft's own steps", draft_steps[1], target_steps[1], 0.4 * args.lr_scale), second, maker, args, models, log)
+    train_phase(Phase("judge the draft's own steps", draft_steps[1], target_steps[1], 0.4 * args.lr_scale), both(second), maker, args, models, log)
     return wrong, len(attempts)
 
 
@@ -534,7 +542,7 @@ def tool_judging_phase(maker: ExampleMaker, first: list[Example], args: argparse
     print(f"draft attempts in calculator conversations: {attempts}, {wrong} wrong", flush=True)
     examples = checks + own * args.own_repeats
     examples += rng.sample(first, min(len(first), len(examples)))
-    train_phase(Phase("judge inside calculator conversations", draft_steps, target_steps, args.lr_scale), examples, maker, args, models, log)
+    train_phase(Phase("judge inside calculator conversations", draft_steps, target_steps, args.lr_scale), both(examples), maker, args, models, log)
     return wrong, attempts
 
 
@@ -602,6 +610,10 @@ def main() -> None:
         help="from scratch: the solve phase also solves STORIES stories with the calculator tool, turn by turn",
     )
     parser.add_argument(
+        "--solve-tool-use-for", choices=("both", "target"), default="both",
+        help="which models' solve phase gets the --solve-tool-use turns (the 2-layer draft lost its arithmetic beside them)",
+    )
+    parser.add_argument(
         "--tuning-problems", type=int, default=0,
         help="after each phase, count each model's right greedy answers on this many tuning problems (logged in training.json)",
     )
@@ -651,7 +663,10 @@ def main() -> None:
     print(f"vocabulary {len(tokenizer)}", flush=True)
     if any(solve_steps):
         solving = Phase("solve", solve_steps[0], solve_steps[1], args.solve_lr_scale)
-        train_phase(solving, solving_examples(maker, problems, args), maker, args, models, log)
+        solutions = solving_examples(maker, problems, args)
+        with_tools = solutions + solving_tool_turns(maker, args)
+        draft_examples = solutions if args.solve_tool_use_for == "target" else with_tools
+        train_phase(solving, {"draft": draft_examples, "target": with_tools}, maker, args, models, log)
     first = phase_one_examples(maker, problems, args, rng)
     if args.tool_judging:
         wrong, attempts = tool_judging_phase(maker, first, args, rng, models, draft_steps[0], target_steps[0], log)

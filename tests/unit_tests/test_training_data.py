@@ -191,7 +191,7 @@ def test_solving_examples_learn_only_the_solutions(training: ModuleType, maker) 
     """The solve phase's data: one solution per problem and per reworded question, each learned
     from its first step to the end of sequence, the question itself never learned."""
     problems = make_problems(30, seed=5)
-    examples = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=10, solve_tool_use=0))
+    examples = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=10))
     reworded_rng = random.Random(6000)  # the seed phase one draws its reworded problems from
     reworded = [make_reworded(reworded_rng) for _ in range(10)]
     assert len(examples) == 40
@@ -205,16 +205,13 @@ def test_the_solve_phase_can_solve_stories_with_the_calculator_turn_by_turn(trai
     """`--solve-tool-use`: after the solutions, the assistant turns of calculator conversations
     that fit the short bucket, learned from the step on (the conversation before it never
     learned), and no verdict."""
-    problems = make_problems(5, seed=5)
-    plain = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=0, solve_tool_use=0))
-    examples = training.solving_examples(maker, problems, argparse.Namespace(seed=0, reworded=0, solve_tool_use=3))
-    assert [e.ids for e in examples[:5]] == [e.ids for e in plain]
+    examples = training.solving_tool_turns(maker, argparse.Namespace(seed=0, solve_tool_use=3))
     stories = random.Random(7000)  # the seed the solve phase draws its stories from
     every_turn = [t for _ in range(3) for t in maker.tool_turns(make_story(stories))]
     turns = [t for t in every_turn if len(maker.tool_turn(t).ids) <= training.SHORT_TOKENS]
-    assert len(examples) == 5 + len(turns) and len(turns) >= 3
+    assert len(examples) == len(turns) >= 3
     assert any(t.index >= 1 for t in turns)  # the second call, where the agent misreads, is kept
-    for turn, example in zip(turns, examples[5:], strict=True):
+    for turn, example in zip(turns, examples, strict=True):
         assert example.ids[: example.learn_from] == turn.prompt
         assert maker.tokenizer.decode(example.ids[example.learn_from : -1]) == turn.step + turn.after
         assert example.ids[-1] == maker.tokenizer.eos_token_id  # a verdict ends with its Yes or No
@@ -247,13 +244,15 @@ def test_a_bucket_width_batches_examples_of_one_length_span_with_less_padding(tr
 
 
 def test_from_scratch_the_script_solves_first_and_grows_the_target_before_phase_two(training: ModuleType, tmp_path: Path) -> None:
-    """The one-hour recipe's shape at toy sizes: a solve phase for both models at its own rate,
-    phase one, the target grown, phase two at 0.4 times phase one's rate."""
+    """The one-hour recipe's shape at toy sizes: a solve phase for both models at its own rate
+    (calculator turns in the target's only), phase one, the target grown, phase two at 0.4
+    times phase one's rate."""
     shallow = training.SHAPES["target"]["num_layers"]
     command = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--problems", "40", "--off-domain", "3",
                "--structured", "3", "--tool-use", "3", "--reworded", "3", "--draft-attempts", "3", "--n-verify", "1",
                "--solve-steps", "1,2", "--draft-steps", "1,1", "--target-steps", "1,1", "--grow-target", str(2 * shallow),
-               "--solve-lr-scale", "2", "--lr-scale", "0.5", "--tuning-problems", "2", "--batch-size", "4", "--device", "cpu"]
+               "--solve-lr-scale", "2", "--lr-scale", "0.5", "--tuning-problems", "2", "--batch-size", "4", "--device", "cpu",
+               "--solve-tool-use", "3", "--solve-tool-use-for", "target"]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     target = json.loads((tmp_path / "target" / "training.json").read_text())
@@ -266,6 +265,7 @@ def test_from_scratch_the_script_solves_first_and_grows_the_target_before_phase_
     draft = json.loads((tmp_path / "draft" / "training.json").read_text())
     assert draft["shape"]["num_layers"] == training.SHAPES["draft"]["num_layers"]
     assert draft["phases"][0]["phase"] == "solve"
+    assert draft["phases"][0]["examples"] == 40 + 3 < target["phases"][0]["examples"]  # problems and reworded ones
     for phase in target["phases"] + draft["phases"]:
         assert re.fullmatch(r"[012] of 2", phase["tuning_right"]), phase
         assert phase["scoring_seconds"] >= 0
