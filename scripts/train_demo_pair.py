@@ -374,7 +374,8 @@ def length_buckets(examples: list[Example], bucket_width: int) -> list[list[Exam
     step (`scripts/from_scratch_probe.py --bucket-width`, docs/model-card.md)."""
     if not bucket_width:
         short = [e for e in examples if len(e.ids) <= SHORT_TOKENS]
-        return [b for b in (short, [e for e in examples if len(e.ids) > SHORT_TOKENS]) if b]
+        long = [e for e in examples if len(e.ids) > SHORT_TOKENS]
+        return [b for b in (short, long) if b]
     spans: dict[int, list[Example]] = {}
     for example in examples:
         spans.setdefault((len(example.ids) - 1) // bucket_width, []).append(example)
@@ -470,6 +471,7 @@ def solving_tool_turns(maker: ExampleMaker, args: argparse.Namespace) -> list[Ex
 
 
 def both(examples: list[Example]) -> dict[str, list[Example]]:
+    """The same examples for each model (`train_phase` takes them by role)."""
     return {"draft": examples, "target": examples}
 
 
