@@ -15,7 +15,6 @@ results.json and results.md in --out, rewritten after each row: a run cut short 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch
+from result_files import save_results
 from transformers.utils import logging as hf_logging
 
 from langchain_confspec.config import build_config
@@ -171,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(row: dict[str, Any]) -> None:
         results["rows"].append(row)
-        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (args.out / "results.md").write_text(markdown(results))
+        save_results(args.out, results, markdown(results))
 
     if args.gpu:
         random_pair_rows(args.smoke, levels, record)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import statistics
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from result_files import save_results
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     PreTrainedTokenizerFast,
@@ -702,8 +702,7 @@ def main(argv: list[str] | None = None) -> int:
                                "torch": torch.__version__, "smoke": args.smoke}  # fmt: skip
 
     def save() -> None:
-        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (args.out / "results.md").write_text(markdown(results))
+        save_results(args.out, results, markdown(results))
 
     def publish(section: str) -> Callable[[dict[str, Any]], None]:
         def save_section(partial: dict[str, Any]) -> None:

@@ -100,3 +100,25 @@ def test_the_rewrites_benchmark_runs_in_smoke_mode() -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert "same answers: True" in run.stdout and "| from the rejected step |" in run.stdout
+
+
+def test_a_run_killed_while_saving_leaves_the_last_results_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from result_files import save_results
+
+    save_results(tmp_path, {"rows": [1, 2]}, "two rows\n")
+    real_write_text = Path.write_text
+
+    def killed_halfway(path: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        real_write_text(path, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt  # the lease ends here
+
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_results(tmp_path, {"rows": [1, 2, 3]}, "three rows\n")
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "results.json").read_text()) == {"rows": [1, 2]}
+    assert (tmp_path / "results.md").read_text() == "two rows\n"
+    save_results(tmp_path, {"rows": [1, 2, 3]}, "three rows\n")  # the next save replaces the half-written file
+    assert json.loads((tmp_path / "results.json").read_text()) == {"rows": [1, 2, 3]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md"]
