@@ -15,10 +15,12 @@ template, each step encoded on its own, and the verification suffix after a step
 
 The target is deep and the draft shallow: on a CPU the cost of a token of a model this small
 grows with its layer count, and the target must cost several times the draft per token for
-speculation to pay, as a 7B target does against a 0.5B draft on a GPU. A deep target learns
-too slowly from scratch on a CPU, so the target starts with 4 layers and `--grow-target 20`
-deepens it (each new layer starting as the identity): from scratch after phase one, with
-`--resume PAIR` before training on.
+speculation to pay, as a 7B target does against a 0.5B draft on a GPU. A deep target of the
+same width costs several times more a training step, so the target starts with 4 layers and
+`--grow-target 20` deepens it (each new layer starting as the identity): from scratch after
+phase one, with `--resume PAIR` before training on. `--target-shape 20x64` starts it deep and
+narrow instead, every layer trained from the first step (on solutions alone it learned about
+as much a step as the 4-layer one, each step costing more: docs/model-card.md).
 
 `--resume PAIR --tool-judging STORIES` trains a pair on for one phase of verdicts inside
 calculator conversations, where the agent's mistakes are: every step and call of STORIES
@@ -548,6 +550,14 @@ def tool_judging_phase(maker: ExampleMaker, first: list[Example], args: argparse
     return wrong, attempts
 
 
+def target_shape(text: str) -> dict[str, int]:
+    """`--target-shape LAYERSxHIDDEN`: the from-scratch target's depth and width (4 heads, FFN 3x)."""
+    match = re.fullmatch(r"([1-9]\d*)x([1-9]\d*)", text)
+    if not match or int(match[2]) % 8:
+        raise ValueError(f"--target-shape expects LAYERSxHIDDEN, HIDDEN a multiple of 8 (4 heads of even size), got {text!r}")
+    return {**SHAPES["target"], "num_layers": int(match[1]), "hidden_size": int(match[2])}
+
+
 def shape_of(model) -> dict[str, int]:  # type: ignore[no-untyped-def]
     config = model.config
     return {"hidden_size": config.hidden_size, "num_layers": config.num_hidden_layers,
@@ -604,6 +614,10 @@ def main() -> None:
         "from scratch after phase one",
     )
     parser.add_argument(
+        "--target-shape", default="4x128", metavar="LAYERSxHIDDEN",
+        help="from scratch: the target's layers and hidden size before any --grow-target",
+    )
+    parser.add_argument(
         "--solve-steps", type=str, default="0,0",
         help="from scratch: steps (draft,target) of a phase before the others that only solves problems",
     )
@@ -631,8 +645,14 @@ def main() -> None:
         parser.error("--solve-steps, --solve-lr-scale and --solve-tool-use start a pair from scratch: leave out --resume")
     if args.solve_tool_use and not any(solve_steps):
         parser.error("--solve-tool-use adds to the solve phase: give --solve-steps too")
-    if not args.resume and args.grow_target and args.grow_target % SHAPES["target"]["num_layers"]:
-        parser.error(f"--grow-target must be a multiple of the target's {SHAPES['target']['num_layers']} layers")
+    try:
+        shapes = {"draft": SHAPES["draft"], "target": target_shape(args.target_shape)}
+    except ValueError as error:
+        parser.error(str(error))
+    if args.resume and shapes["target"] != SHAPES["target"]:
+        parser.error("--target-shape builds a target from scratch: leave out --resume")
+    if not args.resume and args.grow_target and args.grow_target % shapes["target"]["num_layers"]:
+        parser.error(f"--grow-target must be a multiple of the target's {shapes['target']['num_layers']} layers")
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -650,7 +670,7 @@ def main() -> None:
         tokenizer = train_tokenizer(tokenizer_corpus(problems), vocab_size=400)
         tokenizer.add_tokens(TOOL_WORDS)
         models = {
-            role: build_model(tokenizer, seed=args.seed + (role == "target"), max_positions=CONTEXT, **SHAPES[role])
+            role: build_model(tokenizer, seed=args.seed + (role == "target"), max_positions=CONTEXT, **shapes[role])
             for role in ("draft", "target")
         }
         history = {}

@@ -281,6 +281,33 @@ def test_count_right_tells_a_trained_target_from_an_untrained_one(training: Modu
     assert training.count_right(untrained, maker.tokenizer, tuning) == 0
 
 
+def test_from_scratch_the_target_can_start_deep_and_narrow(training: ModuleType, tmp_path: Path) -> None:
+    """`--target-shape`: the target built at that depth and width, and trained at it throughout."""
+    command = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--problems", "20", "--off-domain", "2",
+               "--structured", "2", "--tool-use", "2", "--draft-attempts", "2", "--n-verify", "1",
+               "--draft-steps", "1,0", "--target-steps", "1,1", "--batch-size", "4", "--device", "cpu", "--target-shape", "6x32"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    target = json.loads((tmp_path / "target" / "training.json").read_text())
+    assert (target["shape"]["num_layers"], target["shape"]["hidden_size"]) == (6, 32)
+    assert [p["layers"] for p in target["phases"]] == [6, 6]
+    assert "--target-shape 6x32" in target["command"]  # the record reruns the run
+    draft = json.loads((tmp_path / "draft" / "training.json").read_text())
+    assert draft["shape"] == training.SHAPES["draft"]  # the draft's shape is not the target's
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--target-shape", "20x60"], "HIDDEN a multiple of 8"), (["--target-shape", "twenty"], "expects LAYERSxHIDDEN"),
+     (["--target-shape", "5x64", "--grow-target", "12"], "multiple of the target's 5 layers"),
+     (["--target-shape", "20x64", "--resume", "PAIR"], "leave out --resume")],
+)
+def test_a_target_shape_the_script_cannot_build_is_refused_at_once(tmp_path: Path, flags: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), *flags], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not any(tmp_path.iterdir())
+
+
 def test_from_scratch_a_depth_the_target_cannot_grow_to_is_refused_at_once(tmp_path: Path) -> None:
     """Growing happens half an hour into the run: a bad depth must fail before any training."""
     command = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--grow-target", "10"]
