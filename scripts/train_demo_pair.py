@@ -384,38 +384,109 @@ def length_buckets(examples: list[Example], bucket_width: int) -> list[list[Exam
     return [spans[key] for key in sorted(spans)]
 
 
-def batches(examples: list[Example], batch_size: int, pad_id: int, rng: random.Random, bucket_width: int = 0):  # type: ignore[no-untyped-def]
+@dataclass(frozen=True)
+class Batch:
+    """One training step's token ids and labels (-100: not learned). A packed batch also gives
+    each token's position within its example and which example it belongs to (-1: padding)."""
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+    positions: torch.Tensor | None = None
+    example_of: torch.Tensor | None = None
+
+
+def padded(chosen: list[Example], pad_id: int) -> Batch:
+    """One example a row, each padded to the longest."""
+    width = max(len(e.ids) for e in chosen)
+    ids = torch.full((len(chosen), width), pad_id)
+    labels = torch.full((len(chosen), width), -100)
+    for row, example in enumerate(chosen):
+        ids[row, : len(example.ids)] = torch.tensor(example.ids)
+        labels[row, example.learn_from : len(example.ids)] = torch.tensor(example.ids[example.learn_from :])
+    return Batch(ids, labels)
+
+
+def packed(chosen: list[Example], pad_id: int) -> Batch:
+    """The examples laid end to end in as few rows as the longest allows (longest first, each
+    into the first row with room), positions restarting at 0 for each: the model keeps attention
+    within an example by those positions, so each example's logits are those of its own padded
+    row, and the step computes the padding it no longer needs only once a row."""
+    width = max(len(e.ids) for e in chosen)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(chosen)), key=lambda i: -len(chosen[i].ids)):
+        size = len(chosen[index].ids)
+        row = next((r for r, free in enumerate(room) if size <= free), len(rows))
+        if row == len(rows):
+            rows.append([])
+            room.append(width)
+        rows[row].append(index)
+        room[row] -= size
+    ids = torch.full((len(rows), width), pad_id)
+    labels = torch.full_like(ids, -100)
+    positions = torch.zeros_like(ids)
+    example_of = torch.full_like(ids, -1)
+    for row, members in enumerate(rows):
+        start = 0
+        for index in members:
+            example = chosen[index]
+            end = start + len(example.ids)
+            ids[row, start:end] = torch.tensor(example.ids)
+            learned = start + max(example.learn_from, 1)  # an example's first token follows another's last
+            labels[row, learned:end] = ids[row, learned:end]
+            positions[row, start:end] = torch.arange(len(example.ids))
+            example_of[row, start:end] = index
+            start = end
+        positions[row, start:] = torch.arange(width - start)  # the padding, a sequence of its own
+    return Batch(ids, labels, positions, example_of)
+
+
+def batches(examples: list[Example], batch_size: int, pad_id: int, rng: random.Random, bucket_width: int = 0,  # type: ignore[no-untyped-def]
+            pack: bool = False):
     """Random batches from one length bucket at a time (`length_buckets`, drawn in proportion
-    to their sizes), so that a few long tool conversations do not pad every batch to their length."""
+    to their sizes), so that a few long tool conversations do not pad every batch to their length;
+    with `pack`, the same examples `packed`."""
     buckets = length_buckets(examples, bucket_width)
     weights = [len(b) for b in buckets]
+    lay_out = packed if pack else padded
     while True:
         bucket = rng.choices(buckets, weights)[0]
-        chosen = rng.sample(bucket, min(batch_size, len(bucket)))
-        width = max(len(e.ids) for e in chosen)
-        ids = torch.full((len(chosen), width), pad_id)
-        labels = torch.full((len(chosen), width), -100)
-        for row, example in enumerate(chosen):
-            ids[row, : len(example.ids)] = torch.tensor(example.ids)
-            labels[row, example.learn_from : len(example.ids)] = torch.tensor(example.ids[example.learn_from :])
-        yield ids, labels
+        yield lay_out(rng.sample(bucket, min(batch_size, len(bucket))), pad_id)
 
 
-def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor, example_of: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy averaged per example, then over the batch: a one-token verdict weighs as
     much as a whole solution (averaged over tokens, verdicts would be a few percent of the loss
-    and the models would barely learn to verify)."""
+    and the models would barely learn to verify). `example_of` says which example each label
+    belongs to in a packed batch; without it, each row is one example."""
     per_token = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none"
     ).view(labels.shape)
     counted = (labels != -100).float()
-    return ((per_token * counted).sum(1) / counted.sum(1).clamp(min=1)).mean()
+    if example_of is None:
+        return ((per_token * counted).sum(1) / counted.sum(1).clamp(min=1)).mean()
+    owner = example_of.clamp(min=0).reshape(-1)  # padding counts nothing, wherever it is added
+    examples = int(example_of.max()) + 1
+    sums = per_token.new_zeros(examples).index_add(0, owner, (per_token * counted).reshape(-1))
+    counts = per_token.new_zeros(examples).index_add(0, owner, counted.reshape(-1))
+    return (sums / counts.clamp(min=1)).mean()
+
+
+def batch_loss(model, batch: Batch, device: str) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The model's `example_mean_loss` on one batch (packed: by each token's position, no cache,
+    so that attention stays within each example)."""
+    ids, labels = batch.ids.to(device), batch.labels.to(device)
+    if batch.positions is None:
+        return example_mean_loss(model(input_ids=ids).logits[:, :-1], labels[:, 1:])
+    logits = model(input_ids=ids, position_ids=batch.positions.to(device), use_cache=False).logits
+    return example_mean_loss(logits[:, :-1], labels[:, 1:], batch.example_of[:, 1:].to(device))
 
 
 def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int, device: str, log_every: int = 100,  # type: ignore[no-untyped-def]
-          after_step: Callable[[int], None] | None = None, bucket_width: int = 0):
+          after_step: Callable[[int], None] | None = None, bucket_width: int = 0, pack: bool = False):
     """AdamW under one warmup-then-cosine schedule. `after_step(n)`, if given, runs after step n
-    (from 1): a probe that measures the model mid-schedule must put it back in training mode."""
+    (from 1): a probe that measures the model mid-schedule must put it back in training mode.
+    `pack` lays each batch out `packed`: the same examples and loss for less computation."""
     if not steps:
         return model
     rng = random.Random(seed)
@@ -426,11 +497,9 @@ def train(model, examples, *, steps: int, batch_size: int, lr: float, seed: int,
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     started = time.time()
-    stream = batches(examples, batch_size, model.config.pad_token_id, rng, bucket_width)
+    stream = batches(examples, batch_size, model.config.pad_token_id, rng, bucket_width, pack)
     for step in range(steps):
-        ids, labels = next(stream)
-        ids, labels = ids.to(device), labels.to(device)
-        loss = example_mean_loss(model(input_ids=ids).logits[:, :-1], labels[:, 1:])
+        loss = batch_loss(model, next(stream), device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -505,7 +574,7 @@ def train_phase(phase: Phase, examples: dict[str, list[Example]], maker: Example
         steps = phase.draft_steps if role == "draft" else phase.target_steps
         lr = LEARNING_RATES[role] * phase.lr_scale
         started = time.time()
-        train(model, examples[role], steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed, device=args.device)
+        train(model, examples[role], steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed, device=args.device, pack=args.pack)
         entry = {"phase": phase.name, "examples": len(examples[role]), "steps": steps, "lr": lr,
                  "layers": model.config.num_hidden_layers, "seconds": round(time.time() - started, 1)}
         if tuning:
@@ -595,6 +664,11 @@ def main() -> None:
     parser.add_argument("--draft-steps", type=str, default="1800,500", help="steps of each phase for the draft")
     parser.add_argument("--target-steps", type=str, default="2400,600", help="steps of each phase for the target")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--pack", action="store_true",
+        help="lay each batch's examples end to end in fewer rows: the same examples and loss, less padding computed "
+        "(off: the layout every earlier command was trained with, bit for bit)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--resume", type=Path,

@@ -27,6 +27,7 @@ from langchain_confspec.demo.problems import (
     make_story,
 )
 from langchain_confspec.demo.tools import evaluate
+from langchain_confspec.models.tiny import build_model
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_pair.py"
 
@@ -231,7 +232,8 @@ def test_a_bucket_width_batches_examples_of_one_length_span_with_less_padding(tr
         stream = training.batches(examples, 16, maker.tokenizer.pad_token_id, random.Random(0), width)
         real = padded = 0
         for _ in range(40):
-            ids, labels = next(stream)
+            batch = next(stream)
+            ids, labels = batch.ids, batch.labels
             lengths = (ids != maker.tokenizer.pad_token_id).sum(1).tolist()
             if width:
                 assert len({(n - 1) // width for n in lengths}) == 1, lengths
@@ -241,6 +243,31 @@ def test_a_bucket_width_batches_examples_of_one_length_span_with_less_padding(tr
         return real / padded
 
     assert real_share(8) > real_share(0) + 0.1
+
+
+def test_a_packed_batch_learns_exactly_what_its_padded_batch_learns(training: ModuleType, maker) -> None:  # type: ignore[no-untyped-def]
+    """`--pack`: the same examples in fewer rows give the same loss and the same gradients, so a
+    packed run learns what the padded run learns; attention leaking from one example into the
+    next, or a label across their seam, would change both."""
+    examples = [maker.solving(p) for p in make_problems(12, seed=5)]
+    examples += [e for e in maker.tool_use(make_story(random.Random(2)), random.Random(3))][:4]
+    examples.append(training.Example(examples[0].ids, learn_from=0))  # its first token is no label, packed or not
+    pad_id = maker.tokenizer.pad_token_id
+    model = build_model(maker.tokenizer, hidden_size=32, num_layers=2, seed=0).train()
+
+    def loss_and_grads(batch):  # type: ignore[no-untyped-def]
+        model.zero_grad()
+        loss = training.batch_loss(model, batch, "cpu")
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    padded, packed = training.padded(examples, pad_id), training.packed(examples, pad_id)
+    assert len(packed.ids) < len(padded.ids) and packed.ids.shape[1] == padded.ids.shape[1]
+    assert sorted(packed.ids[packed.labels != -100].tolist()) == sorted(padded.labels[:, 1:][padded.labels[:, 1:] != -100].tolist())
+    (padded_loss, padded_grads), (packed_loss, packed_grads) = loss_and_grads(padded), loss_and_grads(packed)
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+    for a, b in zip(padded_grads, packed_grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
 def test_from_scratch_the_script_solves_first_and_grows_the_target_before_phase_two(training: ModuleType, tmp_path: Path) -> None:
