@@ -410,7 +410,7 @@ def packed(chosen: list[Example], pad_id: int) -> Batch:
     """The examples laid end to end in as few rows as the longest allows (longest first, each
     into the first row with room), positions restarting at 0 for each: the model keeps attention
     within an example by those positions, so each example's logits are those of its own padded
-    row, and the step computes the padding it no longer needs only once a row."""
+    row, and only the end of each row is padding."""
     width = max(len(e.ids) for e in chosen)
     rows: list[list[int]] = []
     room: list[int] = []

@@ -250,7 +250,7 @@ def test_a_packed_batch_learns_exactly_what_its_padded_batch_learns(training: Mo
     packed run learns what the padded run learns; attention leaking from one example into the
     next, or a label across their seam, would change both."""
     examples = [maker.solving(p) for p in make_problems(12, seed=5)]
-    examples += [e for e in maker.tool_use(make_story(random.Random(2)), random.Random(3))][:4]
+    examples += list(maker.tool_use(make_story(random.Random(2)), random.Random(3)))[:4]
     examples.append(training.Example(examples[0].ids, learn_from=0))  # its first token is no label, packed or not
     pad_id = maker.tokenizer.pad_token_id
     model = build_model(maker.tokenizer, hidden_size=32, num_layers=2, seed=0).train()
