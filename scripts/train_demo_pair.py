@@ -21,6 +21,8 @@ same width costs several times more a training step, so the target starts with 4
 phase one, with `--resume PAIR` before training on. `--target-shape 20x64` starts it deep and
 narrow instead, every layer trained from the first step (on solutions alone it learned about
 as much a step as the 4-layer one, each step costing more: docs/model-card.md).
+`--pack` lays each batch's examples end to end instead of padding each to the longest: the
+same training in about two thirds of the time.
 
 `--resume PAIR --tool-judging STORIES` trains a pair on for one phase of verdicts inside
 calculator conversations, where the agent's mistakes are: every step and call of STORIES
