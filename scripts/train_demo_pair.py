@@ -2,8 +2,9 @@
 
     python scripts/train_demo_pair.py --out OUT --seed 0 [--solve-steps D,T --grow-target 20 ...]
 
-docs/model-card.md has the one-hour command from scratch and what it gives. Both models learn
-to solve the problems of `langchain_confspec.demo.problems` step by step (stories and bare
+docs/model-card.md has the two commands that train the shipped pair from scratch in about an
+hour, and what each gives. Both models learn to solve the problems of
+`langchain_confspec.demo.problems` step by step (stories and bare
 expressions), to answer anything else with its one-line refusal, to solve stories with the
 calculator tool, and to answer the engine's verification prompt about a step (right steps and
 corrupted ones). From scratch, `--solve-steps` first trains on solutions alone: arithmetic is

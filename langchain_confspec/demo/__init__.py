@@ -11,11 +11,12 @@ DEMO_DRAFT = "confspec-demo-draft"
 DEMO_TARGET = "confspec-demo-target"
 
 DEMO_SETTINGS: MappingProxyType[str, Any] = MappingProxyType(
-    {"accept_threshold": 0.94, "target_accept_threshold": 0.95, "target_check": "agreement"}
+    {"accept_threshold": 0.85, "target_accept_threshold": 0.95, "target_check": "agreement"}
 )
 """Settings tuned for the bundled pair; they replace the library's defaults, never a caller's.
 
-The demo draft is often wrong on steps it scores as high as 0.9, so its threshold sits high.
+The demo draft's wrong steps often score 0.8 or more, so its threshold sits at 0.85: lower, the
+steps it kept on its own verdict cost accuracy on the tuning problems.
 The demo target writes better than it judges (it keeps some wrong steps it would not write), so
 it checks escalated steps by agreement; its verdict threshold applies where a caller asks for
 verdicts.

@@ -12,10 +12,10 @@ from langchain_confspec import ConfSpecChatModel
 
 # The demo pair knows arithmetic word problems and one tool, its calculator
 # (docs/model-card.md). Forced tool choices still give well-formed calls of any tool (the JSON
-# constraint writes them), but the pair cannot read another tool's argument values out of an
-# English request. Asked about the weather with a weather tool bound, it answers with its
-# refusal, as it was trained to (`train_demo_pair.py --off-domain-tools`), not with a call.
-NO_TOOL_SKILL = "the demo pair learned only its calculator: it cannot pick other tools' argument values from the request"
+# constraint writes them), and the number in `magic_function(3)` reaches the call, but the pair
+# cannot copy a name out of an English request. Asked about the weather with a weather tool
+# bound, it answers with its refusal, as it was trained to (`train_demo_pair.py
+# --off-domain-tools`), not with a call.
 NO_WORLD_QUESTIONS = "the demo pair answers only arithmetic: a weather question gets its one-line refusal, tool bound or not"
 NO_COPIED_NAMES = "the demo pair cannot copy a name from the request into a tool argument (nor spell non-ASCII text)"
 # The base class runs these two for both message formats; an override must say so again.
@@ -34,15 +34,6 @@ class TestConfSpecChatModelIntegration(ChatModelIntegrationTests):
     @property
     def supports_model_override(self) -> bool:
         return False  # the model pair is fixed when the weights load
-
-    @BOTH_OUTPUT_VERSIONS
-    @pytest.mark.xfail(reason=NO_TOOL_SKILL, strict=True)
-    def test_tool_calling(self, model: BaseChatModel) -> None:
-        super().test_tool_calling(model)
-
-    @pytest.mark.xfail(reason=NO_TOOL_SKILL, strict=True)
-    async def test_tool_calling_async(self, model: BaseChatModel) -> None:
-        await super().test_tool_calling_async(model)
 
     @pytest.mark.xfail(reason=NO_COPIED_NAMES, strict=True)
     def test_unicode_tool_call_integration(self, model: BaseChatModel, *args: Any, **kwargs: Any) -> None:
