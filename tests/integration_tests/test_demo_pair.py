@@ -90,8 +90,8 @@ def test_demo_constructor_answers_through_langchain() -> None:
 @pytest.mark.parametrize("mode", ["target_only", "confspec"])
 def test_the_demo_pair_solves_problems_with_its_calculator(mode: str) -> None:
     """The agent loop for real: the model calls the calculator, reads the results, answers.
-    Every call's arguments are the target's own, in `confspec` too (10 of 10 in both modes
-    when written; docs/model-card.md, "Tools")."""
+    Every call's arguments are the target's own, in `confspec` too (the agent's accuracy on
+    held-out stories: `benchmarks/agent_accuracy.py`, docs/model-card.md, "Tools")."""
     model = ConfSpecChatModel.demo(max_tokens=160, mode=mode)
     right = 0
     for problem in make_stories(10, seed=20_003):
